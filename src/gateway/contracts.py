@@ -1,0 +1,178 @@
+"""The contracts between the core and its plugins: caches, authenticators and backends.
+
+Hooks only register factories (see `hookspecs.py`); the async work lives on the objects
+they build, each with `start()` and `close()` run from one `cleanup_ctx`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from gateway.settings import Settings
+    from gateway.store import Store
+
+JSON = dict[str, Any]
+
+
+# --- records -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ToolDef:
+    """A tool as a backend describes it, before the gateway names it."""
+
+    name: str
+    input_schema: JSON
+    description: str = ""
+    title: str | None = None
+    output_schema: JSON | None = None
+    annotations: JSON | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    """What a backend needs to reach one upstream. Header values are plain text here."""
+
+    name: str
+    transport: str
+    url: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    prefix: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling, as an authenticator proved it."""
+
+    subject: str
+    scopes: frozenset[str] = frozenset()
+    claims: Mapping[str, Any] = field(default_factory=dict)
+    anonymous: bool = False
+
+    @property
+    def is_admin(self) -> bool:
+        return self.anonymous or "admin" in self.scopes
+
+
+# --- errors --------------------------------------------------------------------------------
+
+
+class BackendError(Exception):
+    """An upstream could not be reached, timed out, or answered with an error."""
+
+
+class AuthError(Exception):
+    """A request failed authentication (401) or authorisation (403)."""
+
+    def __init__(self, message: str, status: int = 401) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+# --- contracts -----------------------------------------------------------------------------
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """One upstream, as seen from one worker. Implementations keep connections open."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def list_tools(self) -> list[ToolDef]:
+        """Every tool of the upstream, following pagination to the end."""
+        ...
+
+    async def call_tool(self, name: str, arguments: JSON, timeout: float) -> JSON:
+        """Call a tool by its upstream name and return an MCP `CallToolResult` object.
+
+        Raise `BackendError` when the upstream cannot answer; a tool's own failure is a
+        result with `isError: true`.
+        """
+        ...
+
+
+@runtime_checkable
+class Cache(Protocol):
+    """A key-value cache with counters, locks and pub/sub. Values are bytes."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def health(self) -> None:
+        """Raise if the cache cannot serve requests."""
+        ...
+
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def set(self, key: str, value: bytes, ttl: float | None = None) -> None: ...
+
+    async def delete(self, key: str) -> None: ...
+
+    async def incr(self, key: str, ttl: float) -> int:
+        """Atomically add one and return the new value; a new key expires after `ttl`."""
+        ...
+
+    async def add(self, key: str, value: bytes, ttl: float) -> bool:
+        """Set `key` only if absent; True when this call set it."""
+        ...
+
+    async def publish(self, channel: str, message: bytes) -> None: ...
+
+    def subscribe(self, channel: str) -> AsyncIterator[bytes]:
+        """Yield messages published on `channel` from now on, until cancelled."""
+        ...
+
+
+@runtime_checkable
+class Authenticator(Protocol):
+    """Turns a request into a `Principal`, or raises `AuthError`."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def authenticate(self, request: web.Request) -> Principal: ...
+
+
+# --- what the registrar hooks receive --------------------------------------------------------
+
+CacheFactory = Callable[["Settings", "Store"], Cache]
+AuthFactory = Callable[["Settings", str], Authenticator]
+BackendFactory = Callable[[UpstreamConfig, "Settings"], Backend]
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSpec:
+    name: str
+    factory: CacheFactory
+    description: str = ""
+    shared: bool = True
+    """False when the cache lives in one process (so each worker has its own)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSpec:
+    name: str
+    factory: AuthFactory
+    """Called with the settings and the JWT secret (configured or stored)."""
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BackendSpec:
+    name: str
+    transport: str
+    """The `transport` value of an upstream that this backend serves."""
+    factory: BackendFactory
+    description: str = ""
+    local: bool = False
+    """In-process tools: the gateway registers one upstream for it at start-up, with no prefix."""

@@ -1,0 +1,44 @@
+"""The hook specifications: what a plugin can add to the gateway.
+
+A plugin is a module or object with functions marked `@hookimpl`, found through the
+`aio_mcp_gateway` entry-point group. The registrar hooks receive a `Registrar` and call
+`register.add(spec)`; settings then pick an implementation by name. Hooks stay synchronous:
+the async work lives on the objects the registered factories build.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from gateway.contracts import AuthSpec, BackendSpec, CacheSpec
+    from gateway.plugins import Registrar
+    from gateway.settings import Settings
+
+PROJECT = "aio_mcp_gateway"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def gateway_register_caches(register: Registrar[CacheSpec]) -> None:
+    """Register cache implementations, selected by `CACHE_TYPE`."""
+
+
+@hookspec
+def gateway_register_auth(register: Registrar[AuthSpec]) -> None:
+    """Register authenticators, selected by `AUTH_TYPE`."""
+
+
+@hookspec
+def gateway_register_backends(register: Registrar[BackendSpec]) -> None:
+    """Register upstream backends, selected by an upstream's `transport`."""
+
+
+@hookspec
+def gateway_configure_app(app: web.Application, settings: Settings) -> None:
+    """Add routes, middlewares or cleanup contexts to the application before it starts."""

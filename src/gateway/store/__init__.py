@@ -1,0 +1,152 @@
+"""The SQL store: upstreams, tools, secrets and the tables the database cache uses.
+
+One schema on SQLite (aiosqlite, WAL) and PostgreSQL (aiopg), with versioned migrations
+applied at start-up. `open_store()` picks the implementation from `DATABASE_URL`.
+The hot path never calls the store: workers load the catalogue into memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+JSON = dict[str, Any]
+
+
+class StoreError(Exception):
+    """The store cannot be reached or failed a statement."""
+
+
+class Conflict(StoreError):
+    """A write would break uniqueness; the message names both owners."""
+
+
+class NotFound(StoreError):
+    """The named record does not exist."""
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamRecord:
+    name: str
+    transport: str
+    url: str
+    prefix: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    """Decrypted header values; never put these in an API response."""
+    builtin: bool = False
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ToolRecord:
+    name: str
+    """The gateway name: `<prefix><separator><original_name>`, or the original name."""
+    upstream: str
+    original_name: str
+    input_schema: JSON
+    description: str = ""
+    title: str | None = None
+    output_schema: JSON | None = None
+    annotations: JSON | None = None
+    enabled: bool = True
+    cache_ttl: float | None = None
+    rate_limit: int | None = None
+
+
+class Connection(Protocol):
+    """A connection inside a transaction. SQL uses `?` placeholders on both dialects."""
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run a statement; return the number of rows it changed."""
+        ...
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None: ...
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+
+
+class Store(Protocol):
+    dialect: str
+    """'sqlite' or 'postgresql'."""
+
+    async def start(self) -> None:
+        """Connect and apply pending migrations (safe when many processes start at once)."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise `StoreError` if the store cannot answer."""
+        ...
+
+    def transaction(self) -> AbstractAsyncContextManager[Connection]:
+        """A write transaction: committed on exit, rolled back on error."""
+        ...
+
+    def connection(self) -> AbstractAsyncContextManager[Connection]:
+        """A connection for reads (autocommit)."""
+        ...
+
+    async def get_or_create_secret(self, name: str, make: Callable[[], str]) -> str:
+        """Return the stored secret `name`, creating it with `make()` exactly once cluster-wide."""
+        ...
+
+    async def catalogue_version(self) -> int:
+        """A number that grows with every change to upstreams or tools."""
+        ...
+
+    async def load_catalogue(self) -> tuple[int, list[UpstreamRecord], list[ToolRecord]]:
+        """The version, every upstream and every tool, read consistently."""
+        ...
+
+    async def list_upstreams(self) -> list[UpstreamRecord]: ...
+
+    async def get_upstream(self, name: str) -> UpstreamRecord | None: ...
+
+    async def create_upstream(self, upstream: UpstreamRecord, tools: Sequence[ToolRecord]) -> None:
+        """Insert an upstream and its tools in one transaction.
+
+        Raise `Conflict` if the upstream name exists or a tool name is taken; nothing is
+        written then.
+        """
+        ...
+
+    async def update_upstream(
+        self, upstream: UpstreamRecord, tools: Sequence[ToolRecord] | None = None
+    ) -> None:
+        """Replace an upstream's fields, and its tools when given, in one transaction.
+
+        Tools that keep their gateway name keep their `enabled`, `cache_ttl` and `rate_limit`.
+        Raise `NotFound` or `Conflict`; nothing is written then.
+        """
+        ...
+
+    async def delete_upstream(self, name: str) -> bool:
+        """Delete an upstream and its tools; False if it did not exist."""
+        ...
+
+    async def list_tools(self) -> list[ToolRecord]: ...
+
+    async def get_tool(self, name: str) -> ToolRecord | None: ...
+
+    async def update_tool(self, name: str, changes: Mapping[str, Any]) -> ToolRecord:
+        """Change `enabled`, `cache_ttl` or `rate_limit` of a tool; raise `NotFound`."""
+        ...
+
+    async def listen(self, channel: str) -> AsyncIterator[str]:
+        """PostgreSQL only: yield NOTIFY payloads on `channel` until cancelled."""
+        ...
+
+
+def open_store(database_url: str, encryption_secret: str) -> Store:
+    """Build the store for `DATABASE_URL`; header values are encrypted with the secret."""
+    if database_url.startswith("sqlite://"):
+        from gateway.store.sqlite import SQLiteStore
+
+        return SQLiteStore(database_url, encryption_secret)
+    from gateway.store.postgres import PostgresStore
+
+    return PostgresStore(database_url, encryption_secret)

@@ -1,0 +1,1 @@
+"""Built-in plugins, registered through the distribution's own entry points."""

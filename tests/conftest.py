@@ -1,0 +1,103 @@
+"""Shared fixtures: real PostgreSQL, Redis and SQLite, never mocks.
+
+Under `CI=true` an unreachable service fails the run; on a laptop it skips with the reason.
+PostgreSQL tests get a schema of their own per test, so runs never collide.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import psycopg2
+import pytest
+
+POSTGRES_URL = os.environ.get(
+    "GATEWAY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+REDIS_URL = os.environ.get("GATEWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def unavailable(what: str, why: object) -> None:
+    """Fail under CI, skip elsewhere, always naming the service and the reason."""
+    message = f"{what} is not reachable: {why}"
+    if IN_CI:
+        pytest.fail(f"{message} (CI=true requires it)", pytrace=False)
+    pytest.skip(message)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def with_search_path(url: str, schema: str) -> str:
+    separator = "&" if "?" in url else "?"
+    return f"{url}{separator}options={quote(f'-csearch_path={schema}')}"
+
+
+@pytest.fixture(scope="session")
+def postgres_base_url() -> str:
+    try:
+        psycopg2.connect(POSTGRES_URL, connect_timeout=3).close()
+    except psycopg2.Error as exc:
+        unavailable("PostgreSQL", str(exc).strip())
+    return POSTGRES_URL
+
+
+@pytest.fixture
+def postgres_url(postgres_base_url: str) -> Iterator[str]:
+    """A DATABASE_URL pointing at a fresh schema, dropped afterwards."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    conn = psycopg2.connect(postgres_base_url)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield with_search_path(postgres_base_url, schema)
+    finally:
+        with conn.cursor() as cur:
+            cur.execute(f"DROP SCHEMA {schema} CASCADE")
+        conn.close()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'gateway.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """Each test using this runs on both stores."""
+    name = "sqlite_url" if request.param == "sqlite" else "postgres_url"
+    return str(request.getfixturevalue(name))
+
+
+@pytest.fixture(scope="session")
+def redis_base_url() -> str:
+    import redis
+
+    try:
+        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+        client.ping()
+        client.close()
+    except redis.RedisError as exc:
+        unavailable("Redis", exc)
+    return REDIS_URL
+
+
+@pytest.fixture
+def cache_prefix() -> str:
+    """A key namespace of this test's own, so tests sharing one Redis never collide."""
+    return f"test-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def unused_port() -> AsyncIterator[int]:
+    yield free_port()
