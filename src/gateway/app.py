@@ -1,0 +1,162 @@
+"""The application factory, and the gunicorn target: `gateway.app:create_app`.
+
+Resources are owned by `cleanup_ctx` entries, in order: store, cache, authenticator,
+registry (with the backends). Teardown runs in reverse.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sys
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+import structlog
+from aiohttp import web
+
+from gateway import access, admin, health, rpc
+from gateway.keys import AUTHENTICATOR, CACHE, PLUGINS, REGISTRY, SETTINGS, STORE, UPSTREAMS
+from gateway.logconfig import configure_logging
+from gateway.middlewares import json_errors, request_id
+from gateway.plugins import Plugins
+from gateway.registry import Registry
+from gateway.settings import Settings, SettingsError, load_settings
+from gateway.store import StoreError, open_store
+from gateway.upstreams import UpstreamService
+
+log = structlog.get_logger(__name__)
+
+JWT_SECRET_NAME = "jwt_secret"
+Ctx = Callable[[web.Application], AsyncIterator[None]]
+
+
+def new_secret() -> str:
+    return secrets.token_urlsafe(48)
+
+
+class StartupError(Exception):
+    """Start-up cannot go on; the message is one line for the operator."""
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    store = open_store(settings.database_url, settings.auth_encryption_secret)
+    try:
+        await store.start()
+    except StoreError as exc:
+        raise StartupError(f"cannot open the store at DATABASE_URL: {exc}") from None
+    if not settings.auth_encryption_secret:
+        log.warning("AUTH_ENCRYPTION_SECRET is not set; upstream credentials are encrypted "
+                    "with a key kept in the store itself")
+    app[STORE] = store
+    yield
+    await store.close()
+
+
+async def _cache_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    spec = app[PLUGINS].cache_for(settings)
+    cache = spec.factory(settings, app[STORE])
+    try:
+        await cache.start()
+    except Exception as exc:
+        raise StartupError(f"cannot start the {spec.name!r} cache (CACHE_TYPE): {exc}") from None
+    app[CACHE] = cache
+    yield
+    await cache.close()
+
+
+async def _auth_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    if not settings.auth_required:
+        log.warning("AUTH_REQUIRED=false: every request is anonymous and the admin API is open")
+        yield
+        return
+    spec = app[PLUGINS].auth_for(settings)
+    secret = settings.jwt_secret_key or await app[STORE].get_or_create_secret(
+        JWT_SECRET_NAME, new_secret
+    )
+    authenticator = spec.factory(settings, secret)
+    await authenticator.start()
+    app[AUTHENTICATOR] = authenticator
+    yield
+    await authenticator.close()
+
+
+async def _registry_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    registry = Registry(settings, app[PLUGINS], app[STORE], app[CACHE])
+    await registry.start()
+    app[REGISTRY] = registry
+    app[UPSTREAMS] = UpstreamService(settings, app[PLUGINS], app[STORE], registry)
+    await app[UPSTREAMS].sync_local_backends()
+    yield
+    await registry.close()
+
+
+async def _authenticate(request: web.Request) -> access.Principal:
+    return await request.app[AUTHENTICATOR].authenticate(request)
+
+
+def build_app(settings: Settings, plugins: Plugins) -> web.Application:
+    """Assemble the application without starting anything."""
+    app = web.Application(
+        client_max_size=settings.max_request_bytes,
+        middlewares=[
+            request_id,
+            json_errors,
+            access.auth_middleware(_authenticate if settings.auth_required else None),
+        ],
+    )
+    app[SETTINGS] = settings
+    app[PLUGINS] = plugins
+    app.cleanup_ctx.extend([_store_ctx, _cache_ctx, _auth_ctx, _registry_ctx])
+    health.install(app)
+    rpc.install(app)
+    admin.install(app)
+    plugins.configure_app(app, settings)
+    return app
+
+
+async def create_app(settings: Settings | None = None) -> web.Application:
+    """The gunicorn and `serve` entry: read settings, configure logging, build the app.
+
+    A configuration error is one clear line and exit status 3, which gunicorn treats as
+    a boot failure (it stops instead of respawning workers).
+    """
+    try:
+        settings = settings or load_settings()
+        configure_logging(settings)
+        plugins = Plugins.load(settings)
+        plugins.check(settings)
+    except SettingsError as exc:
+        print(f"aio-mcp-gateway: configuration error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(3)
+    app = build_app(settings, plugins)
+    app.cleanup_ctx[:] = [_exit_on_startup_error(ctx) for ctx in app.cleanup_ctx]
+    app.on_startup.append(_log_started)
+    return app
+
+
+def _exit_on_startup_error(ctx: Ctx) -> Ctx:
+    """Turn a `StartupError` into one log line and exit status 3, not a traceback."""
+
+    async def guarded(app: web.Application) -> AsyncIterator[None]:
+        steps = ctx(app)
+        try:
+            await steps.__anext__()
+        except (StartupError, SettingsError) as exc:
+            log.error(str(exc))
+            raise SystemExit(3) from None
+        yield
+        with contextlib.suppress(StopAsyncIteration):
+            await steps.__anext__()
+
+    return guarded
+
+
+async def _log_started(app: web.Application) -> None:
+    settings = app[SETTINGS]
+    log.info("gateway started", cache=settings.cache_type,
+             auth=settings.auth_type if settings.auth_required else "none",
+             store="postgresql" if settings.is_postgres else "sqlite")

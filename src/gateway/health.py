@@ -1,0 +1,53 @@
+"""Probes: `/health` (liveness), `/ready` (store and cache answer) and `/version`."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from gateway import __version__
+from gateway.access import public
+from gateway.keys import CACHE, SETTINGS, STORE
+
+_CHECK_TIMEOUT = 2.0
+
+
+@public
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+@public
+async def ready(request: web.Request) -> web.Response:
+    app = request.app
+    checks = {"store": app[STORE].ping(), "cache": app[CACHE].health()}
+    failing: dict[str, str] = {}
+    for part, check in checks.items():
+        try:
+            async with asyncio.timeout(_CHECK_TIMEOUT):
+                await check
+        except Exception as exc:
+            failing[part] = str(exc) or type(exc).__name__
+    if failing:
+        names = ", ".join(sorted(failing))
+        return web.json_response(
+            {"status": "unavailable", "message": f"not ready: {names}", "failing": failing},
+            status=503,
+        )
+    return web.json_response({"status": "ready"})
+
+
+@public
+async def version(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    return web.json_response(
+        {"name": "aio-mcp-gateway", "version": __version__, "cache": settings.cache_type,
+         "store": "postgresql" if settings.is_postgres else "sqlite"}
+    )
+
+
+def install(app: web.Application) -> None:
+    app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready)
+    app.router.add_get("/version", version)

@@ -1,0 +1,86 @@
+"""JSON-RPC 2.0 envelopes: parsing one request and building responses and errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+RATE_LIMITED = -32029
+
+Id = str | int | None
+
+
+class RPCError(Exception):
+    """An error that becomes a JSON-RPC error object."""
+
+    def __init__(self, code: int, message: str, data: Any = None, request_id: Id = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data = data
+        self.request_id = request_id
+        """The id of the request that failed, where it could be read."""
+
+    def to_dict(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.data is not None:
+            error["data"] = self.data
+        return error
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    method: str
+    params: dict[str, Any]
+    id: Id
+    is_notification: bool
+
+
+def parse(body: bytes) -> Request:
+    """Parse one JSON-RPC request; raise `RPCError` (-32700 or -32600) otherwise.
+
+    The id of a request that is invalid beyond its id is kept in `RPCError.request_id`
+    so the error response can echo it.
+    """
+    try:
+        message = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise RPCError(PARSE_ERROR, f"Parse error: {exc}") from None
+    if isinstance(message, list):
+        raise RPCError(INVALID_REQUEST, "Invalid Request: batch requests are not supported")
+    if not isinstance(message, dict):
+        raise RPCError(INVALID_REQUEST, "Invalid Request: expected a JSON object")
+    has_id = "id" in message
+    request_id = message.get("id")
+    if has_id and (isinstance(request_id, bool) or not isinstance(request_id, str | int | None)):
+        raise RPCError(INVALID_REQUEST, "Invalid Request: 'id' must be a string, number or null")
+    if message.get("jsonrpc") != "2.0":
+        raise _invalid(request_id, "'jsonrpc' must be exactly \"2.0\"")
+    method = message.get("method")
+    if not isinstance(method, str) or not method:
+        raise _invalid(request_id, "'method' must be a non-empty string")
+    params = message.get("params", {})
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise _invalid(request_id, "'params' must be an object")
+    return Request(method=method, params=params, id=request_id, is_notification=not has_id)
+
+
+def _invalid(request_id: Id, why: str) -> RPCError:
+    return RPCError(INVALID_REQUEST, f"Invalid Request: {why}", request_id=request_id)
+
+
+def result(request_id: Id, value: Any) -> bytes:
+    return orjson.dumps({"jsonrpc": "2.0", "id": request_id, "result": value})
+
+
+def error(request_id: Id, exc: RPCError) -> bytes:
+    return orjson.dumps({"jsonrpc": "2.0", "id": request_id, "error": exc.to_dict()})

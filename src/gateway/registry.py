@@ -1,0 +1,189 @@
+"""The in-memory catalogue of each worker, and the backends that serve it.
+
+The hot path reads only `Registry.catalogue` and `Registry.backends`; neither touches the
+store. A watcher reloads the catalogue when the store's version moves: it polls the store
+every `CATALOGUE_POLL_INTERVAL` (the guarantee) and listens on the cache's `catalogue`
+channel (the fast path, where the cache can push).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import structlog
+
+from gateway.contracts import Backend, Cache, UpstreamConfig
+from gateway.plugins import Plugins
+from gateway.schemas import Check, compile_schema
+from gateway.settings import Settings
+from gateway.store import Store, ToolRecord, UpstreamRecord
+
+log = structlog.get_logger(__name__)
+
+CATALOGUE_CHANNEL = "catalogue"
+
+
+@dataclass(frozen=True, slots=True)
+class Tool:
+    record: ToolRecord
+    check: Check
+    listing: dict[str, Any]
+    """The MCP `Tool` object shown by `tools/list`."""
+
+
+def _listing(record: ToolRecord) -> dict[str, Any]:
+    listing: dict[str, Any] = {
+        "name": record.name,
+        "description": record.description,
+        "inputSchema": record.input_schema,
+    }
+    if record.title:
+        listing["title"] = record.title
+    if record.output_schema:
+        listing["outputSchema"] = record.output_schema
+    if record.annotations:
+        listing["annotations"] = record.annotations
+    return listing
+
+
+@dataclass(frozen=True, slots=True)
+class Catalogue:
+    version: int
+    upstreams: dict[str, UpstreamRecord]
+    tools: dict[str, Tool]
+    listed: list[dict[str, Any]]
+    """Enabled tools' listings, sorted by name, for stable cursor pagination."""
+
+    @classmethod
+    def empty(cls) -> Catalogue:
+        return cls(version=-1, upstreams={}, tools={}, listed=[])
+
+
+def _config(upstream: UpstreamRecord) -> UpstreamConfig:
+    return UpstreamConfig(
+        name=upstream.name,
+        transport=upstream.transport,
+        url=upstream.url,
+        headers=dict(upstream.headers),
+        prefix=upstream.prefix,
+    )
+
+
+class Registry:
+    def __init__(self, settings: Settings, plugins: Plugins, store: Store, cache: Cache) -> None:
+        self.settings = settings
+        self.plugins = plugins
+        self.store = store
+        self.cache = cache
+        self.catalogue = Catalogue.empty()
+        self.backends: dict[str, Backend] = {}
+        self._configs: dict[str, UpstreamConfig] = {}
+        self._checks: dict[tuple[str, bytes], Check] = {}
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        await self.reload(force=True)
+        self._spawn(self._poll())
+        self._spawn(self._listen())
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*(b.close() for b in self.backends.values()), return_exceptions=True)
+        self.backends.clear()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def changed(self) -> None:
+        """Call after a write: reload here now, and tell every other worker."""
+        await self.reload()
+        try:
+            await self.cache.publish(CATALOGUE_CHANNEL, str(self.catalogue.version).encode())
+        except Exception as exc:  # the poller still brings other workers up to date
+            log.warning("catalogue change not published; workers will poll", error=str(exc))
+
+    async def reload(self, force: bool = False) -> None:
+        async with self._lock:
+            if not force and await self.store.catalogue_version() == self.catalogue.version:
+                return
+            version, upstreams, tools = await self.store.load_catalogue()
+            await self._sync_backends(upstreams)
+            self.catalogue = self._build(version, upstreams, tools)
+            log.info("catalogue loaded", version=version, upstreams=len(upstreams),
+                     tools=len(tools))
+
+    def _build(
+        self, version: int, upstreams: list[UpstreamRecord], tools: list[ToolRecord]
+    ) -> Catalogue:
+        checks: dict[tuple[str, bytes], Check] = {}
+        entries: dict[str, Tool] = {}
+        for record in tools:
+            key = (record.name, orjson.dumps(record.input_schema, option=orjson.OPT_SORT_KEYS))
+            check = self._checks.get(key) or compile_schema(record.name, record.input_schema)
+            checks[key] = check
+            entries[record.name] = Tool(record=record, check=check, listing=_listing(record))
+        self._checks = checks
+        listed = [entries[name].listing for name in sorted(entries) if entries[name].record.enabled]
+        return Catalogue(
+            version=version,
+            upstreams={u.name: u for u in upstreams},
+            tools=entries,
+            listed=listed,
+        )
+
+    async def _sync_backends(self, upstreams: list[UpstreamRecord]) -> None:
+        wanted = {u.name: _config(u) for u in upstreams}
+        retired = [
+            name for name, config in self._configs.items() if wanted.get(name) != config
+        ]
+        for name in retired:
+            backend = self.backends.pop(name, None)
+            self._configs.pop(name, None)
+            if backend is not None:
+                # Let calls already in flight on the old backend finish.
+                self._spawn(self._close_later(backend))
+        for name, config in wanted.items():
+            if name in self._configs:
+                continue
+            spec = self.plugins.backend_for(config.transport)
+            if spec is None:
+                log.warning("no backend plugin serves this transport", upstream=name,
+                            transport=config.transport)
+                continue
+            backend = spec.factory(config, self.settings)
+            await backend.start()
+            self.backends[name] = backend
+            self._configs[name] = config
+
+    async def _close_later(self, backend: Backend) -> None:
+        await asyncio.sleep(self.settings.tool_timeout)
+        await backend.close()
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.catalogue_poll_interval)
+            try:
+                await self.reload()
+            except Exception as exc:
+                log.warning("catalogue poll failed", error=str(exc))
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                async for _ in self.cache.subscribe(CATALOGUE_CHANNEL):
+                    with contextlib.suppress(Exception):
+                        await self.reload()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("catalogue subscription lost; retrying", error=str(exc))
+            await asyncio.sleep(1.0)

@@ -1,0 +1,45 @@
+"""Argument validation against a tool's input schema, compiled once per catalogue load."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jsonschema
+import structlog
+from jsonschema.exceptions import SchemaError, ValidationError, best_match
+
+log = structlog.get_logger(__name__)
+
+Check = Callable[[Any], str | None]
+"""Returns None when the arguments are valid, else a message naming the field and why."""
+
+
+def _describe(error: ValidationError) -> str:
+    where = "/".join(str(part) for part in error.absolute_path)
+    if not where and error.validator == "required":
+        return error.message
+    if not where and error.validator == "additionalProperties":
+        return error.message
+    return f"field '{where or '(arguments)'}': {error.message}"
+
+
+def compile_schema(tool: str, schema: dict[str, Any]) -> Check:
+    try:
+        cls = jsonschema.validators.validator_for(schema)
+        cls.check_schema(schema)
+    except SchemaError as exc:
+        # An upstream's broken schema must not make its tool uncallable; the upstream
+        # still validates its own arguments.
+        log.warning("tool input schema is invalid; arguments not checked", tool=tool,
+                    error=exc.message)
+        return lambda arguments: None
+    validator = cls(schema)
+
+    def check(arguments: Any) -> str | None:
+        if validator.is_valid(arguments):
+            return None
+        error = best_match(validator.iter_errors(arguments))
+        return _describe(error) if error is not None else "arguments are invalid"
+
+    return check

@@ -1,0 +1,230 @@
+"""The `jwt` authenticator: bearer tokens verified by aiohttp-jwt, plus `create_token`.
+
+aiohttp-jwt does the header parsing and signature checks; this module turns its HTTP
+exceptions into `AuthError`s with readable messages, insists on an `exp` claim, keeps a
+bounded cache of verified tokens, and silences the traceback aiohttp-jwt logs for every
+rejected token (the core logs one line per denied request instead).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import jwt
+from aiohttp import hdrs, web
+from aiohttp_jwt import JWTMiddleware
+
+from gateway.contracts import AuthError, AuthSpec, Principal
+from gateway.hookspecs import hookimpl
+from gateway.settings import SettingsError
+
+if TYPE_CHECKING:
+    from gateway.plugins import Registrar
+    from gateway.settings import Settings
+
+# Verifying an HMAC signature costs more than the rest of a small request; at thousands
+# of requests per second from a few clients, remembering recent tokens pays for itself.
+VERIFIED_TOKENS_MAX = 4096
+
+_MIDDLEWARE_LOGGER = "aiohttp_jwt.middleware"
+_BEARER = "expected 'Authorization: Bearer <token>'"
+_HEADER_REASONS = {
+    "Missing authorization token": f"missing token: {_BEARER}",
+    "Invalid authorization header": f"malformed Authorization header: {_BEARER}",
+    "Invalid token scheme": f"unsupported Authorization scheme: {_BEARER}",
+}
+_TOKEN_REASON_PREFIX = "Invalid authorization token, "
+_TOKEN_REASONS = {
+    "Signature verification failed": "invalid signature",
+    "Signature has expired": "token has expired",
+    "The specified alg value is not allowed": "token algorithm is not allowed",
+}
+_MALFORMED_TOKEN_STARTS = (
+    "Not enough segments",
+    "Invalid header",
+    "Invalid payload",
+    "Invalid crypto",
+)
+
+
+class _DropTracebacks(logging.Filter):
+    """aiohttp-jwt logs every rejected token with `logger.exception`; a bad token is a
+    client error, not a fault, so those records must not reach the logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.exc_info
+
+
+_DROP_TRACEBACKS = _DropTracebacks()
+
+
+class _Probe:
+    """What the middleware sees instead of the request.
+
+    The middleware stores the payload with a string key, which aiohttp warns about on a
+    real request, so it stores it here. It also lets OPTIONS through unchecked; the core
+    decides which requests need a principal, so the probe always claims GET.
+    """
+
+    __slots__ = ("_request", "payload")
+    method = hdrs.METH_GET
+
+    def __init__(self, request: web.Request) -> None:
+        self._request = request
+        self.payload: Mapping[str, Any] | None = None
+
+    @property
+    def headers(self) -> Any:
+        return self._request.headers
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._request, name)
+
+    def __setitem__(self, key: str, value: Mapping[str, Any]) -> None:
+        self.payload = value
+
+
+async def _payload_of(probe: _Probe) -> Mapping[str, Any] | None:
+    return probe.payload
+
+
+def _message(reason: str) -> str:
+    """A readable message for the reason aiohttp-jwt put on its HTTP exception."""
+    if reason in _HEADER_REASONS:
+        return _HEADER_REASONS[reason]
+    detail = reason.removeprefix(_TOKEN_REASON_PREFIX)
+    if detail in _TOKEN_REASONS:
+        return _TOKEN_REASONS[detail]
+    if detail.startswith(_MALFORMED_TOKEN_STARTS):
+        return "malformed token: not a JWT"
+    if detail.startswith("The token is not yet valid"):
+        return "token is not yet valid (nbf)"
+    return f"invalid token: {detail.rstrip('.')}"
+
+
+def _scopes(payload: Mapping[str, Any]) -> frozenset[str]:
+    scopes: set[str] = set()
+    scope = payload.get("scope")
+    if scope is not None:
+        if not isinstance(scope, str):
+            raise AuthError("scope claim must be a space-separated string")
+        scopes.update(scope.split())
+    listed = payload.get("scopes")
+    if listed is not None:
+        if not isinstance(listed, list) or not all(isinstance(s, str) for s in listed):
+            raise AuthError("scopes claim must be a list of strings")
+        scopes.update(listed)
+    return frozenset(scopes)
+
+
+def principal_from_claims(payload: Mapping[str, Any]) -> tuple[Principal, float]:
+    """The principal a verified payload names, and its expiry (seconds since the epoch)."""
+    # PyJWT checks `exp` only when present; a token without one would never expire.
+    if "exp" not in payload:
+        raise AuthError("token has no exp claim")
+    subject = payload.get("sub")
+    if not isinstance(subject, str) or not subject:
+        raise AuthError("token has no sub claim")
+    principal = Principal(subject=subject, scopes=_scopes(payload), claims=dict(payload))
+    return principal, float(payload["exp"])
+
+
+class JwtAuthenticator:
+    """Verifies `Authorization: Bearer <jwt>` headers signed with one shared secret."""
+
+    def __init__(
+        self, secret: str, algorithm: str = "HS256", max_cached: int = VERIFIED_TOKENS_MAX
+    ) -> None:
+        if not secret:
+            raise SettingsError("JWT_SECRET_KEY is empty; the jwt authenticator needs a secret")
+        logging.getLogger(_MIDDLEWARE_LOGGER).addFilter(_DROP_TRACEBACKS)
+        self._middleware = JWTMiddleware(
+            secret,
+            algorithms=[algorithm],
+            credentials_required=True,
+            # RFC 7235: the scheme is case-insensitive; aiohttp-jwt uses re.match.
+            auth_scheme=r"(?i)bearer\Z",
+        )
+        self._max_cached = max_cached
+        # Authorization header value -> (principal, exp). Keyed by the whole header so a
+        # hit is exactly a header the middleware accepted before.
+        self._verified: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self._verified.clear()
+
+    async def authenticate(self, request: web.Request) -> Principal:
+        header = request.headers.get(hdrs.AUTHORIZATION)
+        if header is not None:
+            cached = self._verified.get(header)
+            if cached is not None:
+                if cached[1] > time.time():
+                    self._verified.move_to_end(header)
+                    return cached[0]
+                del self._verified[header]
+        try:
+            payload = await self._middleware(_Probe(request), _payload_of)
+        except (web.HTTPUnauthorized, web.HTTPForbidden) as exc:
+            raise AuthError(_message(exc.reason), 401) from None
+        if payload is None:
+            raise AuthError(_HEADER_REASONS["Missing authorization token"], 401)
+        principal, exp = principal_from_claims(payload)
+        if header is not None:
+            self._remember(header, principal, exp)
+        return principal
+
+    def _remember(self, header: str, principal: Principal, exp: float) -> None:
+        self._verified[header] = (principal, exp)
+        if len(self._verified) > self._max_cached:
+            self._verified.popitem(last=False)
+
+
+def create_token(
+    secret: str,
+    subject: str,
+    scopes: Sequence[str] = (),
+    expires_minutes: float = 60,
+    algorithm: str = "HS256",
+) -> str:
+    """A signed token for `subject`, with `scope` as an OAuth-style space-separated string."""
+    if not secret:
+        raise ValueError("secret must not be empty")
+    if not subject:
+        raise ValueError("subject must not be empty")
+    if not expires_minutes > 0:
+        raise ValueError(f"expires_minutes must be positive, got {expires_minutes!r}")
+    for scope in scopes:
+        if not scope or any(c.isspace() for c in scope):
+            raise ValueError(f"scope {scope!r} must be non-empty and contain no spaces")
+    now = time.time()
+    payload: dict[str, Any] = {
+        "sub": subject,
+        "iat": int(now),
+        "exp": math.ceil(now + expires_minutes * 60),
+    }
+    if scopes:
+        payload["scope"] = " ".join(dict.fromkeys(scopes))
+    return jwt.encode(payload, secret, algorithm=algorithm)
+
+
+def create_jwt_authenticator(settings: Settings, secret: str) -> JwtAuthenticator:
+    return JwtAuthenticator(secret, settings.jwt_algorithm)
+
+
+@hookimpl(trylast=True)
+def gateway_register_auth(register: Registrar[AuthSpec]) -> None:
+    register.add(
+        AuthSpec(
+            name="jwt",
+            factory=create_jwt_authenticator,
+            description="Bearer JWTs signed with JWT_SECRET_KEY (HS256/384/512), via aiohttp-jwt.",
+        )
+    )

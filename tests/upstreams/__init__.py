@@ -1,0 +1,1 @@
+"""Real upstream MCP servers for tests and benchmarks, run as subprocesses."""
