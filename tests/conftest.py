@@ -9,12 +9,17 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import psycopg2
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from gateway.settings import Settings
 
 POSTGRES_URL = os.environ.get(
     "GATEWAY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -101,3 +106,83 @@ def cache_prefix() -> str:
 @pytest.fixture
 async def unused_port() -> AsyncIterator[int]:
     yield free_port()
+
+
+# --- in-process gateways ---------------------------------------------------------------------
+
+TEST_SECRET = "test-secret-with-enough-entropy-0123456789abcdef"
+
+
+def make_token(subject: str = "tester", scopes: tuple[str, ...] = (), minutes: float = 5) -> str:
+    from gateway_plugins.auth_jwt import create_token
+
+    return create_token(TEST_SECRET, subject, list(scopes), minutes)
+
+
+@pytest.fixture
+def user_headers() -> dict[str, str]:
+    return {"Authorization": f"Bearer {make_token('user')}"}
+
+
+@pytest.fixture
+def admin_headers() -> dict[str, str]:
+    return {"Authorization": f"Bearer {make_token('root', ('admin',))}"}
+
+
+@pytest.fixture
+def base_settings(sqlite_url: str, cache_prefix: str) -> Settings:
+    return Settings(
+        database_url=sqlite_url,
+        cache_type="memory",
+        cache_prefix=cache_prefix,
+        jwt_secret_key=TEST_SECRET,
+        auth_encryption_secret="test-encryption-secret",
+        tool_timeout=2.0,
+        log_format="json",
+        catalogue_poll_interval=0.2,
+    )
+
+
+Client = TestClient[web.Request, web.Application]
+GatewayFactory = Callable[..., Awaitable[Client]]
+
+
+@pytest.fixture
+async def gateway(base_settings: Settings) -> AsyncIterator[GatewayFactory]:
+    """Start in-process gateways: `await gateway(plugins=[module], **setting_overrides)`."""
+    from gateway.app import build_app
+    from gateway.plugins import Plugins, build_plugin_manager
+
+    clients: list[Client] = []
+
+    async def start(plugins: Iterable[object] = (), **overrides: object) -> Client:
+        settings = base_settings.replace(**overrides)
+        pm = build_plugin_manager(settings.plugins_blocked)
+        for plugin in plugins:
+            pm.register(plugin, name=getattr(plugin, "__name__", repr(plugin)))
+        app = build_app(settings, Plugins(pm))
+        client: Client = TestClient(
+            TestServer(app, host="127.0.0.1")
+        )
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    yield start
+    for client in reversed(clients):
+        await client.close()
+
+
+async def rpc(
+    client: Client,
+    method: str,
+    params: object = None,
+    headers: dict[str, str] | None = None,
+    request_id: object = 1,
+) -> dict[str, Any]:
+    message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
+    if params is not None:
+        message["params"] = params
+    response = await client.post("/rpc", json=message, headers=headers)
+    body: dict[str, Any] = await response.json()
+    return body

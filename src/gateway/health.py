@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 from aiohttp import web
 
@@ -43,7 +44,7 @@ async def version(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     return web.json_response(
         {"name": "aio-mcp-gateway", "version": __version__, "cache": settings.cache_type,
-         "store": "postgresql" if settings.is_postgres else "sqlite"}
+         "store": "postgresql" if settings.is_postgres else "sqlite", "worker": os.getpid()}
     )
 
 

@@ -210,12 +210,13 @@ class McpHttpBackend:
                 raise BackendError(f"upstream {self.name!r} sent a bad or repeated tools cursor")
             seen.add(cursor)
 
-    async def call_tool(self, name: str, arguments: JSON, timeout: float) -> JSON:
+    # The `timeout` parameters are the Backend contract; asyncio.timeout applies them inside.
+    async def call_tool(self, name: str, arguments: JSON, timeout: float) -> JSON:  # noqa: ASYNC109
         return await self.request("tools/call", {"name": name, "arguments": arguments}, timeout)
 
     # --- any JSON-RPC method ---
 
-    async def request(self, method: str, params: JSON | None, timeout: float) -> JSON:
+    async def request(self, method: str, params: JSON | None, timeout: float) -> JSON:  # noqa: ASYNC109
         """Send one JSON-RPC request on the shared MCP session and return its `result`.
 
         Raises `BackendError` with a one-line message for every way the exchange can fail.
@@ -315,12 +316,16 @@ class McpHttpBackend:
             if resp.content_type == "text/event-stream":
                 reply = await self._read_stream(resp, request_id, method)
             else:
-                reply = self._match(self._decode(await resp.read(), method), request_id)
-                if reply is None:
-                    raise BackendError(
-                        f"upstream {self.name!r} sent no response to {method} (id {request_id})"
-                    )
+                reply = await self._read_body(resp, request_id, method)
             return self._result(reply, method), resp.headers
+
+    async def _read_body(self, resp: aiohttp.ClientResponse, request_id: int, method: str) -> JSON:
+        reply = self._match(self._decode(await resp.read(), method), request_id)
+        if reply is None:
+            raise BackendError(
+                f"upstream {self.name!r} sent no response to {method} (id {request_id})"
+            )
+        return reply
 
     async def _read_stream(
         self, resp: aiohttp.ClientResponse, request_id: int, method: str

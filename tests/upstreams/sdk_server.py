@@ -1,17 +1,19 @@
-"""An upstream built with the official `mcp` SDK, so the gateway is tested against a
-server it did not write: Streamable HTTP, stateful sessions, SSE answers by default.
+"""An upstream built with the official `mcp` SDK, so the gateway is also tested against a
+server it did not write: Streamable HTTP with stateful sessions, SSE replies by default.
 
-Run as `python -m tests.upstreams.sdk_server --port N` from the repository root.
+Run as `python -m tests.upstreams.sdk_server --port N` from the repository root, or as
+`python tests/upstreams/sdk_server.py --port N`.
 """
 
 from __future__ import annotations
 
 import argparse
+import socket
 
 import uvicorn
 from mcp.server.mcpserver import MCPServer
 
-server: MCPServer = MCPServer("sdk-upstream")
+server: MCPServer = MCPServer("sdk-upstream", log_level="WARNING")
 
 
 @server.tool()
@@ -26,19 +28,29 @@ def multiply(a: float, b: float) -> float:
     return a * b
 
 
+class _Server(uvicorn.Server):
+    """uvicorn, announcing itself once its socket listens."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            print(f"listening on http://127.0.0.1:{self.config.port}", flush=True)
+
+
+def serve(port: int, json_response: bool) -> None:
+    # Stateful on purpose (stateless_http=False): the client must carry the session id.
+    app = server.streamable_http_app(json_response=json_response, stateless_http=False)
+    _Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")).run()
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description="An MCP upstream built with the official SDK.")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument(
         "--json", action="store_true", help="answer with JSON bodies instead of SSE streams"
     )
     args = parser.parse_args(argv)
-    # Stateful on purpose: the gateway must carry the session id the SDK issues.
-    app = server.streamable_http_app(json_response=args.json, stateless_http=False)
-    config = uvicorn.Config(app, host="127.0.0.1", port=args.port, log_level="warning")
-    uvicorn_server = uvicorn.Server(config)
-    print(f"listening on http://127.0.0.1:{args.port}", flush=True)
-    uvicorn_server.run()
+    serve(args.port, args.json)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,145 @@
+"""The schema, as ordered versioned migrations, and the runner both stores share.
+
+Each migration is plain SQL that SQLite and PostgreSQL both accept; the only dialect
+differences are the column types written as `{blob}` and `{serial_pk}`. Applied versions
+are recorded in `schema_migrations`. Add a migration by appending to `MIGRATIONS` with the
+next version; never edit one that has shipped.
+
+Many processes may start at once (gunicorn workers, several instances). `migrate()` runs
+inside the caller's write transaction: on SQLite that is `BEGIN IMMEDIATE`, which admits one
+writer, and on PostgreSQL it first takes a transaction-scoped advisory lock. Either way the
+first process applies the migrations and the others then find them recorded.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from gateway.store import Connection
+
+# Any fixed 64-bit number works; it only has to be the same in every gateway process.
+# The lock is database-wide, so gateways in different schemas of one database migrate one
+# after another, which is harmless.
+ADVISORY_LOCK_KEY = 0x6D63_7067_775F_6462  # "mcpgw_db" in ASCII
+
+DIALECT_TYPES: dict[str, dict[str, str]] = {
+    "sqlite": {
+        "blob": "BLOB",
+        # AUTOINCREMENT keeps ids growing after old rows are purged, which pollers rely on.
+        "serial_pk": "INTEGER PRIMARY KEY AUTOINCREMENT",
+    },
+    "postgresql": {"blob": "BYTEA", "serial_pk": "BIGSERIAL PRIMARY KEY"},
+}
+
+CREATE_SCHEMA_MIGRATIONS = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version INTEGER PRIMARY KEY,
+    description TEXT NOT NULL,
+    applied_at DOUBLE PRECISION NOT NULL
+)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+    def sql(self, dialect: str) -> list[str]:
+        types = DIALECT_TYPES[dialect]
+        return [statement.format_map(types) for statement in self.statements]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "upstreams, tools and the catalogue version",
+        (
+            """
+            CREATE TABLE upstreams (
+                name TEXT PRIMARY KEY,
+                transport TEXT NOT NULL,
+                url TEXT NOT NULL DEFAULT '',
+                prefix TEXT NOT NULL DEFAULT '',
+                headers_enc TEXT NOT NULL DEFAULT '',
+                builtin BOOLEAN NOT NULL DEFAULT FALSE,
+                created_at DOUBLE PRECISION NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL
+            )
+            """,
+            """
+            CREATE TABLE tools (
+                name TEXT PRIMARY KEY,
+                upstream TEXT NOT NULL REFERENCES upstreams (name) ON DELETE CASCADE,
+                original_name TEXT NOT NULL,
+                description TEXT NOT NULL DEFAULT '',
+                title TEXT,
+                input_schema TEXT NOT NULL,
+                output_schema TEXT,
+                annotations TEXT,
+                enabled BOOLEAN NOT NULL DEFAULT TRUE,
+                cache_ttl DOUBLE PRECISION,
+                rate_limit INTEGER,
+                UNIQUE (upstream, original_name)
+            )
+            """,
+            # Integers only: strings belong in `secrets`.
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value BIGINT NOT NULL)",
+            # Starts at 1 so that a worker can use 0 for "never loaded".
+            "INSERT INTO meta (key, value) VALUES ('catalogue_version', 1)",
+        ),
+    ),
+    Migration(
+        2,
+        "generated secrets",
+        ("CREATE TABLE secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL)",),
+    ),
+    Migration(
+        3,
+        "database cache entries and the SQLite pub/sub change log",
+        (
+            """
+            CREATE TABLE cache_entries (
+                key TEXT PRIMARY KEY,
+                value {blob} NOT NULL,
+                expires_at DOUBLE PRECISION
+            )
+            """,
+            "CREATE INDEX cache_entries_expires_at ON cache_entries (expires_at)",
+            """
+            CREATE TABLE cache_messages (
+                id {serial_pk},
+                channel TEXT NOT NULL,
+                payload {blob} NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL
+            )
+            """,
+            "CREATE INDEX cache_messages_channel_id ON cache_messages (channel, id)",
+            "CREATE INDEX cache_messages_created_at ON cache_messages (created_at)",
+        ),
+    ),
+)
+
+
+async def migrate(conn: Connection, dialect: str) -> list[int]:
+    """Apply pending migrations inside the caller's write transaction; return their versions."""
+    if dialect == "postgresql":
+        # Taken before touching any table: concurrent CREATE TABLE IF NOT EXISTS can still
+        # fail on PostgreSQL, so even the bookkeeping table must be created under the lock.
+        await conn.fetchone("SELECT pg_advisory_xact_lock(?)", (ADVISORY_LOCK_KEY,))
+    await conn.execute(CREATE_SCHEMA_MIGRATIONS)
+    applied = {int(row[0]) for row in await conn.fetchall("SELECT version FROM schema_migrations")}
+    done: list[int] = []
+    for migration in MIGRATIONS:
+        if migration.version in applied:
+            continue
+        for statement in migration.sql(dialect):
+            await conn.execute(statement)
+        await conn.execute(
+            "INSERT INTO schema_migrations (version, description, applied_at) VALUES (?, ?, ?)",
+            (migration.version, migration.description, time.time()),
+        )
+        done.append(migration.version)
+    return done

@@ -1,0 +1,1 @@
+"""Fixture plugins that tests register directly with the plugin manager."""
