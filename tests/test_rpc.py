@@ -60,9 +60,9 @@ async def test_tools_list_paginates_with_cursor(client: Client) -> None:
             if cursor is None:
                 break
             params = {"cursor": cursor}
-        everything = await rpc(client, "tools/list")
     finally:
         rpc_module.PAGE_SIZE = original
+    everything = await rpc(client, "tools/list")
     assert seen == [t["name"] for t in everything["result"]["tools"]]
     assert len(seen) == 6
 

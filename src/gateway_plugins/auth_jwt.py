@@ -131,7 +131,8 @@ def principal_from_claims(payload: Mapping[str, Any]) -> tuple[Principal, float]
     if not isinstance(subject, str) or not subject:
         raise AuthError("token has no sub claim")
     principal = Principal(subject=subject, scopes=_scopes(payload), claims=dict(payload))
-    return principal, float(payload["exp"])
+    # PyJWT compares int(exp) with the clock; so must a cached token.
+    return principal, int(payload["exp"])
 
 
 class JwtAuthenticator:

@@ -38,6 +38,8 @@ VERSION_HEADER = "MCP-Protocol-Version"
 # before the upstream does, instead of racing it and failing a call on a dead socket.
 KEEPALIVE_SECONDS = 4.0
 CLOSE_TIMEOUT = 1.0
+# How long to wait for an event stream to end once the answer is in; see `_finish_stream`.
+STREAM_END_GRACE = 0.05
 
 
 # --- server-sent events --------------------------------------------------------------------
@@ -64,9 +66,17 @@ class SseParser:
         self._data: list[bytes] = []
         self._event = ""
         self._started = False
+        self._skip_lf = False
         self.last_event_id = ""
 
     def feed(self, chunk: bytes) -> list[SseEvent]:
+        if not chunk:
+            return []
+        if self._skip_lf:
+            # The previous chunk ended in CR; an LF here completes that CRLF, not a new line.
+            self._skip_lf = False
+            if chunk.startswith(b"\n"):
+                chunk = chunk[1:]
         buf = self._buf
         buf += chunk
         if not self._started:
@@ -81,17 +91,15 @@ class SseParser:
         # chunks is scanned once rather than once per chunk.
         pos = self._scanned
         while (match := _EOL.search(buf, pos)) is not None:
-            if match.end() == len(buf) and match.group() == b"\r":
-                pos = match.start()  # the LF of a CRLF may be in the next chunk
-                break
             event = self._line(bytes(buf[start : match.start()]))
             if event is not None:
                 events.append(event)
             start = pos = match.end()
-        else:
-            pos = len(buf)
+        # A CR at the very end is taken as a line end now, so an event is not held back
+        # waiting for a byte that may never come.
+        self._skip_lf = buf.endswith(b"\r")
         del buf[:start]
-        self._scanned = pos - start
+        self._scanned = len(buf)
         return events
 
     def _line(self, line: bytes) -> SseEvent | None:
@@ -158,6 +166,7 @@ class McpHttpBackend:
         self._session: _McpSession | None = None
         self._session_lock = asyncio.Lock()
         self._ids = itertools.count(1)
+        self._await_stream_end = True
 
     # --- lifecycle ---
 
@@ -339,10 +348,24 @@ class McpHttpBackend:
                     continue
                 reply = self._match(self._decode(event.data, method), request_id)
                 if reply is not None:
+                    await self._finish_stream(resp)
                     return reply
         raise BackendError(
             f"upstream {self.name!r} ended its event stream without answering {method}"
         )
+
+    async def _finish_stream(self, resp: aiohttp.ClientResponse) -> None:
+        # A stream read to its end lets the connection go back to the pool; servers end it
+        # right after the answer. One that keeps streams open loses this after one miss, so
+        # it costs a reconnect per call rather than a wait per call.
+        if resp.content.at_eof() or not self._await_stream_end:
+            return
+        try:
+            async with asyncio.timeout(STREAM_END_GRACE):
+                while await resp.content.readany():
+                    pass
+        except TimeoutError:
+            self._await_stream_end = False
 
     def _decode(self, raw: bytes, method: str) -> Any:
         if not raw.strip():
@@ -415,7 +438,7 @@ class McpHttpBackend:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._http is None:
-            raise BackendError(f"upstream {self.name!r}: backend used before start()")
+            raise BackendError(f"upstream {self.name!r}: not started or already closed")
         return self._http
 
 

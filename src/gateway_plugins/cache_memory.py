@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
 from gateway.contracts import CacheSpec
@@ -29,22 +29,23 @@ SUBSCRIBER_QUEUE_SIZE = 1024
 _Entry = tuple[bytes, float | None]
 
 
-def _deadline(ttl: float | None) -> float | None:
-    if ttl is None:
-        return None
-    if ttl <= 0:
+def _check_ttl(ttl: float) -> float:
+    if not ttl > 0:
         raise ValueError(f"ttl must be positive, got {ttl!r}")
-    return time.monotonic() + ttl
+    return ttl
 
 
 class MemoryCache:
     """In-process implementation of the `Cache` contract."""
 
-    def __init__(self, max_items: int, prefix: str) -> None:
+    def __init__(
+        self, max_items: int, prefix: str, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         if max_items < 1:
             raise ValueError(f"max_items must be at least 1, got {max_items!r}")
         self.max_items = max_items
         self.prefix = f"{prefix}:"
+        self._clock = clock
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._channels: dict[str, set[asyncio.Queue[bytes]]] = {}
 
@@ -59,13 +60,16 @@ class MemoryCache:
 
     # --- key-value ---------------------------------------------------------------------
 
+    def _deadline(self, ttl: float | None) -> float | None:
+        return None if ttl is None else self._clock() + _check_ttl(ttl)
+
     def _live(self, full_key: str) -> _Entry | None:
         """The entry under `full_key` if it has not expired, marked most recently used."""
         entry = self._entries.get(full_key)
         if entry is None:
             return None
         deadline = entry[1]
-        if deadline is not None and deadline <= time.monotonic():
+        if deadline is not None and deadline <= self._clock():
             del self._entries[full_key]
             return None
         self._entries.move_to_end(full_key)
@@ -82,7 +86,7 @@ class MemoryCache:
         return None if entry is None else entry[0]
 
     async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
-        self._store(self.prefix + key, (bytes(value), _deadline(ttl)))
+        self._store(self.prefix + key, (bytes(value), self._deadline(ttl)))
 
     async def delete(self, key: str) -> None:
         self._entries.pop(self.prefix + key, None)
@@ -91,7 +95,7 @@ class MemoryCache:
         full_key = self.prefix + key
         entry = self._live(full_key)
         if entry is None:
-            value, deadline = 1, _deadline(ttl)
+            value, deadline = 1, self._deadline(ttl)
         else:
             try:
                 value = int(entry[0]) + 1
@@ -106,7 +110,7 @@ class MemoryCache:
         full_key = self.prefix + key
         if self._live(full_key) is not None:
             return False
-        self._store(full_key, (bytes(value), _deadline(ttl)))
+        self._store(full_key, (bytes(value), self._deadline(ttl)))
         return True
 
     # --- pub/sub -----------------------------------------------------------------------

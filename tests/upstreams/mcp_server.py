@@ -397,7 +397,13 @@ def parse_options(argv: list[str] | None = None) -> Options:
         metavar="NAME=VALUE",
         help="answer 401 unless this header is sent (repeatable)",
     )
-    parser.add_argument("--session-ttl", type=float, default=None, metavar="SECONDS")
+    parser.add_argument(
+        "--session-ttl",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="forget a session left unused for this long (answering 404 afterwards)",
+    )
     parser.add_argument("--tools", type=int, default=0, help="add N trivial tools t0..tN-1")
     args = parser.parse_args(argv)
     return Options(

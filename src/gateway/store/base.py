@@ -20,8 +20,8 @@ from typing import Any
 import orjson
 
 from gateway.store import (
-    Connection,
     Conflict,
+    Connection,
     NotFound,
     StoreError,
     ToolRecord,

@@ -130,7 +130,12 @@ class PostgresStore(SQLStore):
     def _connect_options() -> dict[str, Any]:
         # The store decodes JSON itself and uses no hstore or uuid columns; skipping them
         # saves a catalogue query on every new connection.
-        return {"timeout": TIMEOUT, "enable_json": False, "enable_hstore": False, "enable_uuid": False}
+        return {
+            "timeout": TIMEOUT,
+            "enable_json": False,
+            "enable_hstore": False,
+            "enable_uuid": False,
+        }
 
     async def _close(self) -> None:
         pool, self._pool = self._pool, None

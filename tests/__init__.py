@@ -1,0 +1,1 @@
+"""The test suite: real servers on loopback, never mocks."""

@@ -1,0 +1,150 @@
+"""Schema migrations: ordered, applied once, and safe when many processes start together."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg2
+
+from gateway.store import open_store
+from gateway.store.migrations import MIGRATIONS
+from test_store import raw_rows
+
+PROCESSES = 4
+
+# Each process waits for the same wall-clock moment, so all four open the store together
+# instead of one after another as their interpreters finish starting.
+STARTER = """
+import asyncio, sys, time
+from gateway.store import open_store
+from gateway.store.base import ENCRYPTION_KEY_SECRET
+
+async def main(url: str, start_at: float) -> None:
+    await asyncio.sleep(max(0.0, start_at - time.time()))
+    store = open_store(url, "")
+    await store.start()
+    try:
+        print(await store.get_or_create_secret(ENCRYPTION_KEY_SECRET, lambda: "too late"))
+    finally:
+        await store.close()
+
+asyncio.run(main(sys.argv[1], float(sys.argv[2])))
+"""
+
+VERSIONS = [migration.version for migration in MIGRATIONS]
+
+
+def start_stores_in_processes(database_url: str, cwd: Path) -> list[str]:
+    """Start the store in separate interpreters at one moment; return each one's key."""
+    start_at = time.time() + 2.0
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-W", "error", "-c", STARTER, database_url, str(start_at)],
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(PROCESSES)
+    ]
+    # Wait for every child before judging any, so none outlives the test's database.
+    outputs = [child.communicate(timeout=60) for child in children]
+    for child, (_, err) in zip(children, outputs, strict=True):
+        assert child.returncode == 0, err
+    return [out.strip() for out, _ in outputs]
+
+
+def test_migrations_are_numbered_one_up_without_gaps() -> None:
+    assert VERSIONS == list(range(1, len(MIGRATIONS) + 1))
+    assert all(m.description and m.statements for m in MIGRATIONS)
+
+
+def test_every_migration_renders_for_both_dialects() -> None:
+    for migration in MIGRATIONS:
+        for dialect in ("sqlite", "postgresql"):
+            assert all("{" not in statement for statement in migration.sql(dialect))
+
+
+def test_four_processes_migrating_one_sqlite_file_at_once_apply_each_version_once(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    keys = start_stores_in_processes(sqlite_url, tmp_path)
+
+    assert len(set(keys)) == 1 and keys[0] != "too late"
+    rows = raw_rows(sqlite_url, "SELECT version FROM schema_migrations ORDER BY version")
+    assert [version for (version,) in rows] == VERSIONS
+    assert raw_rows(sqlite_url, "PRAGMA journal_mode") == [("wal",)]
+
+
+def test_four_processes_migrating_one_postgres_schema_at_once_apply_each_version_once(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    keys = start_stores_in_processes(postgres_url, tmp_path)
+
+    assert len(set(keys)) == 1 and keys[0] != "too late"
+    rows = raw_rows(postgres_url, "SELECT version FROM schema_migrations ORDER BY version")
+    assert [version for (version,) in rows] == VERSIONS
+
+
+async def test_restarting_a_store_applies_nothing_again(database_url: str) -> None:
+    for _ in range(2):
+        store = open_store(database_url, "secret")
+        await store.start()
+        await store.close()
+    before = raw_rows(database_url, "SELECT version, applied_at FROM schema_migrations")
+
+    store = open_store(database_url, "secret")
+    await store.start()
+    await store.close()
+
+    assert raw_rows(database_url, "SELECT version, applied_at FROM schema_migrations") == before
+    assert [version for version, _ in before] == VERSIONS
+
+
+async def test_a_database_behind_by_one_version_is_brought_up_to_date(database_url: str) -> None:
+    store = open_store(database_url, "secret")
+    await store.start()
+    async with store.transaction() as conn:
+        await conn.execute("DROP TABLE cache_messages")
+        await conn.execute("DROP TABLE cache_entries")
+        await conn.execute("DELETE FROM schema_migrations WHERE version = ?", (VERSIONS[-1],))
+    await store.close()
+
+    store = open_store(database_url, "secret")
+    await store.start()
+    try:
+        async with store.connection() as conn:
+            assert await conn.fetchone("SELECT COUNT(*) FROM cache_entries") == (0,)
+    finally:
+        await store.close()
+    rows = raw_rows(database_url, "SELECT version FROM schema_migrations ORDER BY version")
+    assert [version for (version,) in rows] == VERSIONS
+
+
+async def test_postgres_schema_from_the_url_holds_every_table(postgres_url: str) -> None:
+    schema = postgres_url.rsplit("%3D", 1)[1]
+    tables = {
+        "schema_migrations",
+        "upstreams",
+        "tools",
+        "secrets",
+        "meta",
+        "cache_entries",
+        "cache_messages",
+    }
+    store = open_store(postgres_url, "secret")
+    await store.start()
+    await store.close()
+    conn = psycopg2.connect(postgres_url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = %s",
+                (schema,),
+            )
+            assert {name for (name,) in cur.fetchall()} == tables
+    finally:
+        conn.close()
