@@ -21,6 +21,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.settings import Settings
 
+pytest_plugins = ["tests.upstreams.fixtures"]
+
 POSTGRES_URL = os.environ.get(
     "GATEWAY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )

@@ -23,10 +23,10 @@ from gateway_plugins.backend_mcp_http import (
     SseParser,
     gateway_register_backends,
 )
-from upstreams.processes import RunningUpstream, free_port
+from tests.upstreams.processes import RunningUpstream, free_port
 
-# The lead's conftest may load these too; pytest registers a plugin module only once.
-pytest_plugins = ["upstreams.fixtures"]
+# The top-level conftest may load these as well; pytest registers a plugin module once.
+pytest_plugins = ["tests.upstreams.fixtures"]
 
 UpstreamFactory = Callable[..., RunningUpstream]
 

@@ -71,22 +71,35 @@ async def register(url: str, upstream_url: str, name: str = "own") -> dict[str, 
             return body
 
 
-async def worker_pids(url: str, attempts: int = 60) -> set[int]:
-    pids: set[int] = set()
+async def worker_catalogues(url: str, workers: int = 2, rounds: int = 50) -> dict[int, dict[str, int]]:
+    """Each worker's catalogue as `/version` reports it, asking until every worker answered."""
+    seen: dict[int, dict[str, int]] = {}
     connector = aiohttp.TCPConnector(force_close=True)
     async with aiohttp.ClientSession(connector=connector) as session:
-        for _ in range(attempts):
+
+        async def ask() -> None:
             async with session.get(f"{url}/version") as response:
-                pids.add((await response.json())["worker"])
-    return pids
+                body = await response.json()
+                seen[body["worker"]] = body["catalogue"]
+
+        for _ in range(rounds):
+            await asyncio.gather(*(ask() for _ in range(8)))
+            if len(seen) >= workers:
+                break
+    return seen
 
 
 async def check_registration_reaches_every_worker(gateway: GunicornGateway, upstream_url: str) -> None:
-    assert len(await worker_pids(gateway.url)) == 2
+    before = await worker_catalogues(gateway.url)
+    assert len(before) == 2, before
     view = await register(gateway.url, upstream_url)
     assert view["headers"] == ["X-Secret"]
     assert "s3cret" not in orjson.dumps(view).decode()
     await asyncio.sleep(2.0)
+    after = await worker_catalogues(gateway.url)
+    assert len(after) == 2
+    for pid, catalogue in after.items():
+        assert catalogue["tools"] >= before[pid]["tools"] + 5, (pid, catalogue)
     results = await asyncio.gather(*(
         call(gateway.url, "tools/call", {"name": "own__echo", "arguments": {"text": f"hi {i}"}},
              USER)

@@ -11,7 +11,7 @@ import psycopg2
 
 from gateway.store import open_store
 from gateway.store.migrations import MIGRATIONS
-from test_store import raw_rows
+from tests.test_store import raw_rows
 
 PROCESSES = 4
 

@@ -14,7 +14,6 @@ from typing import Any
 import psycopg2
 import pytest
 
-from conftest import free_port
 from gateway.store import (
     Conflict,
     NotFound,
@@ -25,6 +24,7 @@ from gateway.store import (
     open_store,
 )
 from gateway.store.base import ENCRYPTION_KEY_SECRET
+from tests.conftest import free_port
 
 SECRET = "store-test-secret"
 

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from gateway import __version__
 from gateway.access import public
-from gateway.keys import CACHE, SETTINGS, STORE
+from gateway.keys import CACHE, REGISTRY, SETTINGS, STORE
 
 _CHECK_TIMEOUT = 2.0
 
@@ -42,9 +42,16 @@ async def ready(request: web.Request) -> web.Response:
 @public
 async def version(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
+    catalogue = request.app[REGISTRY].catalogue
     return web.json_response(
-        {"name": "aio-mcp-gateway", "version": __version__, "cache": settings.cache_type,
-         "store": "postgresql" if settings.is_postgres else "sqlite", "worker": os.getpid()}
+        {
+            "name": "aio-mcp-gateway",
+            "version": __version__,
+            "cache": settings.cache_type,
+            "store": "postgresql" if settings.is_postgres else "sqlite",
+            "worker": os.getpid(),
+            "catalogue": {"version": catalogue.version, "tools": len(catalogue.tools)},
+        }
     )
 
 

@@ -193,6 +193,8 @@ class UpstreamService:
                 await self._sync_local(spec.transport)
             except (Conflict, InvalidUpstream, BackendError) as exc:
                 log.error("local backend not registered", backend=spec.name, error=str(exc))
+        # Another worker may have registered them first: serve them before the first request.
+        await self.registry.reload()
 
     async def _sync_local(self, transport: str) -> UpstreamRecord:
         spec = self.plugins.backend_for(transport)

@@ -1,6 +1,6 @@
 """Pytest fixtures that run the upstream servers as subprocesses.
 
-Load them with `pytest_plugins = ["upstreams.fixtures"]` in the top-level conftest.
+Load them with `pytest_plugins = ["tests.upstreams.fixtures"]` in the top-level conftest.
 Our own server is started per test, so `/admin/stats` counts only that test's traffic;
 the SDK server is shared by the session because it is slow to start and holds no counts.
 """
