@@ -14,7 +14,8 @@ from gateway.settings import SettingsError, load_settings
 
 try:
     _settings = load_settings()
-    Plugins.load(_settings).check(_settings)
+    _plugins = Plugins.load(_settings)
+    _plugins.check(_settings)
 except SettingsError as _exc:
     print(f"aio-mcp-gateway: configuration error: {_exc}", file=sys.stderr, flush=True)
     sys.exit(2)
@@ -22,8 +23,11 @@ except SettingsError as _exc:
 wsgi_app = "gateway.app:create_app"
 worker_class = "aiohttp.GunicornWebWorker"
 
-bind = [f"[{_settings.host}]:{_settings.port}" if ":" in _settings.host
-        else f"{_settings.host}:{_settings.port}"]
+bind = [
+    f"[{_settings.host}]:{_settings.port}"
+    if ":" in _settings.host
+    else f"{_settings.host}:{_settings.port}"
+]
 
 # GUNICORN_WORKERS: each worker is one event loop on one core. The gateway mostly waits on
 # upstreams, so 2 per core is a good start (the default); go lower if upstream calls are
@@ -64,3 +68,15 @@ access_log_format = '%a "%r" %s %b %Tf "%{User-Agent}i"'
 # One structured output for gunicorn, aiohttp and the gateway.
 logconfig_dict = logging_dict(_settings)
 loglevel = _settings.log_level
+
+
+def on_starting(server: object) -> None:
+    """Warn once when each worker would get a cache of its own."""
+    cache = _plugins.cache_for(_settings)
+    if not cache.shared and workers > 1:
+        server.log.warning(  # type: ignore[attr-defined]
+            f"CACHE_TYPE={cache.name} lives in each worker: with {workers} workers, cached "
+            "results, rate limits, sessions and leader election are per worker, and catalogue "
+            "changes reach other workers only through the store poll "
+            "(CATALOGUE_POLL_INTERVAL). Use CACHE_TYPE=database or redis to share them."
+        )

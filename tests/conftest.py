@@ -163,9 +163,7 @@ async def gateway(base_settings: Settings) -> AsyncIterator[GatewayFactory]:
         for plugin in plugins:
             pm.register(plugin, name=getattr(plugin, "__name__", repr(plugin)))
         app = build_app(settings, Plugins(pm))
-        client: Client = TestClient(
-            TestServer(app, host="127.0.0.1")
-        )
+        client: Client = TestClient(TestServer(app, host="127.0.0.1"))
         await client.start_server()
         clients.append(client)
         return client

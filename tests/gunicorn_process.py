@@ -7,11 +7,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
-from pathlib import Path
-
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 

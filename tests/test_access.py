@@ -53,7 +53,9 @@ async def test_rpc_with_bad_token_is_401(client: Client, header: str) -> None:
     assert response.content_type == "application/json"
 
 
-async def test_bad_token_writes_no_traceback(client: Client, caplog: pytest.LogCaptureFixture) -> None:
+async def test_bad_token_writes_no_traceback(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     await client.post("/rpc", json=PING, headers=bearer("not.a.jwt"))
     assert not [r for r in caplog.records if r.exc_info]
@@ -93,7 +95,9 @@ async def test_auth_not_required_makes_requests_anonymous_and_admin_open(
 ) -> None:
     with capture_logs() as logs:
         client = await gateway(auth_required=False)
-    assert any("AUTH_REQUIRED=false" in entry["event"] and entry["log_level"] == "warning"
-               for entry in logs)
+    assert any(
+        "AUTH_REQUIRED=false" in entry["event"] and entry["log_level"] == "warning"
+        for entry in logs
+    )
     assert (await client.post("/rpc", json=PING)).status == 200
     assert (await client.get("/upstreams")).status == 200

@@ -6,7 +6,7 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -15,15 +15,17 @@ import pytest
 
 from tests.conftest import TEST_SECRET, free_port, make_token
 from tests.gunicorn_process import REPO, GunicornGateway
+from tests.upstreams.processes import RunningUpstream
 
 pytestmark = pytest.mark.timeout(180)
 
+Starter = Callable[..., GunicornGateway]
 ADMIN = {"Authorization": f"Bearer {make_token('root', ('admin',))}"}
 USER = {"Authorization": f"Bearer {make_token('user')}"}
 
 
 @pytest.fixture
-def run_gateway(tmp_path: Path) -> Iterator[object]:
+def run_gateway(tmp_path: Path) -> Iterator[Starter]:
     started: list[GunicornGateway] = []
 
     def start(**env: str) -> GunicornGateway:
@@ -62,8 +64,12 @@ async def register(url: str, upstream_url: str, name: str = "own") -> dict[str, 
     async with aiohttp.ClientSession() as session:
         async with session.post(
             f"{url}/upstreams",
-            json={"name": name, "url": upstream_url, "transport": "streamable-http",
-                  "headers": {"X-Secret": "s3cret"}},
+            json={
+                "name": name,
+                "url": upstream_url,
+                "transport": "streamable-http",
+                "headers": {"X-Secret": "s3cret"},
+            },
             headers=ADMIN,
         ) as response:
             body: dict[str, object] = await response.json()
@@ -71,7 +77,9 @@ async def register(url: str, upstream_url: str, name: str = "own") -> dict[str, 
             return body
 
 
-async def worker_catalogues(url: str, workers: int = 2, rounds: int = 50) -> dict[int, dict[str, int]]:
+async def worker_catalogues(
+    url: str, workers: int = 2, rounds: int = 50
+) -> dict[int, dict[str, int]]:
     """Each worker's catalogue as `/version` reports it, asking until every worker answered."""
     seen: dict[int, dict[str, int]] = {}
     connector = aiohttp.TCPConnector(force_close=True)
@@ -89,7 +97,9 @@ async def worker_catalogues(url: str, workers: int = 2, rounds: int = 50) -> dic
     return seen
 
 
-async def check_registration_reaches_every_worker(gateway: GunicornGateway, upstream_url: str) -> None:
+async def check_registration_reaches_every_worker(
+    gateway: GunicornGateway, upstream_url: str
+) -> None:
     before = await worker_catalogues(gateway.url)
     assert len(before) == 2, before
     view = await register(gateway.url, upstream_url)
@@ -100,11 +110,17 @@ async def check_registration_reaches_every_worker(gateway: GunicornGateway, upst
     assert len(after) == 2
     for pid, catalogue in after.items():
         assert catalogue["tools"] >= before[pid]["tools"] + 5, (pid, catalogue)
-    results = await asyncio.gather(*(
-        call(gateway.url, "tools/call", {"name": "own__echo", "arguments": {"text": f"hi {i}"}},
-             USER)
-        for i in range(40)
-    ))
+    results = await asyncio.gather(
+        *(
+            call(
+                gateway.url,
+                "tools/call",
+                {"name": "own__echo", "arguments": {"text": f"hi {i}"}},
+                USER,
+            )
+            for i in range(40)
+        )
+    )
     for i, body in enumerate(results):
         result = body["result"]
         assert isinstance(result, dict) and result["isError"] is False, body
@@ -112,20 +128,26 @@ async def check_registration_reaches_every_worker(gateway: GunicornGateway, upst
 
 
 async def test_registration_on_sqlite_is_served_by_both_workers(
-    run_gateway, sqlite_url: str, own_upstream  # type: ignore[no-untyped-def]
+    run_gateway: Starter,
+    sqlite_url: str,
+    own_upstream: RunningUpstream,
 ) -> None:
     gateway = run_gateway(**base_env(sqlite_url))
     await check_registration_reaches_every_worker(gateway, own_upstream.url)
 
 
 async def test_registration_on_postgres_is_served_by_both_workers(
-    run_gateway, postgres_url: str, own_upstream  # type: ignore[no-untyped-def]
+    run_gateway: Starter,
+    postgres_url: str,
+    own_upstream: RunningUpstream,
 ) -> None:
     gateway = run_gateway(**base_env(postgres_url))
     await check_registration_reaches_every_worker(gateway, own_upstream.url)
 
 
-async def test_load_test_payload_is_answered_by_the_time_plugin(run_gateway, sqlite_url: str) -> None:  # type: ignore[no-untyped-def]
+async def test_load_test_payload_is_answered_by_the_time_plugin(
+    run_gateway: Starter, sqlite_url: str
+) -> None:
     gateway = run_gateway(**base_env(sqlite_url))
     payload = orjson.loads((REPO / "tests" / "hey" / "payload.json").read_bytes())
     body = await call(gateway.url, payload["method"], payload["params"], USER)
@@ -135,14 +157,20 @@ async def test_load_test_payload_is_answered_by_the_time_plugin(run_gateway, sql
 
 
 async def test_stored_jwt_secret_is_shared_by_workers_and_the_token_command(
-    run_gateway, sqlite_url: str  # type: ignore[no-untyped-def]
+    run_gateway: Starter,
+    sqlite_url: str,
 ) -> None:
     env = base_env(sqlite_url)
     del env["JWT_SECRET_KEY"]
     gateway = run_gateway(**env)
-    completed = subprocess.run(
+    completed = await asyncio.to_thread(
+        subprocess.run,
         [sys.executable, "-m", "gateway", "token", "create", "--sub", "ops", "--scope", "admin"],
-        env={**os.environ, **env}, capture_output=True, text=True, timeout=60, check=True,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     token = completed.stdout.strip()
     headers = {"Authorization": f"Bearer {token}"}
@@ -150,8 +178,9 @@ async def test_stored_jwt_secret_is_shared_by_workers_and_the_token_command(
         body = await call(gateway.url, "ping", {}, headers)
         assert body["result"] == {}
     async with aiohttp.ClientSession() as session:
-        async with session.post(f"{gateway.url}/rpc", json={"jsonrpc": "2.0", "id": 1,
-                                "method": "ping"}, headers=USER) as response:
+        async with session.post(
+            f"{gateway.url}/rpc", json={"jsonrpc": "2.0", "id": 1, "method": "ping"}, headers=USER
+        ) as response:
             # USER is signed with another secret: the stored one is in force.
             assert response.status == 401
 
@@ -159,9 +188,17 @@ async def test_stored_jwt_secret_is_shared_by_workers_and_the_token_command(
 def start_failure(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gunicorn", "-c", str(REPO / "gunicorn.conf.py")],
-        env={**os.environ, "HOST": "127.0.0.1", "PORT": str(free_port()),
-             "GUNICORN_WORKERS": "1", **env},
-        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        env={
+            **os.environ,
+            "HOST": "127.0.0.1",
+            "PORT": str(free_port()),
+            "GUNICORN_WORKERS": "1",
+            **env,
+        },
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -181,8 +218,11 @@ def test_bad_port_stops_start_up_with_one_line(tmp_path: Path) -> None:
 
 def test_unreachable_postgres_stops_start_up_without_traceback(tmp_path: Path) -> None:
     completed = start_failure(
-        {"DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/test",
-         "JWT_SECRET_KEY": TEST_SECRET, "LOG_FORMAT": "json"},
+        {
+            "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/test",
+            "JWT_SECRET_KEY": TEST_SECRET,
+            "LOG_FORMAT": "json",
+        },
         tmp_path,
     )
     output = completed.stdout + completed.stderr
@@ -191,7 +231,7 @@ def test_unreachable_postgres_stops_start_up_without_traceback(tmp_path: Path) -
     assert "Traceback" not in output
 
 
-async def test_logs_are_json_lines_with_request_ids(run_gateway, sqlite_url: str) -> None:  # type: ignore[no-untyped-def]
+async def test_logs_are_json_lines_with_request_ids(run_gateway: Starter, sqlite_url: str) -> None:
     gateway = run_gateway(**base_env(sqlite_url, GUNICORN_ACCESS_LOG="true"))
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{gateway.url}/health", headers={"X-Request-ID": "trace-me-42"}):

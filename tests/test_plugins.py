@@ -43,7 +43,7 @@ def test_unknown_cache_type_lists_the_installed_caches() -> None:
 
 
 def test_unknown_auth_type_lists_the_installed_authenticators() -> None:
-    with pytest.raises(SettingsError, match="AUTH_TYPE='ldap'.*jwt"):
+    with pytest.raises(SettingsError, match=r"AUTH_TYPE='ldap'.*jwt"):
         Plugins.load(Settings()).check(Settings(auth_type="ldap"))
 
 
@@ -51,8 +51,13 @@ def test_an_installed_plugin_replaces_a_built_in_of_the_same_name() -> None:
     class Replacement:
         @hookimpl
         def gateway_register_caches(self, register: Registrar[CacheSpec]) -> None:
-            register.add(CacheSpec(name="memory", factory=lambda s, st: None,  # type: ignore[arg-type,return-value]
-                                   description="replacement"))
+            register.add(
+                CacheSpec(
+                    name="memory",
+                    factory=lambda s, st: None,  # type: ignore[arg-type,return-value]
+                    description="replacement",
+                )
+            )
 
     pm = build_plugin_manager()
     pm.register(Replacement(), name="replacement")

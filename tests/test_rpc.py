@@ -20,8 +20,15 @@ async def client(gateway: GatewayFactory, admin_headers: dict[str, str]) -> Clie
 
 
 async def test_initialize_negotiates_a_supported_protocol_version(client: Client) -> None:
-    body = await rpc(client, "initialize", {"protocolVersion": "2025-06-18", "capabilities": {},
-                                             "clientInfo": {"name": "t", "version": "1"}})
+    body = await rpc(
+        client,
+        "initialize",
+        {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"},
+        },
+    )
     assert body["result"]["protocolVersion"] == "2025-06-18"
     assert body["result"]["serverInfo"]["name"] == "aio-mcp-gateway"
     assert "tools" in body["result"]["capabilities"]
@@ -88,8 +95,9 @@ async def test_direct_invocation_by_tool_name_matches_tools_call(client: Client)
 
 
 async def test_malformed_json_returns_32700(client: Client) -> None:
-    response = await client.post("/rpc", data=b'{"jsonrpc": "2.0", "id": 1,',
-                                 headers={"Content-Type": "application/json"})
+    response = await client.post(
+        "/rpc", data=b'{"jsonrpc": "2.0", "id": 1,', headers={"Content-Type": "application/json"}
+    )
     body = await response.json()
     assert response.status == 400
     assert body["error"]["code"] == -32700
@@ -107,8 +115,15 @@ async def test_malformed_json_returns_32700(client: Client) -> None:
         b'{"jsonrpc": "2.0", "id": {"a": 1}, "method": "ping"}',
         b'{"jsonrpc": "2.0", "id": 1, "method": "ping", "params": [1, 2]}',
     ],
-    ids=["batch", "not-object", "wrong-version", "no-method", "method-not-string",
-         "id-object", "params-array"],
+    ids=[
+        "batch",
+        "not-object",
+        "wrong-version",
+        "no-method",
+        "method-not-string",
+        "id-object",
+        "params-array",
+    ],
 )
 async def test_invalid_request_returns_32600(client: Client, payload: bytes) -> None:
     response = await client.post("/rpc", data=payload)
@@ -186,12 +201,16 @@ async def test_upstream_timeout_is_an_error_result_within_tool_timeout(client: C
 
 
 async def test_notification_gets_202_and_no_body(client: Client) -> None:
-    response = await client.post("/rpc", json={"jsonrpc": "2.0", "method": "notifications/initialized"})
+    response = await client.post(
+        "/rpc", json={"jsonrpc": "2.0", "method": "notifications/initialized"}
+    )
     assert response.status == 202
     assert await response.read() == b""
 
 
-async def test_oversized_body_is_refused_with_a_json_rpc_error(gateway: GatewayFactory, admin_headers: dict[str, str]) -> None:
+async def test_oversized_body_is_refused_with_a_json_rpc_error(
+    gateway: GatewayFactory, admin_headers: dict[str, str]
+) -> None:
     client = await gateway(max_request_bytes=2048)
     payload = {"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {"pad": "x" * 5000}}
     response = await client.post("/rpc", json=payload, headers=admin_headers)

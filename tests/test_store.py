@@ -23,7 +23,7 @@ from gateway.store import (
     UpstreamRecord,
     open_store,
 )
-from gateway.store.base import ENCRYPTION_KEY_SECRET
+from gateway.store.base import ENCRYPTION_KEY_SECRET, SQLStore
 from tests.conftest import free_port
 
 SECRET = "store-test-secret"
@@ -176,6 +176,30 @@ async def test_racing_creates_of_one_tool_name_have_exactly_one_winner(
     finally:
         await first.close()
         await second.close()
+
+
+async def test_unique_violation_from_the_database_still_names_both_owners(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer whose own check missed a racing commit hits the unique index instead."""
+    await store.create_upstream(upstream("a"), [tool("a", "echo")])
+    real_check = SQLStore._check_new_upstream
+    checks: list[str] = []
+
+    async def miss_the_first_time(conn: Any, record: UpstreamRecord, tools: Any) -> None:
+        checks.append(record.name)
+        if len(checks) > 1:
+            await real_check(conn, record, tools)
+
+    monkeypatch.setattr(SQLStore, "_check_new_upstream", staticmethod(miss_the_first_time))
+
+    with pytest.raises(Conflict) as caught:
+        await store.create_upstream(upstream("b"), [tool("b", "echo", name="a__echo")])
+
+    assert type(caught.value) is Conflict
+    assert "'a__echo' from upstream 'b' clashes with the tool of upstream 'a'" in str(caught.value)
+    assert checks == ["b", "b"]
+    assert await store.get_upstream("b") is None
 
 
 async def test_update_upstream_keeps_settings_of_tools_whose_name_survives(store: Store) -> None:

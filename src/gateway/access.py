@@ -40,7 +40,8 @@ def access_of(request: web.Request) -> str:
 
 
 def principal(request: web.Request) -> Principal:
-    return request.get(PRINCIPAL, ANONYMOUS)
+    found: Principal = request.get(PRINCIPAL, ANONYMOUS)
+    return found
 
 
 def _denied(error: AuthError) -> web.Response:

@@ -11,7 +11,8 @@ import orjson
 from aiohttp import web
 
 from gateway.access import admin
-from gateway.keys import REGISTRY, STORE, UPSTREAMS
+from gateway.keys import LEADER_USE, REGISTRY, STORE, UPSTREAMS
+from gateway.leader import read_health
 from gateway.middlewares import error_response
 from gateway.store import Conflict, NotFound, StoreError, ToolRecord, UpstreamRecord
 from gateway.upstreams import DiscoveryFailed, InvalidUpstream
@@ -93,7 +94,12 @@ async def list_upstreams(request: web.Request) -> web.Response:
     except StoreError as exc:
         return _failure(exc)
     counts = _tool_counts(request)
-    return _json({"upstreams": [upstream_view(r, counts.get(r.name, 0)) for r in records]})
+    views = []
+    for record in records:
+        view = upstream_view(record, counts.get(record.name, 0))
+        view["health"] = await read_health(request.app[LEADER_USE], record.name)
+        views.append(view)
+    return _json({"upstreams": views})
 
 
 @admin
@@ -115,7 +121,9 @@ async def get_upstream(request: web.Request) -> web.Response:
         return _failure(exc)
     if record is None:
         return error_response(404, f"upstream '{name}' does not exist")
-    return _json(upstream_view(record, _tool_counts(request).get(name, 0)))
+    view = upstream_view(record, _tool_counts(request).get(name, 0))
+    view["health"] = await read_health(request.app[LEADER_USE], name)
+    return _json(view)
 
 
 @admin

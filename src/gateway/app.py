@@ -6,20 +6,39 @@ registry (with the backends). Teardown runs in reverse.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import sys
-import contextlib
 from collections.abc import AsyncIterator, Callable
 
 import structlog
 from aiohttp import web
 
-from gateway import access, admin, health, rpc
-from gateway.keys import AUTHENTICATOR, CACHE, PLUGINS, REGISTRY, SETTINGS, STORE, UPSTREAMS
+from gateway import access, admin, health, jobs, rpc
+from gateway.cacheuse import CacheUse
+from gateway.contracts import Principal
+from gateway.keys import (
+    AUTHENTICATOR,
+    CACHE,
+    LEADER,
+    LEADER_USE,
+    LIMITS,
+    PLUGINS,
+    REGISTRY,
+    RESULTS,
+    SESSIONS,
+    SETTINGS,
+    STORE,
+    UPSTREAMS,
+)
+from gateway.leader import LeaderElection
+from gateway.limits import RateLimiter
 from gateway.logconfig import configure_logging
 from gateway.middlewares import json_errors, request_id
 from gateway.plugins import Plugins
 from gateway.registry import Registry
+from gateway.results import ResultCache
+from gateway.sessions import SessionStore
 from gateway.settings import Settings, SettingsError, load_settings
 from gateway.store import StoreError, open_store
 from gateway.upstreams import UpstreamService
@@ -46,8 +65,10 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     except StoreError as exc:
         raise StartupError(f"cannot open the store at DATABASE_URL: {exc}") from None
     if not settings.auth_encryption_secret:
-        log.warning("AUTH_ENCRYPTION_SECRET is not set; upstream credentials are encrypted "
-                    "with a key kept in the store itself")
+        log.warning(
+            "AUTH_ENCRYPTION_SECRET is not set; upstream credentials are encrypted "
+            "with a key kept in the store itself"
+        )
     app[STORE] = store
     yield
     await store.close()
@@ -62,6 +83,14 @@ async def _cache_ctx(app: web.Application) -> AsyncIterator[None]:
     except Exception as exc:
         raise StartupError(f"cannot start the {spec.name!r} cache (CACHE_TYPE): {exc}") from None
     app[CACHE] = cache
+
+    def use(name: str) -> CacheUse:
+        return CacheUse(cache, settings.cache_type, name, settings.cache_timeout)
+
+    app[RESULTS] = ResultCache(use("results"))
+    app[LIMITS] = RateLimiter(use("limits"))
+    app[SESSIONS] = SessionStore(use("sessions"), settings.session_ttl)
+    app[LEADER_USE] = use("leader")
     yield
     await cache.close()
 
@@ -90,16 +119,23 @@ async def _registry_ctx(app: web.Application) -> AsyncIterator[None]:
     app[REGISTRY] = registry
     app[UPSTREAMS] = UpstreamService(settings, app[PLUGINS], app[STORE], registry)
     await app[UPSTREAMS].sync_local_backends()
+    election = LeaderElection(app[LEADER_USE], settings.leader_ttl)
+    jobs.schedule(election, registry, app[UPSTREAMS], app[LEADER_USE], settings)
+    await election.start()
+    app[LEADER] = election
     yield
+    await election.close()
     await registry.close()
 
 
-async def _authenticate(request: web.Request) -> access.Principal:
+async def _authenticate(request: web.Request) -> Principal:
     return await request.app[AUTHENTICATOR].authenticate(request)
 
 
-def build_app(settings: Settings, plugins: Plugins) -> web.Application:
-    """Assemble the application without starting anything."""
+def build_app(
+    settings: Settings, plugins: Plugins, guard: Callable[[Ctx], Ctx] = lambda ctx: ctx
+) -> web.Application:
+    """Assemble the application without starting anything; `guard` wraps each resource."""
     app = web.Application(
         client_max_size=settings.max_request_bytes,
         middlewares=[
@@ -110,7 +146,7 @@ def build_app(settings: Settings, plugins: Plugins) -> web.Application:
     )
     app[SETTINGS] = settings
     app[PLUGINS] = plugins
-    app.cleanup_ctx.extend([_store_ctx, _cache_ctx, _auth_ctx, _registry_ctx])
+    app.cleanup_ctx.extend(guard(ctx) for ctx in (_store_ctx, _cache_ctx, _auth_ctx, _registry_ctx))
     health.install(app)
     rpc.install(app)
     admin.install(app)
@@ -132,8 +168,7 @@ async def create_app(settings: Settings | None = None) -> web.Application:
     except SettingsError as exc:
         print(f"aio-mcp-gateway: configuration error: {exc}", file=sys.stderr, flush=True)
         sys.exit(3)
-    app = build_app(settings, plugins)
-    app.cleanup_ctx[:] = [_exit_on_startup_error(ctx) for ctx in app.cleanup_ctx]
+    app = build_app(settings, plugins, guard=_exit_on_startup_error)
     app.on_startup.append(_log_started)
     return app
 
@@ -157,6 +192,9 @@ def _exit_on_startup_error(ctx: Ctx) -> Ctx:
 
 async def _log_started(app: web.Application) -> None:
     settings = app[SETTINGS]
-    log.info("gateway started", cache=settings.cache_type,
-             auth=settings.auth_type if settings.auth_required else "none",
-             store="postgresql" if settings.is_postgres else "sqlite")
+    log.info(
+        "gateway started",
+        cache=settings.cache_type,
+        auth=settings.auth_type if settings.auth_required else "none",
+        store="postgresql" if settings.is_postgres else "sqlite",
+    )

@@ -47,8 +47,10 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
 
     plugins = Plugins.load(settings)
     plugins.check(settings)
-    print(f"settings ok; caches: {', '.join(plugins.caches.names())}; "
-          f"auth: {', '.join(plugins.auth.names())}; backends: {', '.join(plugins.backends.names())}")
+    print(
+        f"settings ok; caches: {', '.join(plugins.caches.names())}; "
+        f"auth: {', '.join(plugins.auth.names())}; backends: {', '.join(plugins.backends.names())}"
+    )
     return 0
 
 
@@ -66,8 +68,9 @@ def parser() -> argparse.ArgumentParser:
     token_sub = token.add_subparsers(dest="token_command", required=True)
     create = token_sub.add_parser("create", help="print a token signed with the gateway's secret")
     create.add_argument("--sub", required=True, help="the subject (who the token is for)")
-    create.add_argument("--scope", action="append", default=[],
-                        help="a scope to grant, e.g. admin (repeatable)")
+    create.add_argument(
+        "--scope", action="append", default=[], help="a scope to grant, e.g. admin (repeatable)"
+    )
     create.add_argument("--exp", type=float, default=60.0, help="minutes until it expires")
     create.set_defaults(run=_token)
 

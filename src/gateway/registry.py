@@ -9,7 +9,6 @@ channel (the fast path, where the cache can push).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,8 +117,9 @@ class Registry:
             version, upstreams, tools = await self.store.load_catalogue()
             await self._sync_backends(upstreams)
             self.catalogue = self._build(version, upstreams, tools)
-            log.info("catalogue loaded", version=version, upstreams=len(upstreams),
-                     tools=len(tools))
+            log.info(
+                "catalogue loaded", version=version, upstreams=len(upstreams), tools=len(tools)
+            )
 
     def _build(
         self, version: int, upstreams: list[UpstreamRecord], tools: list[ToolRecord]
@@ -142,9 +142,7 @@ class Registry:
 
     async def _sync_backends(self, upstreams: list[UpstreamRecord]) -> None:
         wanted = {u.name: _config(u) for u in upstreams}
-        retired = [
-            name for name, config in self._configs.items() if wanted.get(name) != config
-        ]
+        retired = [name for name, config in self._configs.items() if wanted.get(name) != config]
         for name in retired:
             backend = self.backends.pop(name, None)
             self._configs.pop(name, None)
@@ -156,8 +154,11 @@ class Registry:
                 continue
             spec = self.plugins.backend_for(config.transport)
             if spec is None:
-                log.warning("no backend plugin serves this transport", upstream=name,
-                            transport=config.transport)
+                log.warning(
+                    "no backend plugin serves this transport",
+                    upstream=name,
+                    transport=config.transport,
+                )
                 continue
             backend = spec.factory(config, self.settings)
             await backend.start()
@@ -179,9 +180,12 @@ class Registry:
     async def _listen(self) -> None:
         while True:
             try:
-                async for _ in self.cache.subscribe(CATALOGUE_CHANNEL):
-                    with contextlib.suppress(Exception):
+                async for message in self.cache.subscribe(CATALOGUE_CHANNEL):
+                    log.info("catalogue invalidated", version=message.decode(errors="replace"))
+                    try:
                         await self.reload()
+                    except Exception as exc:  # the poller retries
+                        log.warning("catalogue reload failed", error=str(exc))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

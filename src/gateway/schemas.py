@@ -17,11 +17,10 @@ Check = Callable[[Any], str | None]
 
 def _describe(error: ValidationError) -> str:
     where = "/".join(str(part) for part in error.absolute_path)
-    if not where and error.validator == "required":
-        return error.message
-    if not where and error.validator == "additionalProperties":
-        return error.message
-    return f"field '{where or '(arguments)'}': {error.message}"
+    message = str(error.message)
+    if not where and error.validator in {"required", "additionalProperties"}:
+        return message
+    return f"field '{where or '(arguments)'}': {message}"
 
 
 def compile_schema(tool: str, schema: dict[str, Any]) -> Check:
@@ -31,8 +30,9 @@ def compile_schema(tool: str, schema: dict[str, Any]) -> Check:
     except SchemaError as exc:
         # An upstream's broken schema must not make its tool uncallable; the upstream
         # still validates its own arguments.
-        log.warning("tool input schema is invalid; arguments not checked", tool=tool,
-                    error=exc.message)
+        log.warning(
+            "tool input schema is invalid; arguments not checked", tool=tool, error=exc.message
+        )
         return lambda arguments: None
     validator = cls(schema)
 

@@ -95,6 +95,13 @@ class Settings:
     tool_name_separator: str = "__"
     max_request_bytes: int = 1_048_576
     catalogue_poll_interval: float = 1.0
+    cache_timeout: float = 1.0
+    rate_limit_per_minute: int = 0
+    tool_rate_limit_per_minute: int = 0
+    leader_ttl: float = 15.0
+    upstream_health_interval: float = 30.0
+    upstream_refresh_interval: float = 300.0
+    session_ttl: float = 3600.0
     log_level: str = "info"
     log_format: str = "auto"
     plugins_blocked: tuple[str, ...] = ()
@@ -140,6 +147,13 @@ _PARSERS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "TOOL_NAME_SEPARATOR": ("tool_name_separator", lambda n, r: _separator(n, r)),
     "MAX_REQUEST_BYTES": ("max_request_bytes", lambda n, r: _int(n, r, 1024)),
     "CATALOGUE_POLL_INTERVAL": ("catalogue_poll_interval", _float),
+    "CACHE_TIMEOUT": ("cache_timeout", _float),
+    "RATE_LIMIT_PER_MINUTE": ("rate_limit_per_minute", lambda n, r: _int(n, r, 0)),
+    "TOOL_RATE_LIMIT_PER_MINUTE": ("tool_rate_limit_per_minute", lambda n, r: _int(n, r, 0)),
+    "LEADER_TTL": ("leader_ttl", _float),
+    "UPSTREAM_HEALTH_INTERVAL": ("upstream_health_interval", _float),
+    "UPSTREAM_REFRESH_INTERVAL": ("upstream_refresh_interval", _float),
+    "SESSION_TTL": ("session_ttl", _float),
     "LOG_LEVEL": ("log_level", lambda n, r: _choice(n, r, _LOG_LEVELS)),
     "LOG_FORMAT": ("log_format", lambda n, r: _choice(n, r, ("auto", "json", "console"))),
     "PLUGINS_BLOCKED": ("plugins_blocked", lambda n, r: _list(r)),

@@ -70,8 +70,9 @@ class UpstreamService:
                 raise InvalidUpstream(
                     "'name' must be 1-64 characters of letters, digits, '_' and '-'"
                 )
-            base = UpstreamRecord(name=name, transport="streamable-http", url="", prefix=name,
-                                  created_at=now)
+            base = UpstreamRecord(
+                name=name, transport="streamable-http", url="", prefix=name, created_at=now
+            )
         else:
             if current.builtin:
                 raise InvalidUpstream(f"upstream '{current.name}' is built in and cannot change")
@@ -128,8 +129,11 @@ class UpstreamService:
         spec = self.plugins.backend_for(upstream.transport)
         assert spec is not None
         config = UpstreamConfig(
-            name=upstream.name, transport=upstream.transport, url=upstream.url,
-            headers=dict(upstream.headers), prefix=upstream.prefix,
+            name=upstream.name,
+            transport=upstream.transport,
+            url=upstream.url,
+            headers=dict(upstream.headers),
+            prefix=upstream.prefix,
         )
         backend = spec.factory(config, self.settings)
         try:
@@ -167,6 +171,8 @@ class UpstreamService:
         if current.builtin:
             return await self._sync_local(current.transport)
         tools = await self._discover(current)
+        if _same_tools(await self.store.list_tools(), name, tools):
+            return current
         await self.store.update_upstream(replace(current, updated_at=time.time()), tools)
         log.info("upstream refreshed", upstream=name, tools=len(tools))
         await self.registry.changed()
@@ -200,10 +206,18 @@ class UpstreamService:
         spec = self.plugins.backend_for(transport)
         assert spec is not None and spec.local
         now = time.time()
-        record = UpstreamRecord(name=spec.name, transport=spec.transport, url="", prefix="",
-                                builtin=True, created_at=now, updated_at=now)
-        backend = spec.factory(UpstreamConfig(name=spec.name, transport=spec.transport),
-                               self.settings)
+        record = UpstreamRecord(
+            name=spec.name,
+            transport=spec.transport,
+            url="",
+            prefix="",
+            builtin=True,
+            created_at=now,
+            updated_at=now,
+        )
+        backend = spec.factory(
+            UpstreamConfig(name=spec.name, transport=spec.transport), self.settings
+        )
         await backend.start()
         try:
             tools = self._tools(record, await backend.list_tools())
@@ -227,8 +241,15 @@ class UpstreamService:
 
 def _same_tools(stored: list[ToolRecord], upstream: str, tools: list[ToolRecord]) -> bool:
     def key(t: ToolRecord) -> tuple[Any, ...]:
-        return (t.name, t.original_name, t.description, t.title, t.input_schema,
-                t.output_schema, t.annotations)
+        return (
+            t.name,
+            t.original_name,
+            t.description,
+            t.title,
+            t.input_schema,
+            t.output_schema,
+            t.annotations,
+        )
 
     mine = sorted((key(t) for t in stored if t.upstream == upstream), key=lambda k: k[0])
     return mine == sorted((key(t) for t in tools), key=lambda k: k[0])

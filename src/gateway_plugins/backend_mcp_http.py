@@ -220,12 +220,12 @@ class McpHttpBackend:
             seen.add(cursor)
 
     # The `timeout` parameters are the Backend contract; asyncio.timeout applies them inside.
-    async def call_tool(self, name: str, arguments: JSON, timeout: float) -> JSON:  # noqa: ASYNC109
+    async def call_tool(self, name: str, arguments: JSON, timeout: float) -> JSON:
         return await self.request("tools/call", {"name": name, "arguments": arguments}, timeout)
 
     # --- any JSON-RPC method ---
 
-    async def request(self, method: str, params: JSON | None, timeout: float) -> JSON:  # noqa: ASYNC109
+    async def request(self, method: str, params: JSON | None, timeout: float) -> JSON:
         """Send one JSON-RPC request on the shared MCP session and return its `result`.
 
         Raises `BackendError` with a one-line message for every way the exchange can fail.

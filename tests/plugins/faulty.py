@@ -31,7 +31,9 @@ class FaultyBackend:
             ToolDef(name="faulty_count", input_schema=SCHEMA, description="counts to n"),
         ]
 
-    async def call_tool(self, name: str, arguments: dict[str, Any], timeout: float) -> dict[str, Any]:
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], timeout: float
+    ) -> dict[str, Any]:
         if name == "faulty_crash":
             raise RuntimeError("a bug inside a backend")
         if name == "faulty_unreachable":
@@ -39,11 +41,21 @@ class FaultyBackend:
         if name == "faulty_hang":
             await asyncio.sleep(3600)
         n = arguments.get("n", 0)
-        return {"content": [{"type": "text", "text": str(n)}], "structuredContent": {"n": n},
-                "isError": False}
+        return {
+            "content": [{"type": "text", "text": str(n)}],
+            "structuredContent": {"n": n},
+            "isError": False,
+        }
 
 
 @hookimpl
 def gateway_register_backends(register: Registrar[BackendSpec]) -> None:
-    register.add(BackendSpec(name="faulty", transport="faulty", factory=FaultyBackend,
-                             description="misbehaving tools for tests", local=True))
+    register.add(
+        BackendSpec(
+            name="faulty",
+            transport="faulty",
+            factory=FaultyBackend,
+            description="misbehaving tools for tests",
+            local=True,
+        )
+    )

@@ -104,9 +104,7 @@ def check_tool_list(upstream: str, tools: Sequence[ToolRecord]) -> None:
         if tool.name in names:
             raise Conflict(f"tool name {tool.name!r} appears twice in upstream {upstream!r}")
         if tool.original_name in originals:
-            raise Conflict(
-                f"tool {tool.original_name!r} appears twice in upstream {upstream!r}"
-            )
+            raise Conflict(f"tool {tool.original_name!r} appears twice in upstream {upstream!r}")
         names.add(tool.name)
         originals.add(tool.original_name)
 

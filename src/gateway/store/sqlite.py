@@ -54,6 +54,10 @@ def sqlite_path(database_url: str) -> str:
     return path
 
 
+def _probe(path: str) -> None:
+    sqlite3.connect(path).close()
+
+
 class SQLiteConnection:
     """One aiosqlite connection seen through the `Connection` protocol."""
 
@@ -124,6 +128,11 @@ class SQLiteStore(SQLStore):
             delay = min(delay * 2, 1.0)
 
     async def _open(self) -> None:
+        with self.translate_errors():
+            # Fail on an unopenable path before aiosqlite is involved: when its own connect
+            # fails it stops its thread without waiting, and that thread then outlives
+            # (and errors on) a closed event loop.
+            await asyncio.to_thread(_probe, self.path)
         self._writer = await self._connect()
         try:
             self._reader = await self._connect()
