@@ -1,4 +1,4 @@
-"""Throughput of `tools/call` through the gateway's `/rpc`, relative to calling the upstream directly.
+"""Requests/s of `tools/call` through the gateway's `/rpc`, relative to the upstream direct.
 
 Run by hand from a checkout with the gateway installed:
 
@@ -43,8 +43,6 @@ REPO = Path(__file__).resolve().parent.parent
 # The upstream helpers live with the tests; they are plain functions, made to be shared.
 sys.path.insert(0, str(REPO))
 
-from gateway.settings import ENVIRONMENT_VARIABLES  # noqa: E402
-from gateway_plugins.auth_jwt import create_token  # noqa: E402
 from tests.upstreams.processes import (  # noqa: E402
     RunningUpstream,
     UpstreamStartError,
@@ -52,6 +50,9 @@ from tests.upstreams.processes import (  # noqa: E402
     start_own,
     stop_upstream,
 )
+
+from gateway.settings import ENVIRONMENT_VARIABLES  # noqa: E402
+from gateway_plugins.auth_jwt import create_token  # noqa: E402
 
 HOST = "127.0.0.1"
 UPSTREAM_NAME = "bench"
@@ -103,6 +104,16 @@ def http(
             return Reply(response.status, response.headers, response.read())
     except urllib.error.HTTPError as exc:
         return Reply(exc.code, exc.headers, exc.read())
+    except OSError as exc:
+        raise BenchError(f"{method} {url} failed: {exc}") from None
+
+
+def status_of(url: str) -> int | None:
+    """The status of GET `url`, or None while nothing listens there."""
+    try:
+        return http("GET", url).status
+    except BenchError:
+        return None
 
 
 def tools_call(name: str, text: str, request_id: int = 1) -> dict[str, Any]:
@@ -235,7 +246,7 @@ class Gateway:
                 stderr=subprocess.STDOUT,
             )
         wait_until(
-            lambda: self._exited() or http("GET", f"{self.url}/health").status == 200,
+            lambda: self._exited() or status_of(f"{self.url}/health") == 200,
             timeout,
             "the gateway to answer /health",
         )
@@ -246,7 +257,7 @@ class Gateway:
         return self.process is not None and self.process.poll() is not None
 
     def token(self, subject: str, *scopes: str) -> str:
-        return create_token(self.secret, subject, scopes, expires_minutes=TOKEN_MINUTES)
+        return str(create_token(self.secret, subject, scopes, expires_minutes=TOKEN_MINUTES))
 
     def worker_pids(self) -> list[int]:
         """The workers' pids, for a profiler; empty where /proc does not list children."""

@@ -71,7 +71,7 @@ async def test_tools_list_paginates_with_cursor(client: Client) -> None:
         rpc_module.PAGE_SIZE = original
     everything = await rpc(client, "tools/list")
     assert seen == [t["name"] for t in everything["result"]["tools"]]
-    assert len(seen) == 6
+    assert len(seen) == 8
 
 
 async def test_tools_list_with_bad_cursor_returns_32602(client: Client) -> None:

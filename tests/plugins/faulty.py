@@ -16,6 +16,7 @@ SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "additiona
 class FaultyBackend:
     def __init__(self, upstream: UpstreamConfig, settings: Settings) -> None:
         self.upstream = upstream
+        self.ticks = 0
 
     async def start(self) -> None:
         return None
@@ -29,6 +30,8 @@ class FaultyBackend:
             ToolDef(name="faulty_unreachable", input_schema=SCHEMA, description="backend error"),
             ToolDef(name="faulty_hang", input_schema=SCHEMA, description="never answers"),
             ToolDef(name="faulty_count", input_schema=SCHEMA, description="counts to n"),
+            ToolDef(name="faulty_tick", input_schema=SCHEMA, description="calls so far"),
+            ToolDef(name="faulty_error", input_schema=SCHEMA, description="an error result"),
         ]
 
     async def call_tool(
@@ -40,6 +43,12 @@ class FaultyBackend:
             raise BackendError(f"upstream '{self.upstream.name}' refused the connection")
         if name == "faulty_hang":
             await asyncio.sleep(3600)
+        if name == "faulty_tick":
+            self.ticks += 1
+            return {"content": [{"type": "text", "text": str(self.ticks)}], "isError": False}
+        if name == "faulty_error":
+            self.ticks += 1
+            return {"content": [{"type": "text", "text": "no"}], "isError": True}
         n = arguments.get("n", 0)
         return {
             "content": [{"type": "text", "text": str(n)}],

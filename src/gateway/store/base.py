@@ -326,6 +326,7 @@ class SQLStore(ABC):
     # catalogue writers, so the checks that follow see every earlier write committed.
 
     async def create_upstream(self, upstream: UpstreamRecord, tools: Sequence[ToolRecord]) -> None:
+        """See `Store.create_upstream`; `created_at` and `updated_at` are the store's clock."""
         check_tool_list(upstream.name, tools)
         headers_enc = self.cipher.encrypt_headers(upstream.headers)
         try:
@@ -374,6 +375,7 @@ class SQLStore(ABC):
     async def update_upstream(
         self, upstream: UpstreamRecord, tools: Sequence[ToolRecord] | None = None
     ) -> None:
+        """See `Store.update_upstream`; `created_at` is kept and `updated_at` set to now."""
         if tools is not None:
             check_tool_list(upstream.name, tools)
         headers_enc = self.cipher.encrypt_headers(upstream.headers)
