@@ -80,3 +80,13 @@ def on_starting(server: object) -> None:
             "changes reach other workers only through the store poll "
             "(CATALOGUE_POLL_INTERVAL). Use CACHE_TYPE=database or redis to share them."
         )
+
+
+def child_exit(server: object, worker: object) -> None:
+    """Retire a dead worker's metric files when metrics are shared across workers."""
+    from gateway.metrics import multiprocess_dir
+
+    if multiprocess_dir() is not None:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)  # type: ignore[attr-defined]

@@ -238,3 +238,13 @@ async def test_request_id_is_echoed_or_made(client: Client) -> None:
     assert given.headers["X-Request-ID"] == "abc-123"
     made = await client.get("/health")
     assert len(made.headers["X-Request-ID"]) == 32
+
+
+async def test_metrics_count_tool_calls_and_need_a_token(client: Client) -> None:
+    await rpc(client, "faulty_count", {"n": 1})
+    response = await client.get("/metrics")
+    assert response.status == 200
+    text = await response.text()
+    assert 'gateway_tool_call_seconds_count{outcome="ok",upstream="faulty"}' in text
+    client.session.headers.pop("Authorization")
+    assert (await client.get("/metrics")).status == 401

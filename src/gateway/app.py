@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable
 import structlog
 from aiohttp import web
 
-from gateway import access, admin, health, jobs, rpc
+from gateway import access, admin, health, jobs, metrics, rpc
 from gateway.cacheuse import CacheUse
 from gateway.contracts import Principal
 from gateway.keys import (
@@ -150,6 +150,7 @@ def build_app(
     health.install(app)
     rpc.install(app)
     admin.install(app)
+    metrics.install(app)
     plugins.configure_app(app, settings)
     return app
 

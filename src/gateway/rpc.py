@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,6 +22,7 @@ from gateway.contracts import BackendError, Principal
 from gateway.jsonrpc import RPCError
 from gateway.keys import LIMITS, REGISTRY, RESULTS, SETTINGS
 from gateway.limits import RateLimited, RateLimiter
+from gateway.metrics import TOOL_CALLS
 from gateway.registry import Registry, Tool
 from gateway.results import ResultCache, result_key
 from gateway.settings import Settings
@@ -123,17 +125,23 @@ class Dispatcher:
         if backend is None:
             return error_result(f"upstream '{upstream}' has no backend in this gateway")
         timeout = self.settings.tool_timeout
+        started = time.perf_counter()
+        outcome = "ok"
         try:
             async with asyncio.timeout(timeout):
                 return await backend.call_tool(tool.record.original_name, arguments, timeout)
         except BackendError as exc:
+            outcome = "error"
             log.warning(
                 "upstream call failed", tool=tool.record.name, upstream=upstream, error=str(exc)
             )
             return error_result(str(exc))
         except TimeoutError:
+            outcome = "timeout"
             log.warning("upstream call timed out", tool=tool.record.name, upstream=upstream)
             return error_result(f"upstream '{upstream}' did not answer within {timeout:g}s")
+        finally:
+            TOOL_CALLS.labels(upstream, outcome).observe(time.perf_counter() - started)
 
 
 def _encode_cursor(offset: int) -> str:
