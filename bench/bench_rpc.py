@@ -1,4 +1,4 @@
-"""Requests/s of `tools/call` through the gateway's `/rpc`, relative to the upstream direct.
+"""Requests/s of tools/call through the gateway's /rpc, as a share of the upstream's direct.
 
 Run by hand from a checkout with the gateway installed:
 
@@ -30,7 +30,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.message import Message
@@ -213,8 +213,10 @@ class Gateway:
 
     def environment(self) -> dict[str, str]:
         # Variables of the caller's shell (or of a .env) must not change what is measured,
-        # so every gateway variable is dropped and the ones that matter are set here.
-        inherited = {k: v for k, v in os.environ.items() if k not in ENVIRONMENT_VARIABLES}
+        # so every gateway variable (and the shared-metrics directory, which moves every
+        # worker's counters into files) is dropped and the ones that matter are set here.
+        dropped = {*ENVIRONMENT_VARIABLES, "PROMETHEUS_MULTIPROC_DIR"}
+        inherited = {k: v for k, v in os.environ.items() if k not in dropped}
         return {
             **inherited,
             "HOST": HOST,
@@ -250,8 +252,9 @@ class Gateway:
             timeout,
             "the gateway to answer /health",
         )
-        if self._exited():
-            raise BenchError(f"gunicorn exited with {self.process.returncode}:\n{self.log()}")
+        if self.process.poll() is not None:
+            # running_gateway shows the log's tail.
+            raise BenchError(f"gunicorn exited with status {self.process.returncode}")
 
     def _exited(self) -> bool:
         return self.process is not None and self.process.poll() is not None
@@ -443,7 +446,7 @@ def report(runs: list[Run], requests: int) -> bool:
 # --- orchestration -------------------------------------------------------------------------
 
 
-def wait_until(ready: Any, timeout: float, what: str) -> None:
+def wait_until(ready: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if ready():
@@ -471,7 +474,8 @@ def running_gateway(workdir: Path, workers: int) -> Iterator[Gateway]:
         gateway.start()
         yield gateway
     except BenchError:
-        print(f"gateway log (tail):\n{gateway.log()}", file=sys.stderr)
+        if log := gateway.log():
+            print(f"gateway log (tail):\n{log}", file=sys.stderr)
         raise
     finally:
         gateway.stop()
@@ -540,8 +544,10 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
     return options
 
 
-def _terminated(signum: int, frame: object) -> NoReturn:
-    # SIGTERM unwinds like Ctrl-C, so the finally blocks still stop the servers.
+def _interrupted(signum: int, frame: object) -> NoReturn:
+    # SIGTERM unwinds like Ctrl-C, so the finally blocks still stop the servers. SIGINT gets
+    # the same handler because a shell starts background jobs with SIGINT ignored, and a
+    # benchmark that cannot be interrupted would keep its servers running.
     raise KeyboardInterrupt
 
 
@@ -550,7 +556,8 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("hey") is None:
         print("bench_rpc: hey is not on PATH (apt-get install hey)", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, _terminated)
+    signal.signal(signal.SIGINT, _interrupted)
+    signal.signal(signal.SIGTERM, _interrupted)
     workdir = Path(tempfile.mkdtemp(prefix="bench-rpc-"))
     try:
         return 0 if benchmark(options, workdir) else 1
