@@ -1,10 +1,15 @@
-"""Argument validation against a tool's input schema, compiled once per catalogue load."""
+"""Argument validation against a tool's input schema, compiled once per catalogue load.
+
+fastjsonschema compiles each schema to Python code for the hot path (about 20 times faster
+than interpreting it); jsonschema explains a failure, naming the field and why.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
+import fastjsonschema
 import jsonschema
 import structlog
 from jsonschema.exceptions import SchemaError, ValidationError, best_match
@@ -35,9 +40,19 @@ def compile_schema(tool: str, schema: dict[str, Any]) -> Check:
         )
         return lambda arguments: None
     validator = cls(schema)
+    try:
+        fast = fastjsonschema.compile(schema)
+    except Exception:  # a dialect or format fastjsonschema lacks: interpret instead
+        fast = None
 
     def check(arguments: Any) -> str | None:
-        if validator.is_valid(arguments):
+        if fast is not None:
+            try:
+                fast(arguments)
+                return None
+            except fastjsonschema.JsonSchemaException:
+                pass
+        elif validator.is_valid(arguments):
             return None
         error = best_match(validator.iter_errors(arguments))
         return _describe(error) if error is not None else "arguments are invalid"
