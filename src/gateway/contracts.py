@@ -6,7 +6,7 @@ they build, each with `start()` and `close()` run from one `cleanup_ctx`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -32,6 +32,40 @@ class ToolDef:
     title: str | None = None
     output_schema: JSON | None = None
     annotations: JSON | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceDef:
+    uri: str
+    name: str
+    description: str = ""
+    title: str | None = None
+    mime_type: str | None = None
+    size: int | None = None
+    annotations: JSON | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceTemplateDef:
+    uri_template: str
+    name: str
+    description: str = ""
+    title: str | None = None
+    mime_type: str | None = None
+    annotations: JSON | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PromptDef:
+    name: str
+    description: str = ""
+    title: str | None = None
+    arguments: tuple[JSON, ...] = ()
+    """MCP `PromptArgument` objects: name, description, required."""
+
+
+Notify = Callable[[str, JSON], Awaitable[None]]
+"""Receives an upstream notification: (method, params)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +100,16 @@ class BackendError(Exception):
     """An upstream could not be reached, timed out, or answered with an error."""
 
 
+class UpstreamError(BackendError):
+    """The upstream answered with a JSON-RPC error; the gateway passes code and message on."""
+
+    def __init__(self, upstream: str, code: int, message: str, data: Any = None) -> None:
+        super().__init__(f"upstream '{upstream}' answered with error {code}: {message}")
+        self.code = code
+        self.upstream_message = message
+        self.data = data
+
+
 class AuthError(Exception):
     """A request failed authentication (401) or authorisation (403)."""
 
@@ -96,6 +140,46 @@ class Backend(Protocol):
         Raise `BackendError` when the upstream cannot answer; a tool's own failure is a
         result with `isError: true`.
         """
+        ...
+
+
+@runtime_checkable
+class FullBackend(Backend, Protocol):
+    """A backend that speaks the whole MCP protocol, not only tools.
+
+    The gateway checks `isinstance(backend, FullBackend)` and offers resources, prompts,
+    completion, logging, progress and cancellation only for upstreams whose backend can.
+    """
+
+    capabilities: JSON
+    """The upstream's server capabilities from `initialize` (empty before the first use)."""
+
+    async def list_resources(self) -> list[ResourceDef]:
+        """Every resource, following pagination; empty if the upstream has none."""
+        ...
+
+    async def list_resource_templates(self) -> list[ResourceTemplateDef]: ...
+
+    async def list_prompts(self) -> list[PromptDef]: ...
+
+    async def request(
+        self, method: str, params: JSON, timeout: float, on_notification: Notify | None = None
+    ) -> JSON:
+        """Send any request upstream and return its JSON-RPC result.
+
+        Notifications the upstream sends about this request (`notifications/progress`,
+        `notifications/message`) go to `on_notification`. Cancelling the awaiting task
+        sends `notifications/cancelled` upstream. A JSON-RPC error raises `UpstreamError`.
+        """
+        ...
+
+    async def notify(self, method: str, params: JSON) -> None:
+        """Send a notification upstream (e.g. `notifications/cancelled`)."""
+        ...
+
+    def set_listener(self, listener: Notify | None) -> None:
+        """Where the upstream's own notifications go (`notifications/tools/list_changed`,
+        `notifications/resources/updated`, ...), received on its server-to-client stream."""
         ...
 
 

@@ -56,6 +56,82 @@ class ToolRecord:
     rate_limit: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ResourceRecord:
+    """A federated resource. Its URI is its identity at the gateway, unchanged."""
+
+    uri: str
+    upstream: str
+    name: str
+    description: str = ""
+    title: str | None = None
+    mime_type: str | None = None
+    size: int | None = None
+    annotations: JSON | None = None
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceTemplateRecord:
+    uri_template: str
+    upstream: str
+    name: str
+    description: str = ""
+    title: str | None = None
+    mime_type: str | None = None
+    annotations: JSON | None = None
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class PromptRecord:
+    name: str
+    """The gateway name, made like a tool's: `<prefix><separator><original_name>`."""
+    upstream: str
+    original_name: str
+    description: str = ""
+    title: str | None = None
+    arguments: tuple[JSON, ...] = ()
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ServerRecord:
+    """A virtual server: a named bundle of tools, resources and prompts by gateway name/URI."""
+
+    id: str
+    name: str
+    description: str = ""
+    tools: tuple[str, ...] = ()
+    resources: tuple[str, ...] = ()
+    """Resource URIs and resource template URI templates."""
+    prompts: tuple[str, ...] = ()
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Features:
+    """Everything an upstream offers besides tools, as the gateway names it."""
+
+    resources: Sequence[ResourceRecord] = ()
+    templates: Sequence[ResourceTemplateRecord] = ()
+    prompts: Sequence[PromptRecord] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogueData:
+    """One consistent read of the whole catalogue."""
+
+    version: int
+    upstreams: list[UpstreamRecord]
+    tools: list[ToolRecord]
+    resources: list[ResourceRecord] = field(default_factory=list)
+    templates: list[ResourceTemplateRecord] = field(default_factory=list)
+    prompts: list[PromptRecord] = field(default_factory=list)
+    servers: list[ServerRecord] = field(default_factory=list)
+
+
 class Connection(Protocol):
     """A connection inside a transaction. SQL uses `?` placeholders on both dialects."""
 
