@@ -136,6 +136,17 @@ class TestDatabaseCacheOnPostgreSQL(CacheConformance):
         return drop
 
 
+async def delete_prefix(redis_url: str, prefix: str) -> None:
+    """Delete what a test left under `prefix:`, since the Redis server outlives the run."""
+    admin = aioredis.Redis.from_url(redis_url)
+    try:
+        keys = [key async for key in admin.scan_iter(match=f"{prefix}:*", count=1000)]
+        if keys:
+            await admin.delete(*keys)
+    finally:
+        await admin.aclose()
+
+
 async def kill_clients(redis_url: str, name: str, types: tuple[str, ...]) -> int:
     """`CLIENT KILL` every connection called `name` of the given types; how many.
 
@@ -165,9 +176,12 @@ class TestRedisCache(CacheConformance):
         return functools.partial(open_cache, "redis", cache_prefix, redis_url=redis_base_url)
 
     @pytest.fixture
-    async def cache(self, cache_factory: CacheOpener) -> AsyncIterator[Cache]:
+    async def cache(
+        self, cache_factory: CacheOpener, redis_base_url: str, cache_prefix: str
+    ) -> AsyncIterator[Cache]:
         async with cache_factory() as cache:
             yield cache
+        await delete_prefix(redis_base_url, cache_prefix)
 
     @pytest.fixture
     def drop_connections(self, redis_base_url: str, cache: Cache) -> DropConnections:

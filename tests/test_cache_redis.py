@@ -24,7 +24,7 @@ from gateway.settings import Settings
 from gateway.testing.cache_conformance import listening, unique, wait_until_listening
 from gateway_plugins.cache_redis import RedisCache, RedisCacheError, create_redis_cache
 from tests.conftest import GatewayFactory, free_port
-from tests.test_cache_conformance import kill_clients
+from tests.test_cache_conformance import delete_prefix, kill_clients
 
 # The redis cache never touches the store its factory receives.
 NO_STORE: Any = None
@@ -112,11 +112,14 @@ async def relay(redis_base_url: str) -> AsyncIterator[Relay]:
 
 
 @pytest.fixture
-async def cache_via_relay(relay: Relay, cache_prefix: str) -> AsyncIterator[RedisCache]:
+async def cache_via_relay(
+    relay: Relay, redis_base_url: str, cache_prefix: str
+) -> AsyncIterator[RedisCache]:
     cache = RedisCache(relay.url, cache_prefix, timeout=SHORT_TIMEOUT)
     await cache.start()
     yield cache
     await cache.close()
+    await delete_prefix(redis_base_url, cache_prefix)
 
 
 @pytest.fixture
@@ -125,6 +128,7 @@ async def cache(redis_base_url: str, cache_prefix: str) -> AsyncIterator[RedisCa
     await cache.start()
     yield cache
     await cache.close()
+    await delete_prefix(redis_base_url, cache_prefix)
 
 
 @pytest.fixture
@@ -229,8 +233,10 @@ async def test_start_with_a_url_that_is_not_redis_raises_one_line_naming_redis_u
     assert "\n" not in message
 
 
-async def test_operations_before_start_and_after_close_raise(redis_base_url: str) -> None:
-    cache = RedisCache(redis_base_url, unique("p"), timeout=5.0)
+async def test_operations_before_start_and_after_close_raise(
+    redis_base_url: str, cache_prefix: str
+) -> None:
+    cache = RedisCache(redis_base_url, cache_prefix, timeout=5.0)
     with pytest.raises(RedisCacheError, match="not started"):
         await cache.get("key")
     await cache.start()

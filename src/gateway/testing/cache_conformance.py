@@ -55,7 +55,8 @@ For example::
             async with cache_factory() as cache:
                 yield cache
 
-Then `pytest test_my_cache.py` runs the whole suite; `-k` selects parts of it.
+Then `pytest test_my_cache.py` runs the whole suite; `-k` selects parts of it. Give the
+suite a prefix (or a database) of its own: it writes keys, a few of them without a TTL.
 """
 
 from __future__ import annotations
