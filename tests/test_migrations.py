@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import psycopg2
+import pytest
 
-from gateway.store import open_store
-from gateway.store.migrations import MIGRATIONS
+from gateway.store import Features, PromptRecord, ResourceRecord, ServerRecord, open_store
+from gateway.store.migrations import CREATE_SCHEMA_MIGRATIONS, MIGRATIONS
 from tests.test_store import raw_rows
 
 PROCESSES = 4
@@ -104,20 +107,70 @@ async def test_restarting_a_store_applies_nothing_again(database_url: str) -> No
     assert [version for version, _ in before] == VERSIONS
 
 
-async def test_a_database_behind_by_one_version_is_brought_up_to_date(database_url: str) -> None:
-    store = open_store(database_url, "secret")
-    await store.start()
-    async with store.transaction() as conn:
-        await conn.execute("DROP TABLE cache_messages")
-        await conn.execute("DROP TABLE cache_entries")
-        await conn.execute("DELETE FROM schema_migrations WHERE version = ?", (VERSIONS[-1],))
-    await store.close()
+def create_old_database(database_url: str, version: int) -> None:
+    """Build the schema an older gateway left behind, with an upstream and a tool in it,
+    without going through today's store."""
+    dialect = "sqlite" if database_url.startswith("sqlite:") else "postgresql"
+    statements = [CREATE_SCHEMA_MIGRATIONS]
+    for migration in MIGRATIONS[:version]:
+        statements += migration.sql(dialect)
+        statements.append(
+            "INSERT INTO schema_migrations (version, description, applied_at) "
+            f"VALUES ({migration.version}, 'applied by an older gateway', 0)"
+        )
+    statements += [
+        "INSERT INTO upstreams (name, transport, url, prefix, created_at, updated_at) "
+        "VALUES ('old', 'streamable_http', 'http://old.example/mcp', 'old', 1, 1)",
+        "INSERT INTO tools (name, upstream, original_name, input_schema, enabled) "
+        "VALUES ('old__echo', 'old', 'echo', '{\"type\": \"object\"}', FALSE)",
+    ]
+    if database_url.startswith("sqlite:///"):
+        path = database_url.removeprefix("sqlite:///")
+        with contextlib.closing(sqlite3.connect(path)) as lite, lite:
+            for statement in statements:
+                lite.execute(statement)
+        return
+    conn = psycopg2.connect(database_url)
+    try:
+        with conn, conn.cursor() as cur:
+            for statement in statements:
+                cur.execute(statement)
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    "old_version", [1, VERSIONS[-2]], ids=["from-version-1", "from-the-previous-version"]
+)
+async def test_an_older_database_is_brought_up_to_date_keeping_its_catalogue(
+    database_url: str, old_version: int
+) -> None:
+    create_old_database(database_url, old_version)
 
     store = open_store(database_url, "secret")
     await store.start()
     try:
-        async with store.connection() as conn:
-            assert await conn.fetchone("SELECT COUNT(*) FROM cache_entries") == (0,)
+        data = await store.load_catalogue()
+        assert [u.name for u in data.upstreams] == ["old"]
+        assert [(t.name, t.upstream, t.enabled) for t in data.tools] == [
+            ("old__echo", "old", False)
+        ]
+        assert (data.resources, data.templates, data.prompts, data.servers) == ([], [], [], [])
+
+        # The new tables work with, and cascade from, the rows the old gateway wrote.
+        old = data.upstreams[0]
+        await store.update_upstream(
+            old,
+            features=Features(
+                resources=[ResourceRecord(uri="file:///old", upstream="old", name="old")],
+                prompts=[PromptRecord(name="old__hi", upstream="old", original_name="hi")],
+            ),
+        )
+        await store.create_server(ServerRecord(id="s1", name="Old", tools=("old__echo",)))
+        assert [r.uri for r in await store.list_resources()] == ["file:///old"]
+        assert await store.delete_upstream("old") is True
+        assert (await store.list_resources(), await store.list_prompts()) == ([], [])
+        assert [s.id for s in await store.list_servers()] == ["s1"]
     finally:
         await store.close()
     rows = raw_rows(database_url, "SELECT version FROM schema_migrations ORDER BY version")
@@ -134,6 +187,10 @@ async def test_postgres_schema_from_the_url_holds_every_table(postgres_url: str)
         "meta",
         "cache_entries",
         "cache_messages",
+        "resources",
+        "resource_templates",
+        "prompts",
+        "servers",
     }
     store = open_store(postgres_url, "secret")
     await store.start()

@@ -186,10 +186,12 @@ async def test_unique_violation_from_the_database_still_names_both_owners(
     real_check = SQLStore._check_new_upstream
     checks: list[str] = []
 
-    async def miss_the_first_time(conn: Any, record: UpstreamRecord, tools: Any) -> None:
+    async def miss_the_first_time(
+        conn: Any, record: UpstreamRecord, tools: Any, features: Any
+    ) -> None:
         checks.append(record.name)
         if len(checks) > 1:
-            await real_check(conn, record, tools)
+            await real_check(conn, record, tools, features)
 
     monkeypatch.setattr(SQLStore, "_check_new_upstream", staticmethod(miss_the_first_time))
 
@@ -325,12 +327,12 @@ async def test_load_catalogue_returns_version_upstreams_and_tools_together(
     await store.create_upstream(upstream("a"), [tool("a", "echo")])
     await store.create_upstream(upstream("b", headers={"K": "v"}), [tool("b", "add")])
 
-    version, upstreams, tools = await store.load_catalogue()
+    data = await store.load_catalogue()
 
-    assert version == await store.catalogue_version()
-    assert upstreams == await store.list_upstreams()
-    assert [u.headers for u in upstreams] == [{}, {"K": "v"}]
-    assert tools == await store.list_tools()
+    assert data.version == await store.catalogue_version()
+    assert data.upstreams == await store.list_upstreams()
+    assert [u.headers for u in data.upstreams] == [{}, {"K": "v"}]
+    assert data.tools == await store.list_tools()
 
 
 async def test_load_catalogue_during_writes_always_matches_its_version(store: Store) -> None:
@@ -343,8 +345,8 @@ async def test_load_catalogue_during_writes_always_matches_its_version(store: St
     async def read() -> list[tuple[int, int, int]]:
         seen = []
         for _ in range(30):
-            version, upstreams, tools = await store.load_catalogue()
-            seen.append((version, len(upstreams), len(tools)))
+            data = await store.load_catalogue()
+            seen.append((data.version, len(data.upstreams), len(data.tools)))
             await asyncio.sleep(0)
         return seen
 

@@ -9,57 +9,22 @@ channel (the fast path, where the cache can push).
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from typing import Any
 
-import orjson
 import structlog
 
+from gateway.catalogue import Catalogue, Tool
 from gateway.contracts import Backend, Cache, UpstreamConfig
 from gateway.plugins import Plugins
-from gateway.schemas import Check, compile_schema
+from gateway.schemas import Check
 from gateway.settings import Settings
-from gateway.store import Store, ToolRecord, UpstreamRecord
+from gateway.store import Store, UpstreamRecord
+
+__all__ = ["CATALOGUE_CHANNEL", "Catalogue", "Registry", "Tool"]
 
 log = structlog.get_logger(__name__)
 
 CATALOGUE_CHANNEL = "catalogue"
-
-
-@dataclass(frozen=True, slots=True)
-class Tool:
-    record: ToolRecord
-    check: Check
-    listing: dict[str, Any]
-    """The MCP `Tool` object shown by `tools/list`."""
-
-
-def _listing(record: ToolRecord) -> dict[str, Any]:
-    listing: dict[str, Any] = {
-        "name": record.name,
-        "description": record.description,
-        "inputSchema": record.input_schema,
-    }
-    if record.title:
-        listing["title"] = record.title
-    if record.output_schema:
-        listing["outputSchema"] = record.output_schema
-    if record.annotations:
-        listing["annotations"] = record.annotations
-    return listing
-
-
-@dataclass(frozen=True, slots=True)
-class Catalogue:
-    version: int
-    upstreams: dict[str, UpstreamRecord]
-    tools: dict[str, Tool]
-    listed: list[dict[str, Any]]
-    """Enabled tools' listings, sorted by name, for stable cursor pagination."""
-
-    @classmethod
-    def empty(cls) -> Catalogue:
-        return cls(version=-1, upstreams={}, tools={}, listed=[])
 
 
 def _config(upstream: UpstreamRecord) -> UpstreamConfig:
@@ -114,31 +79,15 @@ class Registry:
         async with self._lock:
             if not force and await self.store.catalogue_version() == self.catalogue.version:
                 return
-            version, upstreams, tools = await self.store.load_catalogue()
-            await self._sync_backends(upstreams)
-            self.catalogue = self._build(version, upstreams, tools)
+            data = await self.store.load_catalogue()
+            await self._sync_backends(data.upstreams)
+            self.catalogue = Catalogue.build(data, self._checks)
             log.info(
-                "catalogue loaded", version=version, upstreams=len(upstreams), tools=len(tools)
+                "catalogue loaded",
+                version=data.version,
+                upstreams=len(data.upstreams),
+                tools=len(data.tools),
             )
-
-    def _build(
-        self, version: int, upstreams: list[UpstreamRecord], tools: list[ToolRecord]
-    ) -> Catalogue:
-        checks: dict[tuple[str, bytes], Check] = {}
-        entries: dict[str, Tool] = {}
-        for record in tools:
-            key = (record.name, orjson.dumps(record.input_schema, option=orjson.OPT_SORT_KEYS))
-            check = self._checks.get(key) or compile_schema(record.name, record.input_schema)
-            checks[key] = check
-            entries[record.name] = Tool(record=record, check=check, listing=_listing(record))
-        self._checks = checks
-        listed = [entries[name].listing for name in sorted(entries) if entries[name].record.enabled]
-        return Catalogue(
-            version=version,
-            upstreams={u.name: u for u in upstreams},
-            tools=entries,
-            listed=listed,
-        )
 
     async def _sync_backends(self, upstreams: list[UpstreamRecord]) -> None:
         wanted = {u.name: _config(u) for u in upstreams}

@@ -1,4 +1,5 @@
-"""The SQL store: upstreams, tools, secrets and the tables the database cache uses.
+"""The SQL store: the catalogue (upstreams with their tools, resources, resource templates
+and prompts, and virtual servers), secrets and the tables the database cache uses.
 
 One schema on SQLite (aiosqlite, WAL) and PostgreSQL (aiopg), with versioned migrations
 applied at start-up. `open_store()` picks the implementation from `DATABASE_URL`.
@@ -171,37 +172,47 @@ class Store(Protocol):
         ...
 
     async def catalogue_version(self) -> int:
-        """A number that grows with every change to upstreams or tools."""
+        """A number that grows with every catalogue write: upstreams and what they offer,
+        the settings of tools, resources, templates and prompts, and virtual servers."""
         ...
 
-    async def load_catalogue(self) -> tuple[int, list[UpstreamRecord], list[ToolRecord]]:
-        """The version, every upstream and every tool, read consistently."""
+    async def load_catalogue(self) -> CatalogueData:
+        """The version and every catalogue record, read in one consistent snapshot."""
         ...
 
     async def list_upstreams(self) -> list[UpstreamRecord]: ...
 
     async def get_upstream(self, name: str) -> UpstreamRecord | None: ...
 
-    async def create_upstream(self, upstream: UpstreamRecord, tools: Sequence[ToolRecord]) -> None:
-        """Insert an upstream and its tools in one transaction.
+    async def create_upstream(
+        self, upstream: UpstreamRecord, tools: Sequence[ToolRecord], features: Features = Features()
+    ) -> None:
+        """Insert an upstream, its tools and its features in one transaction.
 
-        Raise `Conflict` if the upstream name exists or a tool name is taken; nothing is
+        Raise `Conflict` if the upstream name exists, or a tool name, resource URI, resource
+        template or prompt name is taken (the message names both owners); nothing is
         written then.
         """
         ...
 
     async def update_upstream(
-        self, upstream: UpstreamRecord, tools: Sequence[ToolRecord] | None = None
+        self,
+        upstream: UpstreamRecord,
+        tools: Sequence[ToolRecord] | None = None,
+        features: Features | None = None,
     ) -> None:
-        """Replace an upstream's fields, and its tools when given, in one transaction.
+        """Replace an upstream's fields, and its tools or features when given, in one
+        transaction. Features are replaced as a whole: resources, templates and prompts.
 
-        Tools that keep their gateway name keep their `enabled`, `cache_ttl` and `rate_limit`.
-        Raise `NotFound` or `Conflict`; nothing is written then.
+        Records that keep their key keep their operator settings: `enabled`, and for tools
+        also `cache_ttl` and `rate_limit`. Raise `NotFound` or `Conflict`; nothing is
+        written then.
         """
         ...
 
     async def delete_upstream(self, name: str) -> bool:
-        """Delete an upstream and its tools; False if it did not exist."""
+        """Delete an upstream with its tools, resources, templates and prompts; False if it
+        did not exist."""
         ...
 
     async def list_tools(self) -> list[ToolRecord]: ...
@@ -210,6 +221,54 @@ class Store(Protocol):
 
     async def update_tool(self, name: str, changes: Mapping[str, Any]) -> ToolRecord:
         """Change `enabled`, `cache_ttl` or `rate_limit` of a tool; raise `NotFound`."""
+        ...
+
+    async def list_resources(self) -> list[ResourceRecord]: ...
+
+    async def get_resource(self, uri: str) -> ResourceRecord | None: ...
+
+    async def update_resource(self, uri: str, changes: Mapping[str, Any]) -> ResourceRecord:
+        """Change `enabled` of a resource; raise `NotFound`, or `ValueError` for other fields."""
+        ...
+
+    async def list_resource_templates(self) -> list[ResourceTemplateRecord]: ...
+
+    async def get_resource_template(self, uri_template: str) -> ResourceTemplateRecord | None: ...
+
+    async def update_resource_template(
+        self, uri_template: str, changes: Mapping[str, Any]
+    ) -> ResourceTemplateRecord:
+        """Change `enabled` of a resource template; raise `NotFound`, or `ValueError`."""
+        ...
+
+    async def list_prompts(self) -> list[PromptRecord]: ...
+
+    async def get_prompt(self, name: str) -> PromptRecord | None: ...
+
+    async def update_prompt(self, name: str, changes: Mapping[str, Any]) -> PromptRecord:
+        """Change `enabled` of a prompt; raise `NotFound`, or `ValueError` for other fields."""
+        ...
+
+    async def list_servers(self) -> list[ServerRecord]: ...
+
+    async def get_server(self, id: str) -> ServerRecord | None: ...
+
+    async def create_server(self, server: ServerRecord) -> ServerRecord:
+        """Insert a virtual server and return it as stored, with the store's timestamps.
+
+        Raise `Conflict` if the id exists. Members are not checked against the catalogue.
+        """
+        ...
+
+    async def update_server(self, server: ServerRecord) -> ServerRecord:
+        """Replace a server's name, description and members; `created_at` is kept.
+
+        Return it as stored; raise `NotFound` if the id does not exist.
+        """
+        ...
+
+    async def delete_server(self, id: str) -> bool:
+        """Delete a virtual server; False if it did not exist."""
         ...
 
     async def listen(self, channel: str) -> AsyncIterator[str]:

@@ -15,14 +15,21 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import orjson
 
 from gateway.store import (
+    CatalogueData,
     Conflict,
     Connection,
+    Features,
     NotFound,
+    PromptRecord,
+    ResourceRecord,
+    ResourceTemplateRecord,
+    ServerRecord,
     StoreError,
     ToolRecord,
     UpstreamRecord,
@@ -35,13 +42,18 @@ ENCRYPTION_KEY_SECRET = "encryption_key"
 
 TOOL_SETTINGS = frozenset({"enabled", "cache_ttl", "rate_limit"})
 """What `update_tool` may change; everything else comes from the upstream."""
+FEATURE_SETTINGS = frozenset({"enabled"})
+"""What may be changed on a resource, resource template or prompt."""
+
+NO_FEATURES = Features()
+"""An upstream that offers nothing besides tools."""
 
 UPSTREAM_COLUMNS = "name, transport, url, prefix, headers_enc, builtin, created_at, updated_at"
-TOOL_COLUMNS = (
-    "name, upstream, original_name, description, title, input_schema, output_schema, "
-    "annotations, enabled, cache_ttl, rate_limit"
-)
+SERVER_COLUMNS = "id, name, description, tools, resources, prompts, created_at, updated_at"
 BUMP_VERSION = "UPDATE meta SET value = value + 1 WHERE key = 'catalogue_version'"
+
+Owned = TypeVar("Owned", ToolRecord, ResourceRecord, ResourceTemplateRecord, PromptRecord)
+"""A record that belongs to an upstream and goes with it."""
 
 
 class DuplicateKey(Conflict):
@@ -62,6 +74,11 @@ def _unjson(text: str | None) -> Any:
     return None if text is None else orjson.loads(text)
 
 
+# --- records and rows ------------------------------------------------------------------------
+# The owning upstream in a row comes from the call, not the record, so a record copied from
+# another upstream cannot land under the wrong owner.
+
+
 def tool_from_row(row: Sequence[Any]) -> ToolRecord:
     return ToolRecord(
         name=row[0],
@@ -79,8 +96,6 @@ def tool_from_row(row: Sequence[Any]) -> ToolRecord:
 
 
 def tool_params(upstream: str, tool: ToolRecord) -> tuple[Any, ...]:
-    # The owning upstream comes from the call, not the record, so a record copied from
-    # another upstream cannot land under the wrong owner.
     return (
         tool.name,
         upstream,
@@ -96,35 +111,307 @@ def tool_params(upstream: str, tool: ToolRecord) -> tuple[Any, ...]:
     )
 
 
-def check_tool_list(upstream: str, tools: Sequence[ToolRecord]) -> None:
-    """Reject a tool list that would clash with itself."""
-    names: set[str] = set()
-    originals: set[str] = set()
-    for tool in tools:
-        if tool.name in names:
-            raise Conflict(f"tool name {tool.name!r} appears twice in upstream {upstream!r}")
-        if tool.original_name in originals:
-            raise Conflict(f"tool {tool.original_name!r} appears twice in upstream {upstream!r}")
-        names.add(tool.name)
-        originals.add(tool.original_name)
-
-
-async def check_tool_owners(conn: Connection, upstream: str, tools: Sequence[ToolRecord]) -> None:
-    """Raise `Conflict` naming both owners if another upstream holds one of the names."""
-    if not tools:
-        return
-    names = [tool.name for tool in tools]
-    marks = ", ".join("?" for _ in names)
-    row = await conn.fetchone(
-        f"SELECT name, upstream FROM tools WHERE name IN ({marks}) AND upstream <> ? "
-        "ORDER BY name LIMIT 1",
-        (*names, upstream),
+def resource_from_row(row: Sequence[Any]) -> ResourceRecord:
+    return ResourceRecord(
+        uri=row[0],
+        upstream=row[1],
+        name=row[2],
+        description=row[3],
+        title=row[4],
+        mime_type=row[5],
+        size=None if row[6] is None else int(row[6]),
+        annotations=_unjson(row[7]),
+        enabled=bool(row[8]),
     )
-    if row is not None:
-        raise Conflict(
-            f"tool name {row[0]!r} from upstream {upstream!r} clashes with the tool of "
-            f"upstream {row[1]!r}"
+
+
+def resource_params(upstream: str, resource: ResourceRecord) -> tuple[Any, ...]:
+    return (
+        resource.uri,
+        upstream,
+        resource.name,
+        resource.description,
+        resource.title,
+        resource.mime_type,
+        resource.size,
+        _json(resource.annotations),
+        resource.enabled,
+    )
+
+
+def template_from_row(row: Sequence[Any]) -> ResourceTemplateRecord:
+    return ResourceTemplateRecord(
+        uri_template=row[0],
+        upstream=row[1],
+        name=row[2],
+        description=row[3],
+        title=row[4],
+        mime_type=row[5],
+        annotations=_unjson(row[6]),
+        enabled=bool(row[7]),
+    )
+
+
+def template_params(upstream: str, template: ResourceTemplateRecord) -> tuple[Any, ...]:
+    return (
+        template.uri_template,
+        upstream,
+        template.name,
+        template.description,
+        template.title,
+        template.mime_type,
+        _json(template.annotations),
+        template.enabled,
+    )
+
+
+def prompt_from_row(row: Sequence[Any]) -> PromptRecord:
+    return PromptRecord(
+        name=row[0],
+        upstream=row[1],
+        original_name=row[2],
+        description=row[3],
+        title=row[4],
+        arguments=tuple(orjson.loads(row[5])),
+        enabled=bool(row[6]),
+    )
+
+
+def prompt_params(upstream: str, prompt: PromptRecord) -> tuple[Any, ...]:
+    return (
+        prompt.name,
+        upstream,
+        prompt.original_name,
+        prompt.description,
+        prompt.title,
+        _json(prompt.arguments),
+        prompt.enabled,
+    )
+
+
+def server_from_row(row: Sequence[Any]) -> ServerRecord:
+    return ServerRecord(
+        id=row[0],
+        name=row[1],
+        description=row[2],
+        tools=tuple(orjson.loads(row[3])),
+        resources=tuple(orjson.loads(row[4])),
+        prompts=tuple(orjson.loads(row[5])),
+        created_at=float(row[6]),
+        updated_at=float(row[7]),
+    )
+
+
+def server_params(server: ServerRecord) -> tuple[Any, ...]:
+    return (
+        server.id,
+        server.name,
+        server.description,
+        _json(server.tools),
+        _json(server.resources),
+        _json(server.prompts),
+        server.created_at,
+        server.updated_at,
+    )
+
+
+# --- what an upstream offers -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Kind(Generic[Owned]):
+    """How one kind of record an upstream offers maps onto its table, and the rules all
+    kinds share: keys unique across upstreams, operator settings kept across updates."""
+
+    noun: str
+    """How messages name one record: 'tool', 'resource template'."""
+    key_label: str
+    """How messages name its key: 'tool name', 'resource URI'."""
+    table: str
+    columns: tuple[str, ...]
+    """The key column first, then the owning upstream."""
+    settings: frozenset[str]
+    """Set by operators rather than upstreams: kept across updates, and all that may change."""
+    from_row: Callable[[Sequence[Any]], Owned]
+    params: Callable[[str, Owned], tuple[Any, ...]]
+    key: Callable[[Owned], str]
+    original: Callable[[Owned], str] | None = None
+    """The upstream's own name for a record, where the gateway renames it."""
+
+    @property
+    def key_column(self) -> str:
+        return self.columns[0]
+
+    def check_list(self, upstream: str, records: Sequence[Owned]) -> None:
+        """Reject a list that would clash with itself."""
+        keys: set[str] = set()
+        originals: set[str] = set()
+        for record in records:
+            key = self.key(record)
+            if key in keys:
+                raise Conflict(f"{self.key_label} {key!r} appears twice in upstream {upstream!r}")
+            keys.add(key)
+            if self.original is not None:
+                original = self.original(record)
+                if original in originals:
+                    raise Conflict(
+                        f"{self.noun} {original!r} appears twice in upstream {upstream!r}"
+                    )
+                originals.add(original)
+
+    async def check_owners(self, conn: Connection, upstream: str, records: Sequence[Owned]) -> None:
+        """Raise `Conflict` naming both owners if another upstream holds one of the keys."""
+        if not records:
+            return
+        # Annotated because mypy cannot infer it under the constrained type variable.
+        keys: list[str] = [self.key(record) for record in records]
+        marks = ", ".join("?" for _ in keys)
+        row = await conn.fetchone(
+            f"SELECT {self.key_column}, upstream FROM {self.table} "
+            f"WHERE {self.key_column} IN ({marks}) AND upstream <> ? "
+            f"ORDER BY {self.key_column} LIMIT 1",
+            (*keys, upstream),
         )
+        if row is not None:
+            raise Conflict(
+                f"{self.key_label} {row[0]!r} from upstream {upstream!r} clashes with the "
+                f"{self.noun} of upstream {row[1]!r}"
+            )
+
+    async def fetch(
+        self, conn: Connection, where: str = "", params: Sequence[Any] = ()
+    ) -> list[Owned]:
+        rows = await conn.fetchall(
+            f"SELECT {', '.join(self.columns)} FROM {self.table} {where} "
+            f"ORDER BY {self.key_column}",
+            params,
+        )
+        return [self.from_row(row) for row in rows]
+
+    async def get(self, conn: Connection, key: str) -> Owned | None:
+        found = await self.fetch(conn, f"WHERE {self.key_column} = ?", (key,))
+        return found[0] if found else None
+
+    async def insert(self, conn: Connection, upstream: str, records: Sequence[Owned]) -> None:
+        sql = (
+            f"INSERT INTO {self.table} ({', '.join(self.columns)}) "
+            f"VALUES ({', '.join('?' for _ in self.columns)})"
+        )
+        for record in records:
+            await conn.execute(sql, self.params(upstream, record))
+
+    async def replace(self, conn: Connection, upstream: str, records: Sequence[Owned]) -> None:
+        """Make `records` the upstream's whole list; surviving keys keep their settings."""
+        before = await self.fetch(conn, "WHERE upstream = ?", (upstream,))
+        kept = {self.key(record): record for record in before}
+        await conn.execute(f"DELETE FROM {self.table} WHERE upstream = ?", (upstream,))
+        await self.insert(
+            conn, upstream, [self._keep(record, kept.get(self.key(record))) for record in records]
+        )
+
+    def _keep(self, record: Owned, old: Owned | None) -> Owned:
+        if old is None:
+            return record
+        return dataclasses.replace(record, **{name: getattr(old, name) for name in self.settings})
+
+
+TOOLS: Kind[ToolRecord] = Kind(
+    noun="tool",
+    key_label="tool name",
+    table="tools",
+    columns=(
+        "name",
+        "upstream",
+        "original_name",
+        "description",
+        "title",
+        "input_schema",
+        "output_schema",
+        "annotations",
+        "enabled",
+        "cache_ttl",
+        "rate_limit",
+    ),
+    settings=TOOL_SETTINGS,
+    from_row=tool_from_row,
+    params=tool_params,
+    key=lambda tool: tool.name,
+    original=lambda tool: tool.original_name,
+)
+RESOURCES: Kind[ResourceRecord] = Kind(
+    noun="resource",
+    key_label="resource URI",
+    table="resources",
+    columns=(
+        "uri",
+        "upstream",
+        "name",
+        "description",
+        "title",
+        "mime_type",
+        "size",
+        "annotations",
+        "enabled",
+    ),
+    settings=FEATURE_SETTINGS,
+    from_row=resource_from_row,
+    params=resource_params,
+    key=lambda resource: resource.uri,
+)
+TEMPLATES: Kind[ResourceTemplateRecord] = Kind(
+    noun="resource template",
+    key_label="resource template",
+    table="resource_templates",
+    columns=(
+        "uri_template",
+        "upstream",
+        "name",
+        "description",
+        "title",
+        "mime_type",
+        "annotations",
+        "enabled",
+    ),
+    settings=FEATURE_SETTINGS,
+    from_row=template_from_row,
+    params=template_params,
+    key=lambda template: template.uri_template,
+)
+PROMPTS: Kind[PromptRecord] = Kind(
+    noun="prompt",
+    key_label="prompt name",
+    table="prompts",
+    columns=(
+        "name",
+        "upstream",
+        "original_name",
+        "description",
+        "title",
+        "arguments",
+        "enabled",
+    ),
+    settings=FEATURE_SETTINGS,
+    from_row=prompt_from_row,
+    params=prompt_params,
+    key=lambda prompt: prompt.name,
+    original=lambda prompt: prompt.original_name,
+)
+
+
+def offered(
+    tools: Sequence[ToolRecord] | None, features: Features | None
+) -> list[tuple[Kind[Any], Sequence[Any]]]:
+    """Each record list a write brings, with its kind; None leaves that part alone."""
+    parts: list[tuple[Kind[Any], Sequence[Any]]] = []
+    if tools is not None:
+        parts.append((TOOLS, tools))
+    if features is not None:
+        parts += [
+            (RESOURCES, features.resources),
+            (TEMPLATES, features.templates),
+            (PROMPTS, features.prompts),
+        ]
+    return parts
 
 
 class SQLStore(ABC):
@@ -281,21 +568,21 @@ class SQLStore(ABC):
             raise StoreError(f"{self.label}: the catalogue version is missing; run migrations")
         return int(row[0])
 
-    async def load_catalogue(self) -> tuple[int, list[UpstreamRecord], list[ToolRecord]]:
+    async def load_catalogue(self) -> CatalogueData:
         async with self.snapshot() as conn:
-            version = await self._version(conn)
-            upstreams = await self._upstreams(conn)
-            tools = await self._tools(conn)
-        return version, upstreams, tools
+            return CatalogueData(
+                version=await self._version(conn),
+                upstreams=await self._upstreams(conn),
+                tools=await TOOLS.fetch(conn),
+                resources=await RESOURCES.fetch(conn),
+                templates=await TEMPLATES.fetch(conn),
+                prompts=await PROMPTS.fetch(conn),
+                servers=await self._servers(conn),
+            )
 
     async def _upstreams(self, conn: Connection) -> list[UpstreamRecord]:
         rows = await conn.fetchall(f"SELECT {UPSTREAM_COLUMNS} FROM upstreams ORDER BY name")
         return [self._upstream_from_row(row) for row in rows]
-
-    @staticmethod
-    async def _tools(conn: Connection) -> list[ToolRecord]:
-        rows = await conn.fetchall(f"SELECT {TOOL_COLUMNS} FROM tools ORDER BY name")
-        return [tool_from_row(row) for row in rows]
 
     async def list_upstreams(self) -> list[UpstreamRecord]:
         async with self.connection() as conn:
@@ -308,31 +595,75 @@ class SQLStore(ABC):
             )
         return None if row is None else self._upstream_from_row(row)
 
-    async def list_tools(self) -> list[ToolRecord]:
+    async def _list(self, kind: Kind[Owned]) -> list[Owned]:
         async with self.connection() as conn:
-            return await self._tools(conn)
+            return await kind.fetch(conn)
+
+    async def _get(self, kind: Kind[Owned], key: str) -> Owned | None:
+        async with self.connection() as conn:
+            return await kind.get(conn, key)
+
+    async def list_tools(self) -> list[ToolRecord]:
+        return await self._list(TOOLS)
 
     async def get_tool(self, name: str) -> ToolRecord | None:
-        async with self.connection() as conn:
-            return await self._tool(conn, name)
+        return await self._get(TOOLS, name)
+
+    async def list_resources(self) -> list[ResourceRecord]:
+        return await self._list(RESOURCES)
+
+    async def get_resource(self, uri: str) -> ResourceRecord | None:
+        return await self._get(RESOURCES, uri)
+
+    async def list_resource_templates(self) -> list[ResourceTemplateRecord]:
+        return await self._list(TEMPLATES)
+
+    async def get_resource_template(self, uri_template: str) -> ResourceTemplateRecord | None:
+        return await self._get(TEMPLATES, uri_template)
+
+    async def list_prompts(self) -> list[PromptRecord]:
+        return await self._list(PROMPTS)
+
+    async def get_prompt(self, name: str) -> PromptRecord | None:
+        return await self._get(PROMPTS, name)
 
     @staticmethod
-    async def _tool(conn: Connection, name: str) -> ToolRecord | None:
-        row = await conn.fetchone(f"SELECT {TOOL_COLUMNS} FROM tools WHERE name = ?", (name,))
-        return None if row is None else tool_from_row(row)
+    async def _servers(
+        conn: Connection, where: str = "", params: Sequence[Any] = ()
+    ) -> list[ServerRecord]:
+        rows = await conn.fetchall(
+            f"SELECT {SERVER_COLUMNS} FROM servers {where} ORDER BY id", params
+        )
+        return [server_from_row(row) for row in rows]
+
+    async def list_servers(self) -> list[ServerRecord]:
+        async with self.connection() as conn:
+            return await self._servers(conn)
+
+    async def get_server(self, id: str) -> ServerRecord | None:
+        async with self.connection() as conn:
+            found = await self._servers(conn, "WHERE id = ?", (id,))
+        return found[0] if found else None
 
     # --- catalogue writes --------------------------------------------------------------------
     # Each write bumps the version first: on PostgreSQL that row lock queues concurrent
     # catalogue writers, so the checks that follow see every earlier write committed.
 
-    async def create_upstream(self, upstream: UpstreamRecord, tools: Sequence[ToolRecord]) -> None:
+    async def create_upstream(
+        self,
+        upstream: UpstreamRecord,
+        tools: Sequence[ToolRecord],
+        features: Features = NO_FEATURES,
+    ) -> None:
         """See `Store.create_upstream`; `created_at` and `updated_at` are the store's clock."""
-        check_tool_list(upstream.name, tools)
+        parts = offered(tools, features)
+        for kind, records in parts:
+            kind.check_list(upstream.name, records)
         headers_enc = self.cipher.encrypt_headers(upstream.headers)
         try:
             async with self.transaction() as conn:
                 await conn.execute(BUMP_VERSION)
-                await self._check_new_upstream(conn, upstream, tools)
+                await self._check_new_upstream(conn, upstream, tools, features)
                 now = time.time()
                 await conn.execute(
                     f"INSERT INTO upstreams ({UPSTREAM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -347,37 +678,38 @@ class SQLStore(ABC):
                         now,
                     ),
                 )
-                await self._insert_tools(conn, upstream.name, tools)
+                for kind, records in parts:
+                    await kind.insert(conn, upstream.name, records)
         except DuplicateKey:
             # A writer outside this process's ordering won the race; explain who.
             async with self.connection() as conn:
-                await self._check_new_upstream(conn, upstream, tools)
+                await self._check_new_upstream(conn, upstream, tools, features)
             raise Conflict(
-                f"upstream {upstream.name!r} or one of its tools was created concurrently"
+                f"upstream {upstream.name!r} or one of its records was created concurrently"
             ) from None
 
     @staticmethod
     async def _check_new_upstream(
-        conn: Connection, upstream: UpstreamRecord, tools: Sequence[ToolRecord]
+        conn: Connection,
+        upstream: UpstreamRecord,
+        tools: Sequence[ToolRecord],
+        features: Features,
     ) -> None:
         if await conn.fetchone("SELECT 1 FROM upstreams WHERE name = ?", (upstream.name,)):
             raise Conflict(f"upstream {upstream.name!r} already exists")
-        await check_tool_owners(conn, upstream.name, tools)
-
-    @staticmethod
-    async def _insert_tools(conn: Connection, upstream: str, tools: Sequence[ToolRecord]) -> None:
-        marks = ", ".join("?" for _ in TOOL_COLUMNS.split(","))
-        for tool in tools:
-            await conn.execute(
-                f"INSERT INTO tools ({TOOL_COLUMNS}) VALUES ({marks})", tool_params(upstream, tool)
-            )
+        for kind, records in offered(tools, features):
+            await kind.check_owners(conn, upstream.name, records)
 
     async def update_upstream(
-        self, upstream: UpstreamRecord, tools: Sequence[ToolRecord] | None = None
+        self,
+        upstream: UpstreamRecord,
+        tools: Sequence[ToolRecord] | None = None,
+        features: Features | None = None,
     ) -> None:
         """See `Store.update_upstream`; `created_at` is kept and `updated_at` set to now."""
-        if tools is not None:
-            check_tool_list(upstream.name, tools)
+        parts = offered(tools, features)
+        for kind, records in parts:
+            kind.check_list(upstream.name, records)
         headers_enc = self.cipher.encrypt_headers(upstream.headers)
         try:
             async with self.transaction() as conn:
@@ -397,65 +729,111 @@ class SQLStore(ABC):
                 )
                 if not changed:
                     raise NotFound(f"upstream {upstream.name!r} does not exist")
-                if tools is not None:
-                    await self._replace_tools(conn, upstream.name, tools)
+                for kind, records in parts:
+                    await kind.check_owners(conn, upstream.name, records)
+                for kind, records in parts:
+                    await kind.replace(conn, upstream.name, records)
         except DuplicateKey:
-            if tools is not None:
-                async with self.connection() as conn:
-                    await check_tool_owners(conn, upstream.name, tools)
+            async with self.connection() as conn:
+                for kind, records in parts:
+                    await kind.check_owners(conn, upstream.name, records)
             raise Conflict(
-                f"a tool of upstream {upstream.name!r} was created concurrently elsewhere"
+                f"a record of upstream {upstream.name!r} was created concurrently elsewhere"
             ) from None
-
-    async def _replace_tools(
-        self, conn: Connection, upstream: str, tools: Sequence[ToolRecord]
-    ) -> None:
-        await check_tool_owners(conn, upstream, tools)
-        kept = {
-            row[0]: row[1:]
-            for row in await conn.fetchall(
-                "SELECT name, enabled, cache_ttl, rate_limit FROM tools WHERE upstream = ?",
-                (upstream,),
-            )
-        }
-        await conn.execute("DELETE FROM tools WHERE upstream = ?", (upstream,))
-        merged = []
-        for tool in tools:
-            if tool.name in kept:
-                enabled, cache_ttl, rate_limit = kept[tool.name]
-                tool = dataclasses.replace(
-                    tool, enabled=bool(enabled), cache_ttl=cache_ttl, rate_limit=rate_limit
-                )
-            merged.append(tool)
-        await self._insert_tools(conn, upstream, merged)
 
     async def delete_upstream(self, name: str) -> bool:
         async with self.transaction() as conn:
-            # Tools go with the upstream through ON DELETE CASCADE.
+            # What the upstream offers goes with it through ON DELETE CASCADE.
             deleted = await conn.execute("DELETE FROM upstreams WHERE name = ?", (name,))
             if deleted:
                 await conn.execute(BUMP_VERSION)
         return bool(deleted)
 
     async def update_tool(self, name: str, changes: Mapping[str, Any]) -> ToolRecord:
-        unknown = set(changes) - TOOL_SETTINGS
+        return await self._change_settings(TOOLS, name, changes)
+
+    async def update_resource(self, uri: str, changes: Mapping[str, Any]) -> ResourceRecord:
+        return await self._change_settings(RESOURCES, uri, changes)
+
+    async def update_resource_template(
+        self, uri_template: str, changes: Mapping[str, Any]
+    ) -> ResourceTemplateRecord:
+        return await self._change_settings(TEMPLATES, uri_template, changes)
+
+    async def update_prompt(self, name: str, changes: Mapping[str, Any]) -> PromptRecord:
+        return await self._change_settings(PROMPTS, name, changes)
+
+    async def _change_settings(
+        self, kind: Kind[Owned], key: str, changes: Mapping[str, Any]
+    ) -> Owned:
+        unknown = set(changes) - kind.settings
         if unknown:
             raise ValueError(
-                f"tool fields {sorted(unknown)} cannot be changed; only {sorted(TOOL_SETTINGS)}"
+                f"{kind.noun} fields {sorted(unknown)} cannot be changed; "
+                f"only {sorted(kind.settings)}"
             )
         async with self.transaction() as conn:
             if changes:
                 await conn.execute(BUMP_VERSION)
-                columns = sorted(changes)
+                columns: list[str] = sorted(changes)  # annotated for mypy, as in `Kind`
                 assignments = ", ".join(f"{column} = ?" for column in columns)
                 await conn.execute(
-                    f"UPDATE tools SET {assignments} WHERE name = ?",
-                    (*(changes[column] for column in columns), name),
+                    f"UPDATE {kind.table} SET {assignments} WHERE {kind.key_column} = ?",
+                    (*(changes[column] for column in columns), key),
                 )
-            tool = await self._tool(conn, name)
-            if tool is None:
-                raise NotFound(f"tool {name!r} does not exist")
-        return tool
+            record = await kind.get(conn, key)
+            if record is None:
+                # Raised inside the transaction, so the version bump is rolled back.
+                raise NotFound(f"{kind.noun} {key!r} does not exist")
+        return record
+
+    # --- virtual servers ---------------------------------------------------------------------
+
+    async def create_server(self, server: ServerRecord) -> ServerRecord:
+        """See `Store.create_server`; `created_at` and `updated_at` are the store's clock."""
+        try:
+            async with self.transaction() as conn:
+                await conn.execute(BUMP_VERSION)
+                if await conn.fetchone("SELECT 1 FROM servers WHERE id = ?", (server.id,)):
+                    raise Conflict(f"server {server.id!r} already exists")
+                now = time.time()
+                stored = dataclasses.replace(server, created_at=now, updated_at=now)
+                await conn.execute(
+                    f"INSERT INTO servers ({SERVER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    server_params(stored),
+                )
+        except DuplicateKey:
+            raise Conflict(f"server {server.id!r} already exists") from None
+        return stored
+
+    async def update_server(self, server: ServerRecord) -> ServerRecord:
+        """See `Store.update_server`; `updated_at` is set to now."""
+        async with self.transaction() as conn:
+            await conn.execute(BUMP_VERSION)
+            changed = await conn.execute(
+                "UPDATE servers SET name = ?, description = ?, tools = ?, resources = ?, "
+                "prompts = ?, updated_at = ? WHERE id = ?",
+                (
+                    server.name,
+                    server.description,
+                    _json(server.tools),
+                    _json(server.resources),
+                    _json(server.prompts),
+                    time.time(),
+                    server.id,
+                ),
+            )
+            if not changed:
+                raise NotFound(f"server {server.id!r} does not exist")
+            [stored] = await self._servers(conn, "WHERE id = ?", (server.id,))
+        return stored
+
+    async def delete_server(self, id: str) -> bool:
+        async with self.transaction() as conn:
+            deleted = await conn.execute("DELETE FROM servers WHERE id = ?", (id,))
+            if deleted:
+                await conn.execute(BUMP_VERSION)
+        return bool(deleted)
 
     # --- notifications -----------------------------------------------------------------------
 

@@ -120,6 +120,69 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX cache_messages_created_at ON cache_messages (created_at)",
         ),
     ),
+    Migration(
+        4,
+        "resources, resource templates, prompts and virtual servers",
+        (
+            # Owned records carry the upstream's name and go with it, like tools. JSON is
+            # kept as TEXT, as in `tools`, so both dialects read it back the same way.
+            """
+            CREATE TABLE resources (
+                uri TEXT PRIMARY KEY,
+                upstream TEXT NOT NULL REFERENCES upstreams (name) ON DELETE CASCADE,
+                name TEXT NOT NULL,
+                description TEXT NOT NULL DEFAULT '',
+                title TEXT,
+                mime_type TEXT,
+                size BIGINT,
+                annotations TEXT,
+                enabled BOOLEAN NOT NULL DEFAULT TRUE
+            )
+            """,
+            # Replacing or cascading an upstream's records looks them up by upstream;
+            # prompts get that index from their UNIQUE constraint.
+            "CREATE INDEX resources_upstream ON resources (upstream)",
+            """
+            CREATE TABLE resource_templates (
+                uri_template TEXT PRIMARY KEY,
+                upstream TEXT NOT NULL REFERENCES upstreams (name) ON DELETE CASCADE,
+                name TEXT NOT NULL,
+                description TEXT NOT NULL DEFAULT '',
+                title TEXT,
+                mime_type TEXT,
+                annotations TEXT,
+                enabled BOOLEAN NOT NULL DEFAULT TRUE
+            )
+            """,
+            "CREATE INDEX resource_templates_upstream ON resource_templates (upstream)",
+            """
+            CREATE TABLE prompts (
+                name TEXT PRIMARY KEY,
+                upstream TEXT NOT NULL REFERENCES upstreams (name) ON DELETE CASCADE,
+                original_name TEXT NOT NULL,
+                description TEXT NOT NULL DEFAULT '',
+                title TEXT,
+                arguments TEXT NOT NULL DEFAULT '[]',
+                enabled BOOLEAN NOT NULL DEFAULT TRUE,
+                UNIQUE (upstream, original_name)
+            )
+            """,
+            # Members are gateway names and URIs, not foreign keys: a server outlives the
+            # upstreams that come and go under it.
+            """
+            CREATE TABLE servers (
+                id TEXT PRIMARY KEY,
+                name TEXT NOT NULL,
+                description TEXT NOT NULL DEFAULT '',
+                tools TEXT NOT NULL DEFAULT '[]',
+                resources TEXT NOT NULL DEFAULT '[]',
+                prompts TEXT NOT NULL DEFAULT '[]',
+                created_at DOUBLE PRECISION NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL
+            )
+            """,
+        ),
+    ),
 )
 
 

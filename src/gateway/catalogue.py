@@ -1,0 +1,214 @@
+"""An immutable snapshot of everything the gateway serves, and its views.
+
+A `View` is what one endpoint sees: the whole gateway (`/rpc`, `/mcp`, `/sse`) or one
+virtual server (`/servers/{id}/...`). Listings are built once per snapshot, sorted, so
+cursor pagination is stable across workers that hold the same catalogue version.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from gateway.schemas import Check, compile_schema
+from gateway.store import (
+    CatalogueData,
+    PromptRecord,
+    ResourceRecord,
+    ResourceTemplateRecord,
+    ServerRecord,
+    ToolRecord,
+    UpstreamRecord,
+)
+
+JSON = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Tool:
+    record: ToolRecord
+    check: Check
+    listing: JSON
+    """The MCP `Tool` object shown by `tools/list`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    record: ResourceTemplateRecord
+    pattern: re.Pattern[str]
+
+
+def _drop_empty(listing: JSON) -> JSON:
+    return {k: v for k, v in listing.items() if v is not None and v != ""}
+
+
+def tool_listing(record: ToolRecord) -> JSON:
+    listing: JSON = {
+        "name": record.name,
+        "title": record.title,
+        "description": record.description,
+        "inputSchema": record.input_schema,
+        "outputSchema": record.output_schema,
+        "annotations": record.annotations,
+    }
+    return _drop_empty(listing)
+
+
+def resource_listing(record: ResourceRecord) -> JSON:
+    return _drop_empty({
+        "uri": record.uri,
+        "name": record.name,
+        "title": record.title,
+        "description": record.description,
+        "mimeType": record.mime_type,
+        "size": record.size,
+        "annotations": record.annotations,
+    })
+
+
+def template_listing(record: ResourceTemplateRecord) -> JSON:
+    return _drop_empty({
+        "uriTemplate": record.uri_template,
+        "name": record.name,
+        "title": record.title,
+        "description": record.description,
+        "mimeType": record.mime_type,
+        "annotations": record.annotations,
+    })
+
+
+def prompt_listing(record: PromptRecord) -> JSON:
+    listing = _drop_empty({
+        "name": record.name,
+        "title": record.title,
+        "description": record.description,
+    })
+    if record.arguments:
+        listing["arguments"] = list(record.arguments)
+    return listing
+
+
+_EXPRESSION = re.compile(r"\{([+#./;?&]?)([^}]*)\}")
+
+
+def template_pattern(uri_template: str) -> re.Pattern[str]:
+    """A regex matching the URIs an RFC 6570 template can expand to.
+
+    Simple expansion `{x}` matches one path segment; reserved expansion `{+x}` and the other
+    operators match anything, which is enough to route a read to the template's owner.
+    """
+    parts: list[str] = []
+    position = 0
+    for match in _EXPRESSION.finditer(uri_template):
+        parts.append(re.escape(uri_template[position : match.start()]))
+        parts.append("[^/?#]+" if match.group(1) == "" else ".*")
+        position = match.end()
+    parts.append(re.escape(uri_template[position:]))
+    return re.compile("".join(parts))
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    server: ServerRecord | None
+    tools: dict[str, Tool]
+    """Every tool this view contains, enabled or not (to tell 'disabled' from 'unknown')."""
+    tool_list: list[JSON]
+    resources: dict[str, ResourceRecord]
+    resource_list: list[JSON]
+    templates: list[Template]
+    template_list: list[JSON]
+    prompts: dict[str, PromptRecord]
+    prompt_list: list[JSON]
+
+    def resource_owner(self, uri: str) -> str | None:
+        """The upstream that serves `uri`: an exact resource first, then a template."""
+        record = self.resources.get(uri)
+        if record is not None and record.enabled:
+            return record.upstream
+        for template in self.templates:
+            if template.record.enabled and template.pattern.fullmatch(uri):
+                return template.record.upstream
+        return None
+
+
+def _view(
+    server: ServerRecord | None,
+    tools: Iterable[Tool],
+    resources: Iterable[ResourceRecord],
+    templates: Iterable[Template],
+    prompts: Iterable[PromptRecord],
+) -> View:
+    keep: Callable[[str, tuple[str, ...]], bool] = (
+        (lambda key, bundle: True) if server is None else (lambda key, bundle: key in bundle)
+    )
+    bundle_tools = server.tools if server else ()
+    bundle_resources = server.resources if server else ()
+    bundle_prompts = server.prompts if server else ()
+    tool_map = {t.record.name: t for t in tools if keep(t.record.name, bundle_tools)}
+    resource_map = {r.uri: r for r in resources if keep(r.uri, bundle_resources)}
+    template_items = [t for t in templates if keep(t.record.uri_template, bundle_resources)]
+    prompt_map = {p.name: p for p in prompts if keep(p.name, bundle_prompts)}
+    return View(
+        server=server,
+        tools=tool_map,
+        tool_list=[tool_map[n].listing for n in sorted(tool_map) if tool_map[n].record.enabled],
+        resources=resource_map,
+        resource_list=[
+            resource_listing(resource_map[u]) for u in sorted(resource_map)
+            if resource_map[u].enabled
+        ],
+        templates=template_items,
+        template_list=[
+            template_listing(t.record)
+            for t in sorted(template_items, key=lambda t: t.record.uri_template)
+            if t.record.enabled
+        ],
+        prompts=prompt_map,
+        prompt_list=[
+            prompt_listing(prompt_map[n]) for n in sorted(prompt_map) if prompt_map[n].enabled
+        ],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Catalogue:
+    version: int
+    upstreams: dict[str, UpstreamRecord]
+    tools: dict[str, Tool]
+    everything: View
+    servers: dict[str, View] = field(default_factory=dict)
+
+    @property
+    def listed(self) -> list[JSON]:
+        return self.everything.tool_list
+
+    @classmethod
+    def empty(cls) -> Catalogue:
+        return cls.build(CatalogueData(version=-1, upstreams=[], tools=[]), {})
+
+    @classmethod
+    def build(cls, data: CatalogueData, checks: dict[tuple[str, bytes], Check]) -> Catalogue:
+        """Build a snapshot; `checks` carries compiled schemas over from the last one and is
+        replaced in place by the ones this snapshot uses."""
+        fresh: dict[tuple[str, bytes], Check] = {}
+        tools: dict[str, Tool] = {}
+        for record in data.tools:
+            key = (record.name, orjson.dumps(record.input_schema, option=orjson.OPT_SORT_KEYS))
+            check = checks.get(key) or compile_schema(record.name, record.input_schema)
+            fresh[key] = check
+            tools[record.name] = Tool(record=record, check=check, listing=tool_listing(record))
+        checks.clear()
+        checks.update(fresh)
+        templates = [Template(t, template_pattern(t.uri_template)) for t in data.templates]
+        parts = (tools.values(), data.resources, templates, data.prompts)
+        return cls(
+            version=data.version,
+            upstreams={u.name: u for u in data.upstreams},
+            tools=tools,
+            everything=_view(None, *parts),
+            servers={s.id: _view(s, *parts) for s in data.servers},
+        )
