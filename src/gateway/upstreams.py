@@ -10,12 +10,31 @@ from typing import Any
 
 import structlog
 
-from gateway.contracts import BackendError, ToolDef, UpstreamConfig
+from gateway.contracts import (
+    Backend,
+    BackendError,
+    FullBackend,
+    PromptDef,
+    ResourceDef,
+    ResourceTemplateDef,
+    ToolDef,
+    UpstreamConfig,
+)
 from gateway.naming import PREFIX, UPSTREAM_NAME, gateway_name, invalid_tool_names
 from gateway.plugins import Plugins
 from gateway.registry import Registry
 from gateway.settings import Settings
-from gateway.store import Conflict, NotFound, Store, ToolRecord, UpstreamRecord
+from gateway.store import (
+    Conflict,
+    Features,
+    NotFound,
+    PromptRecord,
+    ResourceRecord,
+    ResourceTemplateRecord,
+    Store,
+    ToolRecord,
+    UpstreamRecord,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -125,7 +144,79 @@ class UpstreamService:
             for name, d in zip(names, defs, strict=True)
         ]
 
-    async def _discover(self, upstream: UpstreamRecord) -> list[ToolRecord]:
+    def _features(
+        self,
+        upstream: UpstreamRecord,
+        resources: list[ResourceDef],
+        templates: list[ResourceTemplateDef],
+        prompts: list[PromptDef],
+    ) -> Features:
+        sep = self.settings.tool_name_separator
+        prompt_names = [gateway_name(upstream.prefix, sep, p.name) for p in prompts]
+        bad = invalid_tool_names(prompt_names)
+        if bad:
+            raise InvalidUpstream(
+                f"upstream '{upstream.name}' has prompt names MCP does not allow: "
+                f"{', '.join(bad[:10])}"
+            )
+        return Features(
+            resources=list(
+                {
+                    r.uri: ResourceRecord(
+                        uri=r.uri,
+                        upstream=upstream.name,
+                        name=r.name,
+                        description=r.description,
+                        title=r.title,
+                        mime_type=r.mime_type,
+                        size=r.size,
+                        annotations=r.annotations,
+                    )
+                    for r in resources
+                }.values()
+            ),
+            templates=list(
+                {
+                    t.uri_template: ResourceTemplateRecord(
+                        uri_template=t.uri_template,
+                        upstream=upstream.name,
+                        name=t.name,
+                        description=t.description,
+                        title=t.title,
+                        mime_type=t.mime_type,
+                        annotations=t.annotations,
+                    )
+                    for t in templates
+                }.values()
+            ),
+            prompts=[
+                PromptRecord(
+                    name=name,
+                    upstream=upstream.name,
+                    original_name=p.name,
+                    description=p.description,
+                    title=p.title,
+                    arguments=p.arguments,
+                )
+                for name, p in zip(prompt_names, prompts, strict=True)
+            ],
+        )
+
+    async def _list_all(
+        self, upstream: UpstreamRecord, backend: Backend
+    ) -> tuple[list[ToolRecord], Features]:
+        tools = self._tools(upstream, await backend.list_tools())
+        if not isinstance(backend, FullBackend):
+            return tools, Features()
+        features = self._features(
+            upstream,
+            await backend.list_resources(),
+            await backend.list_resource_templates(),
+            await backend.list_prompts(),
+        )
+        return tools, features
+
+    async def _discover(self, upstream: UpstreamRecord) -> tuple[list[ToolRecord], Features]:
         spec = self.plugins.backend_for(upstream.transport)
         assert spec is not None
         config = UpstreamConfig(
@@ -138,12 +229,11 @@ class UpstreamService:
         backend = spec.factory(config, self.settings)
         try:
             await backend.start()
-            defs = await backend.list_tools()
+            return await self._list_all(upstream, backend)
         except BackendError as exc:
             raise DiscoveryFailed(str(exc)) from None
         finally:
             await backend.close()
-        return self._tools(upstream, defs)
 
     # --- operations --------------------------------------------------------------------
 
@@ -151,17 +241,23 @@ class UpstreamService:
         record = self._record(payload, None)
         if await self.store.get_upstream(record.name) is not None:
             raise Conflict(f"upstream '{record.name}' already exists")
-        tools = await self._discover(record)
-        await self.store.create_upstream(record, tools)
-        log.info("upstream registered", upstream=record.name, tools=len(tools))
+        tools, features = await self._discover(record)
+        await self.store.create_upstream(record, tools, features)
+        log.info(
+            "upstream registered",
+            upstream=record.name,
+            tools=len(tools),
+            resources=len(features.resources),
+            prompts=len(features.prompts),
+        )
         await self.registry.changed()
         return record
 
     async def update(self, name: str, payload: Mapping[str, Any]) -> UpstreamRecord:
         current = await self._existing(name)
         record = self._record(payload, current)
-        tools = await self._discover(record)
-        await self.store.update_upstream(record, tools)
+        tools, features = await self._discover(record)
+        await self.store.update_upstream(record, tools, features)
         log.info("upstream updated", upstream=name, tools=len(tools))
         await self.registry.changed()
         return record
@@ -170,10 +266,10 @@ class UpstreamService:
         current = await self._existing(name)
         if current.builtin:
             return await self._sync_local(current.transport)
-        tools = await self._discover(current)
-        if _same_tools(await self.store.list_tools(), name, tools):
+        tools, features = await self._discover(current)
+        if await self._unchanged(name, tools, features):
             return current
-        await self.store.update_upstream(replace(current, updated_at=time.time()), tools)
+        await self.store.update_upstream(replace(current, updated_at=time.time()), tools, features)
         log.info("upstream refreshed", upstream=name, tools=len(tools))
         await self.registry.changed()
         return current
@@ -183,6 +279,23 @@ class UpstreamService:
             raise NotFound(f"upstream '{name}' does not exist")
         log.info("upstream deleted", upstream=name)
         await self.registry.changed()
+
+    async def _unchanged(self, name: str, tools: list[ToolRecord], features: Features) -> bool:
+        """True when discovery found exactly what the store already holds for `name`."""
+        store = self.store
+        stored_tools = [
+            replace(t, enabled=True, cache_ttl=None, rate_limit=None)
+            for t in await store.list_tools()
+            if t.upstream == name
+        ]
+        return (
+            sorted(stored_tools, key=repr) == sorted(tools, key=repr)
+            and _discovered(await store.list_resources(), name)
+            == _discovered(features.resources, name)
+            and _discovered(await store.list_resource_templates(), name)
+            == _discovered(features.templates, name)
+            and _discovered(await store.list_prompts(), name) == _discovered(features.prompts, name)
+        )
 
     async def _existing(self, name: str) -> UpstreamRecord:
         current = await self.store.get_upstream(name)
@@ -220,36 +333,30 @@ class UpstreamService:
         )
         await backend.start()
         try:
-            tools = self._tools(record, await backend.list_tools())
+            tools, features = await self._list_all(record, backend)
         finally:
             await backend.close()
         existing = await self.store.get_upstream(spec.name)
         if existing is None:
             try:
-                await self.store.create_upstream(record, tools)
+                await self.store.create_upstream(record, tools, features)
             except Conflict:
                 existing = await self.store.get_upstream(spec.name)
                 if existing is None:
                     raise
         if existing is not None:
-            if _same_tools(await self.store.list_tools(), spec.name, tools):
+            if await self._unchanged(spec.name, tools, features):
                 return existing
-            await self.store.update_upstream(replace(existing, updated_at=now), tools)
+            await self.store.update_upstream(replace(existing, updated_at=now), tools, features)
         await self.registry.changed()
         return record
 
 
-def _same_tools(stored: list[ToolRecord], upstream: str, tools: list[ToolRecord]) -> bool:
-    def key(t: ToolRecord) -> tuple[Any, ...]:
-        return (
-            t.name,
-            t.original_name,
-            t.description,
-            t.title,
-            t.input_schema,
-            t.output_schema,
-            t.annotations,
-        )
-
-    mine = sorted((key(t) for t in stored if t.upstream == upstream), key=lambda k: k[0])
-    return mine == sorted((key(t) for t in tools), key=lambda k: k[0])
+def _discovered(records: Any, upstream: str) -> list[Any]:
+    """Records of `upstream` as discovery makes them: operator settings reset, sorted."""
+    mine = [r for r in records if r.upstream == upstream]
+    reset = {"enabled": True}
+    return sorted(
+        (replace(r, **{k: v for k, v in reset.items() if hasattr(r, k)}) for r in mine),
+        key=repr,
+    )
