@@ -53,7 +53,7 @@ async def test_tools_list_includes_plugin_tools_under_their_own_names(client: Cl
 
 
 async def test_tools_list_paginates_with_cursor(client: Client) -> None:
-    from gateway import rpc as rpc_module
+    from gateway.mcp import methods as rpc_module
 
     original = rpc_module.PAGE_SIZE
     rpc_module.PAGE_SIZE = 2

@@ -73,6 +73,11 @@ class SessionStore:
     async def save(self, record: SessionRecord) -> None:
         await self.use.run(self.use.cache.set(self.key(record.id), record.to_bytes(), self.ttl))
 
+    async def update(self, record: SessionRecord, **changes: Any) -> SessionRecord:
+        updated = replace(record, last_seen=time.time(), **changes)
+        await self.save(updated)
+        return updated
+
     async def touch(self, record: SessionRecord) -> SessionRecord:
         updated = replace(record, last_seen=time.time())
         await self.save(updated)

@@ -22,8 +22,9 @@ def event(data: bytes, *, name: str | None = None, event_id: str | None = None) 
     return b"\n".join(parts) + b"\n\n"
 
 
-def message_event(message: dict[str, Any], event_id: str | None = None,
-                  name: str | None = "message") -> bytes:
+def message_event(
+    message: dict[str, Any], event_id: str | None = None, name: str | None = "message"
+) -> bytes:
     return event(orjson.dumps(message), name=name, event_id=event_id)
 
 
@@ -36,8 +37,9 @@ class EventStream:
         self._keepalive: asyncio.Task[None] | None = None
 
     @classmethod
-    async def open(cls, request: web.Request, headers: dict[str, str] | None = None,
-                   keepalive: bool = True) -> EventStream:
+    async def open(
+        cls, request: web.Request, headers: dict[str, str] | None = None, keepalive: bool = True
+    ) -> EventStream:
         response = web.StreamResponse(
             status=200,
             headers={
