@@ -34,6 +34,7 @@ from gateway.keys import (
 from gateway.leader import LeaderElection
 from gateway.limits import RateLimiter
 from gateway.logconfig import configure_logging
+from gateway.mcp import legacy_sse, streamable
 from gateway.middlewares import json_errors, request_id
 from gateway.plugins import Plugins
 from gateway.registry import Registry
@@ -151,6 +152,8 @@ def build_app(
     rpc.install(app)
     admin.install(app)
     metrics.install(app)
+    streamable.install(app)
+    legacy_sse.install(app)
     plugins.configure_app(app, settings)
     return app
 

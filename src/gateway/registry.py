@@ -9,12 +9,14 @@ channel (the fast path, where the cache can push).
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
 
 from gateway.catalogue import Catalogue, Tool
-from gateway.contracts import Backend, Cache, UpstreamConfig
+from gateway.contracts import JSON, Backend, Cache, FullBackend, UpstreamConfig
 from gateway.plugins import Plugins
 from gateway.schemas import Check
 from gateway.settings import Settings
@@ -49,6 +51,10 @@ class Registry:
         self._checks: dict[tuple[str, bytes], Check] = {}
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.listeners: list[Callable[[Catalogue, Catalogue], Awaitable[None]]] = []
+        """Called with (old, new) after every reload."""
+        self.upstream_listener: Callable[[str, str, JSON], Awaitable[None]] | None = None
+        """Receives (upstream, method, params) for notifications upstreams send."""
 
     async def start(self) -> None:
         await self.reload(force=True)
@@ -81,13 +87,18 @@ class Registry:
                 return
             data = await self.store.load_catalogue()
             await self._sync_backends(data.upstreams)
-            self.catalogue = Catalogue.build(data, self._checks)
+            old, self.catalogue = self.catalogue, Catalogue.build(data, self._checks)
             log.info(
                 "catalogue loaded",
                 version=data.version,
                 upstreams=len(data.upstreams),
                 tools=len(data.tools),
             )
+        for listener in self.listeners:
+            try:
+                await listener(old, self.catalogue)
+            except Exception as exc:
+                log.warning("catalogue listener failed", error=str(exc))
 
     async def _sync_backends(self, upstreams: list[UpstreamRecord]) -> None:
         wanted = {u.name: _config(u) for u in upstreams}
@@ -111,8 +122,14 @@ class Registry:
                 continue
             backend = spec.factory(config, self.settings)
             await backend.start()
+            if isinstance(backend, FullBackend):
+                backend.set_listener(functools.partial(self._upstream_note, name))
             self.backends[name] = backend
             self._configs[name] = config
+
+    async def _upstream_note(self, upstream: str, method: str, params: JSON) -> None:
+        if self.upstream_listener is not None:
+            await self.upstream_listener(upstream, method, params)
 
     async def _close_later(self, backend: Backend) -> None:
         await asyncio.sleep(self.settings.tool_timeout)

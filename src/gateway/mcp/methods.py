@@ -281,6 +281,8 @@ class Methods:
                         return
                     note = {**note, "progressToken": client_token}
                 elif note_method == "notifications/message":
+                    if versions.is_modern(ctx.version) and ctx.log_level is None:
+                        return  # 2026: no log messages without a per-request opt-in
                     if not versions.log_level_allows(ctx.log_level, str(note.get("level"))):
                         return
                 else:

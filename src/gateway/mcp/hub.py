@@ -1,0 +1,180 @@
+"""Where server-to-client messages meet the streams that carry them, across workers.
+
+A client's stream (a GET stream, a legacy SSE stream, a `subscriptions/listen` stream) is a
+TCP connection held by one worker; the request that produces a message for it may land on
+any worker. So every message for a session travels over one cache channel, `mcp-events`,
+and the worker holding the stream writes it. The same channel carries cancellations (to
+the worker running the request) and resource updates (to every worker's subscribers).
+Catalogue changes need no channel: every worker reloads and notifies its own streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+
+from gateway.contracts import Cache
+
+log = structlog.get_logger(__name__)
+
+JSON = dict[str, Any]
+CHANNEL = "mcp-events"
+
+LIST_CHANGED = {
+    "tools": "notifications/tools/list_changed",
+    "resources": "notifications/resources/list_changed",
+    "prompts": "notifications/prompts/list_changed",
+}
+
+
+class ClientStream:
+    """One open stream to a client; subclasses decide what they carry and how."""
+
+    session_id: str | None = None
+    server: str | None = None
+    """The virtual server the stream belongs to, or None for the whole gateway."""
+
+    async def deliver(self, message: JSON) -> None:
+        """A message addressed to this stream's session (responses, progress, logs)."""
+
+    async def list_changed(self, kind: str) -> None:
+        """The catalogue changed for `kind` (tools, resources or prompts)."""
+
+    async def resource_updated(self, uri: str) -> None:
+        """An upstream resource changed; send it if this stream's client subscribed."""
+
+    async def close(self) -> None: ...
+
+
+class Hub:
+    def __init__(self, cache: Cache) -> None:
+        self.cache = cache
+        self.streams: dict[str, set[ClientStream]] = {}
+        """Streams by session id; listen streams (no session) live under their own key."""
+        self.inflight: dict[tuple[str, str], asyncio.Task[Any]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._listen())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for streams in list(self.streams.values()):
+            for stream in list(streams):
+                await stream.close()
+
+    # --- streams -------------------------------------------------------------------------
+
+    def attach(self, key: str, stream: ClientStream) -> None:
+        self.streams.setdefault(key, set()).add(stream)
+
+    def detach(self, key: str, stream: ClientStream) -> None:
+        streams = self.streams.get(key)
+        if streams is not None:
+            streams.discard(stream)
+            if not streams:
+                del self.streams[key]
+
+    def stream_count(self) -> int:
+        return sum(len(s) for s in self.streams.values())
+
+    # --- in-flight requests ----------------------------------------------------------------
+
+    def track(
+        self, session_id: str, request_id: object, task: asyncio.Task[Any]
+    ) -> Callable[[], None]:
+        """Make a running request cancellable by id; call the result when it ends."""
+        key = (session_id, orjson.dumps(request_id).decode())
+        self.inflight[key] = task
+
+        def untrack() -> None:
+            self.inflight.pop(key, None)
+
+        return untrack
+
+    # --- events ------------------------------------------------------------------------------
+
+    async def publish(self, event: JSON) -> None:
+        """Send an event to every worker (this one included, through the cache)."""
+        try:
+            await self.cache.publish(CHANNEL, orjson.dumps(event))
+        except Exception as exc:
+            # Without the cache only this worker can act on it.
+            log.warning("mcp event not published; delivering locally", error=str(exc))
+            await self.on_event(event)
+
+    async def send_to_session(self, session_id: str, message: JSON) -> None:
+        """Deliver to the session's stream, directly when this worker holds it."""
+        local = self.streams.get(session_id)
+        if local:
+            for stream in list(local):
+                await stream.deliver(message)
+            return
+        await self.publish({"kind": "deliver", "session": session_id, "message": message})
+
+    async def cancel(self, session_id: str, request_id: object) -> None:
+        key = (session_id, orjson.dumps(request_id).decode())
+        task = self.inflight.get(key)
+        if task is not None:
+            task.cancel()
+            return
+        await self.publish({"kind": "cancel", "session": session_id, "id": request_id})
+
+    async def list_changed(self, kinds: list[str]) -> None:
+        for streams in list(self.streams.values()):
+            for stream in list(streams):
+                for kind in kinds:
+                    await _quietly(stream.list_changed(kind))
+
+    async def on_event(self, event: JSON) -> None:
+        kind = event.get("kind")
+        if kind == "deliver":
+            for stream in list(self.streams.get(str(event.get("session")), ())):
+                await _quietly(stream.deliver(event["message"]))
+        elif kind == "cancel":
+            key = (str(event.get("session")), orjson.dumps(event.get("id")).decode())
+            task = self.inflight.get(key)
+            if task is not None:
+                task.cancel()
+        elif kind == "resource-updated":
+            uri = str(event.get("uri"))
+            for streams in list(self.streams.values()):
+                for stream in list(streams):
+                    await _quietly(stream.resource_updated(uri))
+        elif kind == "session-closed":
+            for stream in list(self.streams.get(str(event.get("session")), ())):
+                await stream.close()
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                async for raw in self.cache.subscribe(CHANNEL):
+                    try:
+                        await self.on_event(orjson.loads(raw))
+                    except Exception as exc:
+                        log.warning("mcp event not handled", error=str(exc))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("mcp event subscription lost; retrying", error=str(exc))
+            await asyncio.sleep(1.0)
+
+
+async def _quietly(operation: Awaitable[None]) -> None:
+    """A stream whose client went away must not stop delivery to the others."""
+    try:
+        await operation
+    except (ConnectionError, RuntimeError) as exc:
+        log.debug("stream write failed", error=str(exc))
+
+
+HUB = web.AppKey("hub", Hub)
