@@ -11,18 +11,28 @@ import orjson
 from aiohttp import web
 
 from gateway.access import admin
+from gateway.catalogue import prompt_listing, resource_listing, template_listing
 from gateway.keys import LEADER_USE, REGISTRY, STORE, UPSTREAMS
 from gateway.leader import read_health
 from gateway.middlewares import error_response
-from gateway.store import Conflict, NotFound, StoreError, ToolRecord, UpstreamRecord
+from gateway.store import (
+    Conflict,
+    NotFound,
+    PromptRecord,
+    ResourceRecord,
+    ResourceTemplateRecord,
+    StoreError,
+    ToolRecord,
+    UpstreamRecord,
+)
 from gateway.upstreams import DiscoveryFailed, InvalidUpstream
 
 
-def _json(data: Any, status: int = 200) -> web.Response:
+def respond(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
+async def json_body(request: web.Request) -> dict[str, Any]:
     raw = await request.read()
     try:
         data = orjson.loads(raw)
@@ -65,7 +75,7 @@ def tool_view(record: ToolRecord) -> dict[str, Any]:
     }
 
 
-def _failure(exc: Exception) -> web.Response:
+def store_failure(exc: Exception) -> web.Response:
     if isinstance(exc, NotFound):
         return error_response(404, str(exc))
     if isinstance(exc, Conflict):
@@ -92,24 +102,24 @@ async def list_upstreams(request: web.Request) -> web.Response:
     try:
         records = await request.app[STORE].list_upstreams()
     except StoreError as exc:
-        return _failure(exc)
+        return store_failure(exc)
     counts = _tool_counts(request)
     views = []
     for record in records:
         view = upstream_view(record, counts.get(record.name, 0))
         view["health"] = await read_health(request.app[LEADER_USE], record.name)
         views.append(view)
-    return _json({"upstreams": views})
+    return respond({"upstreams": views})
 
 
 @admin
 async def create_upstream(request: web.Request) -> web.Response:
-    payload = await _body(request)
+    payload = await json_body(request)
     try:
         record = await request.app[UPSTREAMS].create(payload)
     except _EXPECTED as exc:
-        return _failure(exc)
-    return _json(upstream_view(record, _tool_counts(request).get(record.name, 0)), status=201)
+        return store_failure(exc)
+    return respond(upstream_view(record, _tool_counts(request).get(record.name, 0)), status=201)
 
 
 @admin
@@ -118,23 +128,23 @@ async def get_upstream(request: web.Request) -> web.Response:
     try:
         record = await request.app[STORE].get_upstream(name)
     except StoreError as exc:
-        return _failure(exc)
+        return store_failure(exc)
     if record is None:
         return error_response(404, f"upstream '{name}' does not exist")
     view = upstream_view(record, _tool_counts(request).get(name, 0))
     view["health"] = await read_health(request.app[LEADER_USE], name)
-    return _json(view)
+    return respond(view)
 
 
 @admin
 async def patch_upstream(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    payload = await _body(request)
+    payload = await json_body(request)
     try:
         record = await request.app[UPSTREAMS].update(name, payload)
     except _EXPECTED as exc:
-        return _failure(exc)
-    return _json(upstream_view(record, _tool_counts(request).get(name, 0)))
+        return store_failure(exc)
+    return respond(upstream_view(record, _tool_counts(request).get(name, 0)))
 
 
 @admin
@@ -142,7 +152,7 @@ async def delete_upstream(request: web.Request) -> web.Response:
     try:
         await request.app[UPSTREAMS].delete(request.match_info["name"])
     except _EXPECTED as exc:
-        return _failure(exc)
+        return store_failure(exc)
     return web.Response(status=204)
 
 
@@ -152,8 +162,8 @@ async def refresh_upstream(request: web.Request) -> web.Response:
     try:
         record = await request.app[UPSTREAMS].refresh(name)
     except _EXPECTED as exc:
-        return _failure(exc)
-    return _json(upstream_view(record, _tool_counts(request).get(name, 0)))
+        return store_failure(exc)
+    return respond(upstream_view(record, _tool_counts(request).get(name, 0)))
 
 
 @admin
@@ -161,8 +171,8 @@ async def list_tools(request: web.Request) -> web.Response:
     try:
         records = await request.app[STORE].list_tools()
     except StoreError as exc:
-        return _failure(exc)
-    return _json({"tools": [tool_view(r) for r in sorted(records, key=lambda r: r.name)]})
+        return store_failure(exc)
+    return respond({"tools": [tool_view(r) for r in sorted(records, key=lambda r: r.name)]})
 
 
 @admin
@@ -171,10 +181,10 @@ async def get_tool(request: web.Request) -> web.Response:
     try:
         record = await request.app[STORE].get_tool(name)
     except StoreError as exc:
-        return _failure(exc)
+        return store_failure(exc)
     if record is None:
         return error_response(404, f"tool '{name}' does not exist")
-    return _json(tool_view(record))
+    return respond(tool_view(record))
 
 
 def _tool_changes(payload: dict[str, Any]) -> dict[str, Any]:
@@ -202,12 +212,101 @@ def _tool_changes(payload: dict[str, Any]) -> dict[str, Any]:
 async def patch_tool(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     try:
-        changes = _tool_changes(await _body(request))
+        changes = _tool_changes(await json_body(request))
         record = await request.app[STORE].update_tool(name, changes)
         await request.app[REGISTRY].changed()
     except _EXPECTED as exc:
-        return _failure(exc)
-    return _json(tool_view(record))
+        return store_failure(exc)
+    return respond(tool_view(record))
+
+
+def resource_view(record: ResourceRecord) -> dict[str, Any]:
+    return {**resource_listing(record), "upstream": record.upstream, "enabled": record.enabled}
+
+
+def template_view(record: ResourceTemplateRecord) -> dict[str, Any]:
+    return {**template_listing(record), "upstream": record.upstream, "enabled": record.enabled}
+
+
+def prompt_view(record: PromptRecord) -> dict[str, Any]:
+    return {
+        **prompt_listing(record),
+        "upstream": record.upstream,
+        "original_name": record.original_name,
+        "enabled": record.enabled,
+    }
+
+
+def _enabled_only(payload: dict[str, Any]) -> dict[str, Any]:
+    if set(payload) != {"enabled"} or not isinstance(payload["enabled"], bool):
+        raise InvalidUpstream('send {"enabled": true} or {"enabled": false}')
+    return payload
+
+
+@admin
+async def list_resources(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    try:
+        resources = await store.list_resources()
+        templates = await store.list_resource_templates()
+    except StoreError as exc:
+        return store_failure(exc)
+    return respond(
+        {
+            "resources": [resource_view(r) for r in sorted(resources, key=lambda r: r.uri)],
+            "resource_templates": [
+                template_view(t) for t in sorted(templates, key=lambda t: t.uri_template)
+            ],
+        }
+    )
+
+
+@admin
+async def patch_resource(request: web.Request) -> web.Response:
+    uri = request.query.get("uri", "")
+    try:
+        changes = _enabled_only(await json_body(request))
+        store = request.app[STORE]
+        if await store.get_resource(uri) is not None:
+            view = resource_view(await store.update_resource(uri, changes))
+        else:
+            view = template_view(await store.update_resource_template(uri, changes))
+        await request.app[REGISTRY].changed()
+    except _EXPECTED as exc:
+        return store_failure(exc)
+    return respond(view)
+
+
+@admin
+async def list_prompts(request: web.Request) -> web.Response:
+    try:
+        prompts = await request.app[STORE].list_prompts()
+    except StoreError as exc:
+        return store_failure(exc)
+    return respond({"prompts": [prompt_view(p) for p in sorted(prompts, key=lambda p: p.name)]})
+
+
+@admin
+async def get_prompt(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    try:
+        record = await request.app[STORE].get_prompt(name)
+    except StoreError as exc:
+        return store_failure(exc)
+    if record is None:
+        return error_response(404, f"prompt '{name}' does not exist")
+    return respond(prompt_view(record))
+
+
+@admin
+async def patch_prompt(request: web.Request) -> web.Response:
+    try:
+        changes = _enabled_only(await json_body(request))
+        record = await request.app[STORE].update_prompt(request.match_info["name"], changes)
+        await request.app[REGISTRY].changed()
+    except _EXPECTED as exc:
+        return store_failure(exc)
+    return respond(prompt_view(record))
 
 
 def install(app: web.Application) -> None:
@@ -221,3 +320,9 @@ def install(app: web.Application) -> None:
     router.add_get("/tools", list_tools)
     router.add_get("/tools/{name}", get_tool)
     router.add_patch("/tools/{name}", patch_tool)
+    # Resource URIs contain slashes and colons: they travel as ?uri=...
+    router.add_get("/resources", list_resources)
+    router.add_patch("/resources", patch_resource)
+    router.add_get("/prompts", list_prompts)
+    router.add_get("/prompts/{name}", get_prompt)
+    router.add_patch("/prompts/{name}", patch_prompt)

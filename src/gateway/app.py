@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable
 import structlog
 from aiohttp import web
 
-from gateway import access, admin, health, jobs, metrics, rpc
+from gateway import access, admin, health, jobs, metrics, rpc, servers
 from gateway.cacheuse import CacheUse
 from gateway.contracts import Principal
 from gateway.keys import (
@@ -151,6 +151,7 @@ def build_app(
     health.install(app)
     rpc.install(app)
     admin.install(app)
+    servers.install(app)
     metrics.install(app)
     streamable.install(app)
     legacy_sse.install(app)

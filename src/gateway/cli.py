@@ -38,7 +38,7 @@ def _token(args: argparse.Namespace, settings: Settings) -> int:
 
     secret = settings.jwt_secret_key or asyncio.run(_stored_secret(settings))
     scopes = [s for scope in args.scope for s in scope.split()]
-    print(create_token(secret, args.sub, scopes, args.exp, settings.jwt_algorithm))
+    print(create_token(secret, args.sub, scopes, args.exp, settings.jwt_algorithm, args.server))
     return 0
 
 
@@ -72,6 +72,12 @@ def parser() -> argparse.ArgumentParser:
         "--scope", action="append", default=[], help="a scope to grant, e.g. admin (repeatable)"
     )
     create.add_argument("--exp", type=float, default=60.0, help="minutes until it expires")
+    create.add_argument(
+        "--server",
+        action="append",
+        default=[],
+        help="restrict the token to this virtual server (repeatable)",
+    )
     create.set_defaults(run=_token)
 
     check = sub.add_parser("check", help="validate settings and list installed plugins")

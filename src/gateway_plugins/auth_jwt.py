@@ -194,8 +194,13 @@ def create_token(
     scopes: Sequence[str] = (),
     expires_minutes: float = 60,
     algorithm: str = "HS256",
+    servers: Sequence[str] = (),
 ) -> str:
-    """A signed token for `subject`, with `scope` as an OAuth-style space-separated string."""
+    """A signed token for `subject`, with `scope` as an OAuth-style space-separated string.
+
+    `servers`, when given, becomes the `servers` claim: the bearer may then reach only those
+    virtual servers' MCP endpoints.
+    """
     if not secret:
         raise ValueError("secret must not be empty")
     if not subject:
@@ -213,6 +218,8 @@ def create_token(
     }
     if scopes:
         payload["scope"] = " ".join(dict.fromkeys(scopes))
+    if servers:
+        payload["servers"] = list(dict.fromkeys(servers))
     return jwt.encode(payload, secret, algorithm=algorithm)
 
 

@@ -1,0 +1,161 @@
+"""Virtual servers: named bundles of tools, resources and prompts, each reachable at
+`/servers/{id}/mcp` and `/servers/{id}/sse`. Admin CRUD under `/servers`."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from aiohttp import web
+
+from gateway.access import admin
+from gateway.admin import json_body, respond, store_failure
+from gateway.keys import REGISTRY, STORE
+from gateway.middlewares import error_response
+from gateway.store import NotFound, ServerRecord, StoreError
+
+SERVER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_FIELDS = {"id", "name", "description", "tools", "resources", "prompts"}
+
+
+class InvalidServer(ValueError):
+    pass
+
+
+def server_view(record: ServerRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "name": record.name,
+        "description": record.description,
+        "tools": list(record.tools),
+        "resources": list(record.resources),
+        "prompts": list(record.prompts),
+        "endpoints": {"mcp": f"/servers/{record.id}/mcp", "sse": f"/servers/{record.id}/sse"},
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+    }
+
+
+def _names(payload: dict[str, Any], key: str) -> tuple[str, ...]:
+    value = payload.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidServer(f"'{key}' must be a list of strings")
+    return tuple(dict.fromkeys(value))
+
+
+def _record(
+    request: web.Request,
+    payload: dict[str, Any],
+    current: ServerRecord | None,
+) -> ServerRecord:
+    unknown = set(payload) - _FIELDS
+    if unknown:
+        raise InvalidServer(f"unknown field(s): {', '.join(sorted(unknown))}")
+    if current is None:
+        server_id = payload.get("id")
+        if not isinstance(server_id, str) or not SERVER_ID.fullmatch(server_id):
+            raise InvalidServer("'id' must be 1-64 characters of letters, digits, '_' and '-'")
+        current = ServerRecord(id=server_id, name=server_id)
+    elif "id" in payload and payload["id"] != current.id:
+        raise InvalidServer("'id' cannot change")
+    name = payload.get("name", current.name)
+    description = payload.get("description", current.description)
+    if not isinstance(name, str) or not isinstance(description, str):
+        raise InvalidServer("'name' and 'description' must be strings")
+    record = ServerRecord(
+        id=current.id,
+        name=name,
+        description=description,
+        tools=_names(payload, "tools") if "tools" in payload else current.tools,
+        resources=_names(payload, "resources") if "resources" in payload else current.resources,
+        prompts=_names(payload, "prompts") if "prompts" in payload else current.prompts,
+        created_at=current.created_at,
+    )
+    everything = request.app[REGISTRY].catalogue.everything
+    templates = {t.record.uri_template for t in everything.templates}
+    missing = (
+        [f"tool '{t}'" for t in record.tools if t not in everything.tools]
+        + [
+            f"resource '{r}'"
+            for r in record.resources
+            if r not in everything.resources and r not in templates
+        ]
+        + [f"prompt '{p}'" for p in record.prompts if p not in everything.prompts]
+    )
+    if missing:
+        raise InvalidServer(f"not in the catalogue: {', '.join(missing[:10])}")
+    return record
+
+
+def _failure(exc: Exception) -> web.Response:
+    if isinstance(exc, InvalidServer):
+        return error_response(422, str(exc))
+    return store_failure(exc)
+
+
+@admin
+async def list_servers(request: web.Request) -> web.Response:
+    try:
+        records = await request.app[STORE].list_servers()
+    except StoreError as exc:
+        return _failure(exc)
+    return respond({"servers": [server_view(r) for r in records]})
+
+
+@admin
+async def create_server(request: web.Request) -> web.Response:
+    payload = await json_body(request)
+    try:
+        record = await request.app[STORE].create_server(_record(request, payload, None))
+        await request.app[REGISTRY].changed()
+    except (InvalidServer, StoreError) as exc:
+        return _failure(exc)
+    return respond(server_view(record), status=201)
+
+
+async def _existing(request: web.Request) -> ServerRecord:
+    server_id = request.match_info["server"]
+    record = await request.app[STORE].get_server(server_id)
+    if record is None:
+        raise NotFound(f"virtual server '{server_id}' does not exist")
+    return record
+
+
+@admin
+async def get_server(request: web.Request) -> web.Response:
+    try:
+        return respond(server_view(await _existing(request)))
+    except StoreError as exc:
+        return _failure(exc)
+
+
+@admin
+async def patch_server(request: web.Request) -> web.Response:
+    payload = await json_body(request)
+    try:
+        current = await _existing(request)
+        record = await request.app[STORE].update_server(_record(request, payload, current))
+        await request.app[REGISTRY].changed()
+    except (InvalidServer, StoreError) as exc:
+        return _failure(exc)
+    return respond(server_view(record))
+
+
+@admin
+async def delete_server(request: web.Request) -> web.Response:
+    server_id = request.match_info["server"]
+    try:
+        if not await request.app[STORE].delete_server(server_id):
+            raise NotFound(f"virtual server '{server_id}' does not exist")
+        await request.app[REGISTRY].changed()
+    except StoreError as exc:
+        return _failure(exc)
+    return web.Response(status=204)
+
+
+def install(app: web.Application) -> None:
+    app.router.add_get("/servers", list_servers)
+    app.router.add_post("/servers", create_server)
+    app.router.add_get("/servers/{server}", get_server)
+    app.router.add_patch("/servers/{server}", patch_server)
+    app.router.add_delete("/servers/{server}", delete_server)
