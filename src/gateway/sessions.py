@@ -52,9 +52,21 @@ def new_session_id() -> str:
 
 
 class SessionStore:
+    """Sessions in the cache, with a short-lived copy in each worker.
+
+    The local copy keeps the session lookup of every `/mcp` request off the cache (and off
+    the database, with `CACHE_TYPE=database`). It lives `LOCAL_TTL` seconds; a deleted
+    session is dropped from every worker at once through the hub's `session-closed` event,
+    so only changes such as a new log level may take that long to reach other workers.
+    """
+
+    LOCAL_TTL = 2.0
+    LOCAL_MAX = 50_000
+
     def __init__(self, use: CacheUse, ttl: float) -> None:
         self.use = use
         self.ttl = ttl
+        self._local: dict[str, tuple[float, SessionRecord]] = {}
 
     @staticmethod
     def key(session_id: str) -> str:
@@ -67,11 +79,31 @@ class SessionStore:
         return record
 
     async def get(self, session_id: str) -> SessionRecord | None:
+        now = time.monotonic()
+        held = self._local.get(session_id)
+        if held is not None and held[0] > now:
+            return held[1]
         raw = await self.use.run(self.use.cache.get(self.key(session_id)))
-        return None if raw is None else SessionRecord.from_bytes(raw)
+        if raw is None:
+            self._local.pop(session_id, None)
+            return None
+        record = SessionRecord.from_bytes(raw)
+        self._remember(record, now)
+        return record
+
+    def _remember(self, record: SessionRecord, now: float) -> None:
+        if len(self._local) >= self.LOCAL_MAX:
+            self._local = {k: v for k, v in self._local.items() if v[0] > now}
+            if len(self._local) >= self.LOCAL_MAX:
+                self._local.clear()
+        self._local[record.id] = (now + self.LOCAL_TTL, record)
+
+    def forget(self, session_id: str) -> None:
+        self._local.pop(session_id, None)
 
     async def save(self, record: SessionRecord) -> None:
         await self.use.run(self.use.cache.set(self.key(record.id), record.to_bytes(), self.ttl))
+        self._remember(record, time.monotonic())
 
     async def update(self, record: SessionRecord, **changes: Any) -> SessionRecord:
         updated = replace(record, last_seen=time.time(), **changes)
@@ -84,4 +116,5 @@ class SessionStore:
         return updated
 
     async def delete(self, session_id: str) -> None:
+        self.forget(session_id)
         await self.use.run(self.use.cache.delete(self.key(session_id)))

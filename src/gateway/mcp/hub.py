@@ -20,6 +20,7 @@ import structlog
 from aiohttp import web
 
 from gateway.contracts import Cache
+from gateway.sessions import SessionStore
 
 log = structlog.get_logger(__name__)
 
@@ -53,8 +54,9 @@ class ClientStream:
 
 
 class Hub:
-    def __init__(self, cache: Cache) -> None:
+    def __init__(self, cache: Cache, sessions: SessionStore) -> None:
         self.cache = cache
+        self.sessions = sessions
         self.streams: dict[str, set[ClientStream]] = {}
         """Streams by session id; listen streams (no session) live under their own key."""
         self.inflight: dict[tuple[str, str], asyncio.Task[Any]] = {}
@@ -151,7 +153,9 @@ class Hub:
                 for stream in list(streams):
                     await _quietly(stream.resource_updated(uri))
         elif kind == "session-closed":
-            for stream in list(self.streams.get(str(event.get("session")), ())):
+            session_id = str(event.get("session"))
+            self.sessions.forget(session_id)
+            for stream in list(self.streams.get(session_id, ())):
                 await stream.close()
 
     async def _listen(self) -> None:

@@ -63,6 +63,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
             await sessions.delete(session.id)
         except CacheUnavailable:
             pass
+        await hub.publish({"kind": "session-closed", "session": session.id})
         log.info("sse session closed", session=session.id[:8])
     return events.response
 

@@ -352,7 +352,7 @@ async def delete(request: web.Request) -> web.Response:
 def install(app: web.Application) -> None:
     async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS]
-        hub = Hub(app[CACHE])
+        hub = Hub(app[CACHE], app[SESSIONS])
         await hub.start()
         app[HUB] = hub
         app[EVENTS] = EventLog(
