@@ -139,6 +139,8 @@ def build_app(
     """Assemble the application without starting anything; `guard` wraps each resource."""
     app = web.Application(
         client_max_size=settings.max_request_bytes,
+        # A client that hangs up cancels its request: upstream calls stop, streams close.
+        handler_args={"handler_cancellation": True},
         middlewares=[
             request_id,
             json_errors,

@@ -59,34 +59,40 @@ def tool_listing(record: ToolRecord) -> JSON:
 
 
 def resource_listing(record: ResourceRecord) -> JSON:
-    return _drop_empty({
-        "uri": record.uri,
-        "name": record.name,
-        "title": record.title,
-        "description": record.description,
-        "mimeType": record.mime_type,
-        "size": record.size,
-        "annotations": record.annotations,
-    })
+    return _drop_empty(
+        {
+            "uri": record.uri,
+            "name": record.name,
+            "title": record.title,
+            "description": record.description,
+            "mimeType": record.mime_type,
+            "size": record.size,
+            "annotations": record.annotations,
+        }
+    )
 
 
 def template_listing(record: ResourceTemplateRecord) -> JSON:
-    return _drop_empty({
-        "uriTemplate": record.uri_template,
-        "name": record.name,
-        "title": record.title,
-        "description": record.description,
-        "mimeType": record.mime_type,
-        "annotations": record.annotations,
-    })
+    return _drop_empty(
+        {
+            "uriTemplate": record.uri_template,
+            "name": record.name,
+            "title": record.title,
+            "description": record.description,
+            "mimeType": record.mime_type,
+            "annotations": record.annotations,
+        }
+    )
 
 
 def prompt_listing(record: PromptRecord) -> JSON:
-    listing = _drop_empty({
-        "name": record.name,
-        "title": record.title,
-        "description": record.description,
-    })
+    listing = _drop_empty(
+        {
+            "name": record.name,
+            "title": record.title,
+            "description": record.description,
+        }
+    )
     if record.arguments:
         listing["arguments"] = list(record.arguments)
     return listing
@@ -158,7 +164,8 @@ def _view(
         tool_list=[tool_map[n].listing for n in sorted(tool_map) if tool_map[n].record.enabled],
         resources=resource_map,
         resource_list=[
-            resource_listing(resource_map[u]) for u in sorted(resource_map)
+            resource_listing(resource_map[u])
+            for u in sorted(resource_map)
             if resource_map[u].enabled
         ],
         templates=template_items,
@@ -174,6 +181,20 @@ def _view(
     )
 
 
+def changed_kinds(before: View | None, after: View | None) -> list[str]:
+    """Which of tools, resources and prompts a client of the view would see differently."""
+    if before is None or after is None:
+        return [] if before is after else ["tools", "resources", "prompts"]
+    kinds = []
+    if before.tool_list != after.tool_list:
+        kinds.append("tools")
+    if (before.resource_list, before.template_list) != (after.resource_list, after.template_list):
+        kinds.append("resources")
+    if before.prompt_list != after.prompt_list:
+        kinds.append("prompts")
+    return kinds
+
+
 @dataclass(frozen=True, slots=True)
 class Catalogue:
     version: int
@@ -185,6 +206,9 @@ class Catalogue:
     @property
     def listed(self) -> list[JSON]:
         return self.everything.tool_list
+
+    def view(self, server: str | None) -> View | None:
+        return self.everything if server is None else self.servers.get(server)
 
     @classmethod
     def empty(cls) -> Catalogue:

@@ -24,6 +24,8 @@ from gateway.mcp.methods import Context, Methods
 log = structlog.get_logger(__name__)
 
 METHODS = web.AppKey("methods", Methods)
+SERVERS_CLAIM = "servers"
+"""A JWT claim listing the virtual server ids its bearer may reach (and nothing else)."""
 # `/rpc` has no sessions: these need one, so they are not offered here.
 _SESSION_ONLY = frozenset({"resources/subscribe", "resources/unsubscribe", "logging/setLevel"})
 
@@ -69,6 +71,17 @@ async def handle_rpc(request: web.Request) -> web.StreamResponse:
         return web.Response(status=202)
     methods = request.app[METHODS]
     caller = principal(request)
+    if caller.claims.get(SERVERS_CLAIM) is not None:
+        return respond(
+            jsonrpc.error(
+                message.id,
+                RPCError(
+                    jsonrpc.INVALID_REQUEST,
+                    "Forbidden: this token is limited to virtual servers; use /servers/{id}/mcp",
+                ),
+            ),
+            status=403,
+        )
     key = caller_key(request, caller)
     ctx = Context(
         caller=caller,

@@ -28,6 +28,8 @@ class SessionRecord:
     """The JWT subject that opened it; other callers cannot use it."""
     server: str | None = None
     """The virtual server it belongs to, or None for the whole gateway."""
+    transport: str = "streamable-http"
+    """`streamable-http` or `sse`: a session id is valid only on the transport that made it."""
     client_info: dict[str, Any] = field(default_factory=dict)
     client_capabilities: dict[str, Any] = field(default_factory=dict)
     initialized: bool = False
@@ -82,7 +84,9 @@ class SessionStore:
         now = time.monotonic()
         held = self._local.get(session_id)
         if held is not None and held[0] > now:
-            return held[1]
+            if time.time() - held[1].last_seen <= self.ttl:
+                return held[1]
+            self._local.pop(session_id, None)
         raw = await self.use.run(self.use.cache.get(self.key(session_id)))
         if raw is None:
             self._local.pop(session_id, None)
@@ -96,7 +100,7 @@ class SessionStore:
             self._local = {k: v for k, v in self._local.items() if v[0] > now}
             if len(self._local) >= self.LOCAL_MAX:
                 self._local.clear()
-        self._local[record.id] = (now + self.LOCAL_TTL, record)
+        self._local[record.id] = (now + min(self.LOCAL_TTL, self.ttl), record)
 
     def forget(self, session_id: str) -> None:
         self._local.pop(session_id, None)
@@ -111,6 +115,9 @@ class SessionStore:
         return updated
 
     async def touch(self, record: SessionRecord) -> SessionRecord:
+        """Renew the idle TTL of a session in use; at most once per tenth of the TTL."""
+        if time.time() - record.last_seen < self.ttl / 10:
+            return record
         updated = replace(record, last_seen=time.time())
         await self.save(updated)
         return updated

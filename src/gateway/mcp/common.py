@@ -15,10 +15,8 @@ from gateway.contracts import Principal
 from gateway.jsonrpc import Id, RPCError
 from gateway.keys import SETTINGS
 from gateway.mcp.methods import Context, Methods
-from gateway.rpc import METHODS, caller_key
-
-SERVERS_CLAIM = "servers"
-"""A JWT claim listing the virtual server ids its bearer may reach (and nothing else)."""
+from gateway.rpc import METHODS, SERVERS_CLAIM, caller_key
+from gateway.sessions import SessionRecord
 
 
 def rpc_error(
@@ -98,3 +96,12 @@ def endpoint(request: web.Request) -> Endpoint | web.Response:
             )
         view = found
     return Endpoint(request, methods, view, server, caller)
+
+
+def owned(session: SessionRecord, ep: Endpoint, transport: str) -> bool:
+    """A session answers only to its own caller, endpoint and transport."""
+    return (
+        session.subject == ep.caller.subject
+        and session.server == ep.server
+        and session.transport == transport
+    )

@@ -19,6 +19,7 @@ import orjson
 import structlog
 from aiohttp import web
 
+from gateway.catalogue import Catalogue, changed_kinds
 from gateway.contracts import Cache
 from gateway.sessions import SessionStore
 
@@ -131,10 +132,16 @@ class Hub:
             return
         await self.publish({"kind": "cancel", "session": session_id, "id": request_id})
 
-    async def list_changed(self, kinds: list[str]) -> None:
+    async def catalogue_changed(self, old: Catalogue, new: Catalogue) -> None:
+        """Tell each local stream what changed in the view it serves."""
+        changes: dict[str | None, list[str]] = {}
         for streams in list(self.streams.values()):
             for stream in list(streams):
-                for kind in kinds:
+                if stream.server not in changes:
+                    changes[stream.server] = changed_kinds(
+                        old.view(stream.server), new.view(stream.server)
+                    )
+                for kind in changes[stream.server]:
                     await _quietly(stream.list_changed(kind))
 
     async def on_event(self, event: JSON) -> None:

@@ -22,7 +22,7 @@ from gateway.jsonrpc import RPCError
 from gateway.keys import SESSIONS
 from gateway.limits import RateLimited
 from gateway.mcp import sse, versions
-from gateway.mcp.common import Endpoint, endpoint, rpc_error
+from gateway.mcp.common import Endpoint, endpoint, owned, rpc_error
 from gateway.mcp.hub import HUB, Hub
 from gateway.mcp.streams import LegacyStream
 from gateway.rpc import BodyTooLarge, read_body
@@ -41,7 +41,10 @@ async def stream(request: web.Request) -> web.StreamResponse:
     sessions = request.app[SESSIONS]
     try:
         session = await sessions.create(
-            protocol_version="2024-11-05", subject=ep.caller.subject, server=ep.server
+            protocol_version="2024-11-05",
+            subject=ep.caller.subject,
+            server=ep.server,
+            transport="sse",
         )
     except CacheUnavailable:
         return rpc_error(503, jsonrpc.INTERNAL_ERROR, "Session store unavailable")
@@ -81,10 +84,14 @@ async def message(request: web.Request) -> web.Response:
         session = await request.app[SESSIONS].get(session_id)
     except CacheUnavailable:
         return rpc_error(503, jsonrpc.INTERNAL_ERROR, "Session store unavailable")
-    if session is None or session.subject != ep.caller.subject or session.server != ep.server:
+    if session is None or not owned(session, ep, "sse"):
         return web.json_response(
             {"error": {"status": 404, "message": "Could not find session"}}, status=404
         )
+    try:
+        session = await request.app[SESSIONS].touch(session)
+    except CacheUnavailable:
+        pass
     hub = request.app[HUB]
     try:
         body = await read_body(request)

@@ -417,7 +417,10 @@ class Methods:
                 backend, method, forwarded, ctx, meta if isinstance(meta, dict) else None
             )
         except UpstreamError as exc:
-            raise RPCError(exc.code, exc.upstream_message, exc.data) from None
+            code = exc.code
+            if code == RESOURCE_NOT_FOUND and versions.is_modern(ctx.version):
+                code = jsonrpc.INVALID_PARAMS  # 2026 retired -32002
+            raise RPCError(code, exc.upstream_message, exc.data) from None
         except BackendError as exc:
             raise RPCError(jsonrpc.INTERNAL_ERROR, str(exc)) from None
         except TimeoutError:

@@ -24,18 +24,6 @@ log = structlog.get_logger(__name__)
 JSON = dict[str, Any]
 
 
-def changed_kinds(old: Catalogue, new: Catalogue) -> list[str]:
-    before, after = old.everything, new.everything
-    kinds = []
-    if before.tool_list != after.tool_list:
-        kinds.append("tools")
-    if (before.resource_list, before.template_list) != (after.resource_list, after.template_list):
-        kinds.append("resources")
-    if before.prompt_list != after.prompt_list:
-        kinds.append("prompts")
-    return kinds
-
-
 class Notifier:
     def __init__(self, hub: Hub, registry: Registry, upstreams: UpstreamService) -> None:
         self.hub = hub
@@ -46,11 +34,8 @@ class Notifier:
         registry.upstream_listener = self.upstream_said
 
     async def catalogue_changed(self, old: Catalogue, new: Catalogue) -> None:
-        if old.version < 0:
-            return
-        kinds = changed_kinds(old, new)
-        if kinds:
-            await self.hub.list_changed(kinds)
+        if old.version >= 0:
+            await self.hub.catalogue_changed(old, new)
 
     async def upstream_said(self, upstream: str, method: str, params: JSON) -> None:
         if method.endswith("/list_changed"):

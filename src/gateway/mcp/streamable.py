@@ -24,7 +24,7 @@ from gateway.jsonrpc import RPCError
 from gateway.keys import CACHE, REGISTRY, SESSIONS, SETTINGS, UPSTREAMS
 from gateway.limits import RateLimited
 from gateway.mcp import modern, sse, versions
-from gateway.mcp.common import Endpoint, endpoint, rpc_error
+from gateway.mcp.common import Endpoint, endpoint, owned, rpc_error
 from gateway.mcp.hub import HUB, Hub
 from gateway.mcp.notifications import Notifier
 from gateway.mcp.streams import EventLog, SessionStream
@@ -51,6 +51,8 @@ def _is_request(message: JSON) -> bool:
 def _validate(message: Any) -> JSON:
     if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
         raise RPCError(jsonrpc.INVALID_REQUEST, "Invalid Request: not a JSON-RPC 2.0 message")
+    if "method" in message and "id" in message and message["id"] is None:
+        raise RPCError(jsonrpc.INVALID_REQUEST, "Invalid Request: MCP request ids must not be null")
     if "method" in message:
         request = jsonrpc.parse(orjson.dumps(message))
         return {
@@ -78,9 +80,12 @@ async def _session(request: web.Request, ep: Endpoint) -> SessionRecord | web.Re
         session = await request.app[SESSIONS].get(session_id)
     except CacheUnavailable:
         return rpc_error(503, jsonrpc.INTERNAL_ERROR, "Session store unavailable")
-    if session is None or session.subject != ep.caller.subject or session.server != ep.server:
+    if session is None or not owned(session, ep, "streamable-http"):
         return rpc_error(404, jsonrpc.INVALID_REQUEST, "Not Found: unknown or expired session")
-    return session
+    try:
+        return await request.app[SESSIONS].touch(session)
+    except CacheUnavailable:
+        return session
 
 
 async def post(request: web.Request) -> web.StreamResponse:
@@ -96,11 +101,12 @@ async def post(request: web.Request) -> web.StreamResponse:
             jsonrpc.INVALID_REQUEST,
             "Unsupported Media Type: Content-Type must be application/json",
         )
-    if not (accepts(request, "application/json") or accepts(request, "text/event-stream")):
+    # Answers are JSON unless the request streams (then SSE, if accepted), so JSON is a must.
+    if not accepts(request, "application/json"):
         return rpc_error(
             406,
             jsonrpc.INVALID_REQUEST,
-            "Not Acceptable: accept application/json and text/event-stream",
+            "Not Acceptable: accept application/json (and text/event-stream for streams)",
         )
     try:
         body = orjson.loads(await read_body(request))
@@ -109,6 +115,15 @@ async def post(request: web.Request) -> web.StreamResponse:
     except orjson.JSONDecodeError as exc:
         return rpc_error(400, jsonrpc.PARSE_ERROR, f"Parse error: {exc}")
     if header_version is not None and header_version not in versions.SUPPORTED_VERSIONS:
+        if _modern_body(body):
+            # The one answer SDK auto-mode clients act on: what we support instead.
+            return rpc_error(
+                400,
+                modern.UNSUPPORTED_VERSION,
+                "Unsupported protocol version",
+                body.get("id"),
+                {"supported": list(versions.SUPPORTED_VERSIONS), "requested": header_version},
+            )
         return rpc_error(
             400,
             jsonrpc.INVALID_REQUEST,
@@ -116,12 +131,7 @@ async def post(request: web.Request) -> web.StreamResponse:
         )
     if isinstance(body, dict) and body.get("method") == "initialize" and "id" in body:
         return await _initialize(request, ep, body)
-    if (
-        isinstance(body, dict)
-        and isinstance(body.get("params"), dict)
-        and isinstance(body["params"].get("_meta"), dict)
-        and versions.META_VERSION in body["params"]["_meta"]
-    ):
+    if _modern_body(body):
         return rpc_error(
             400,
             modern.HEADER_MISMATCH,
@@ -175,6 +185,13 @@ async def post(request: web.Request) -> web.StreamResponse:
         content_type="application/json",
         headers={SESSION_HEADER: session.id},
     )
+
+
+def _modern_body(body: Any) -> bool:
+    """A 2026-07-28 request: its `_meta` carries the protocol version."""
+    params = body.get("params") if isinstance(body, dict) else None
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    return isinstance(meta, dict) and versions.META_VERSION in meta
 
 
 def _streams(message: JSON) -> bool:
@@ -319,10 +336,10 @@ async def get(request: web.Request) -> web.StreamResponse:
     client = SessionStream(
         stream, session.id, ep.server, request.app[SESSIONS], request.app[EVENTS]
     )
+    hub.attach(session.id, client)
     last = request.headers.get("Last-Event-ID")
     if last:
         await client.replay(last)
-    hub.attach(session.id, client)
     try:
         await client.closed.wait()
     finally:

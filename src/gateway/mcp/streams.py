@@ -4,6 +4,7 @@ resumption), a legacy HTTP+SSE stream, and a 2026 `subscriptions/listen` stream.
 from __future__ import annotations
 
 import asyncio
+import secrets
 from typing import Any
 
 import orjson
@@ -20,30 +21,40 @@ EVENT_TTL = 300.0
 
 
 class EventLog:
-    """Numbered events per session in the cache, so a client can resume on any worker."""
+    """Sent events per stream in the cache, so a client can resume on any worker.
+
+    Event ids are `<epoch>-<n>`: the epoch names one stream (ids stay unique across a
+    session's streams, and a resumption replays only its own stream), `n` counts that
+    stream's events. No shared counter is needed: only the worker holding a stream writes.
+    """
+
+    MAX_REPLAY = 10_000
 
     def __init__(self, use: CacheUse) -> None:
         self.use = use
 
-    async def append(self, session_id: str, data: bytes) -> int | None:
-        try:
-            number = await self.use.run(self.use.cache.incr(f"events:{session_id}", EVENT_TTL))
-            await self.use.run(self.use.cache.set(f"event:{session_id}:{number}", data, EVENT_TTL))
-        except CacheUnavailable:
-            return None
-        return number
+    @staticmethod
+    def key(session_id: str, event_id: str) -> str:
+        return f"event:{session_id}:{event_id}"
 
-    async def since(self, session_id: str, last: int) -> list[tuple[int, bytes]]:
+    async def keep(self, session_id: str, event_id: str, data: bytes) -> None:
         try:
-            raw = await self.use.run(self.use.cache.get(f"events:{session_id}"))
-            newest = int(raw) if raw is not None else 0
-            found = []
-            for number in range(last + 1, newest + 1):
-                data = await self.use.run(self.use.cache.get(f"event:{session_id}:{number}"))
-                if data is not None:
-                    found.append((number, data))
-        except (CacheUnavailable, ValueError):
-            return []
+            await self.use.run(self.use.cache.set(self.key(session_id, event_id), data, EVENT_TTL))
+        except CacheUnavailable:
+            pass  # the event is still sent; it just cannot be replayed
+
+    async def after(self, session_id: str, epoch: str, last: int) -> list[tuple[int, bytes]]:
+        found: list[tuple[int, bytes]] = []
+        for number in range(last + 1, last + 1 + self.MAX_REPLAY):
+            try:
+                data = await self.use.run(
+                    self.use.cache.get(self.key(session_id, f"{epoch}-{number}"))
+                )
+            except CacheUnavailable:
+                break
+            if data is None:
+                break
+            found.append((number, data))
         return found
 
 
@@ -106,23 +117,32 @@ class SessionStream(_SessionBound):
     ) -> None:
         super().__init__(stream, session_id, server, sessions)
         self.events = events
+        self.epoch = secrets.token_hex(6)
+        self.count = 0
+        self._lock = asyncio.Lock()
 
     async def write(self, message: JSON) -> None:
         data = orjson.dumps(message)
         assert self.session_id is not None
-        number = await self.events.append(self.session_id, data)
-        await self.stream.send(
-            sse.event(data, name="message", event_id=None if number is None else str(number))
-        )
+        async with self._lock:
+            self.count += 1
+            event_id = f"{self.epoch}-{self.count}"
+            await self.events.keep(self.session_id, event_id, data)
+            await self.stream.send(sse.event(data, name="message", event_id=event_id))
 
     async def replay(self, last_event_id: str) -> None:
-        try:
-            last = int(last_event_id)
-        except ValueError:
+        """Resume a stream: send what it missed, then carry on with its numbering. Live
+        messages wait for the replay, so order is kept."""
+        epoch, _, number = last_event_id.rpartition("-")
+        if not epoch or not number.isdigit():
             return
         assert self.session_id is not None
-        for number, data in await self.events.since(self.session_id, last):
-            await self.stream.send(sse.event(data, name="message", event_id=str(number)))
+        async with self._lock:
+            self.epoch, self.count = epoch, int(number)
+            for count, data in await self.events.after(self.session_id, epoch, self.count):
+                event_id = f"{epoch}-{count}"
+                await self.stream.send(sse.event(data, name="message", event_id=event_id))
+                self.count = count
 
 
 class LegacyStream(_SessionBound):

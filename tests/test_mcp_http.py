@@ -1,0 +1,1228 @@
+"""Streamable HTTP at `/mcp` for the handshake-era versions (2024-11-05 to 2025-11-25):
+sessions, headers, batches, errors, streams, resumption, progress, cancellation, and the
+resource, prompt and completion relays to a full backend.
+
+Requests are made with aiohttp directly, so every header is the test's own choice. The
+helpers at the top are shared by the other MCP transport tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, cast
+
+import orjson
+import pytest
+from aiohttp import ClientResponse, ClientSession, web
+
+from gateway.app import build_app
+from gateway.keys import REGISTRY, SESSIONS
+from gateway.mcp.hub import HUB
+from gateway.plugins import Plugins, build_plugin_manager
+from gateway.sessions import SessionStore
+from gateway.settings import Settings
+from tests.conftest import Client, GatewayFactory, make_token
+from tests.plugins import faulty, rich
+from tests.plugins.rich import CHANGELOG, ITEMS, README, RichBackend
+
+JSON = dict[str, Any]
+ACCEPT_BOTH = "application/json, text/event-stream"
+HANDSHAKE_VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
+LATEST = "2025-11-25"
+
+# --- wire helpers, shared by the MCP transport tests -------------------------------------------
+
+
+@dataclass(frozen=True)
+class Event:
+    """One server-sent event."""
+
+    data: str
+    name: str = "message"
+    id: str | None = None
+
+    @property
+    def message(self) -> JSON:
+        loaded: JSON = orjson.loads(self.data)
+        return loaded
+
+
+def parse_events(text: str) -> list[Event]:
+    """Every event of a finished SSE body; comments (keep-alives) are skipped."""
+    events = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        event = _event(block.split("\n"))
+        if event is not None:
+            events.append(event)
+    return events
+
+
+def _event(lines: list[str]) -> Event | None:
+    fields: dict[str, str] = {}
+    data: list[str] = []
+    for line in lines:
+        if not line or line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "data":
+            data.append(value)
+        else:
+            fields[name] = value
+    if not data and not fields:
+        return None
+    return Event(data="\n".join(data), name=fields.get("event", "message"), id=fields.get("id"))
+
+
+class EventReader:
+    """Reads the events of an open SSE response one at a time, each within a deadline."""
+
+    def __init__(self, response: ClientResponse) -> None:
+        self.response = response
+
+    async def next(self, timeout: float = 5.0) -> Event:
+        lines: list[str] = []
+        async with asyncio.timeout(timeout):
+            while True:
+                raw = await self.response.content.readline()
+                if not raw:
+                    raise EOFError("the event stream ended")
+                line = raw.decode().rstrip("\r\n")
+                if line:
+                    lines.append(line)
+                    continue
+                event = _event(lines)
+                lines = []
+                if event is not None:
+                    return event
+
+    async def message(self, timeout: float = 5.0) -> JSON:
+        return (await self.next(timeout)).message
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool] | bool], timeout: float = 5.0, what: str = "condition"
+) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        outcome = check()
+        if not isinstance(outcome, bool):
+            outcome = await outcome
+        if outcome:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not hold within {timeout:g}s")
+        await asyncio.sleep(0.01)
+
+
+async def streams_attached(client: Client, count: int) -> None:
+    """Wait until the gateway holds `count` open client streams (GET, SSE or listen)."""
+    hub = client.app[HUB]
+    await eventually(lambda: hub.stream_count() >= count, what=f"{count} open stream(s)")
+
+
+def backend_of(client: Client, upstream: str = "rich") -> RichBackend:
+    return cast(RichBackend, client.app[REGISTRY].backends[upstream])
+
+
+def init_message(version: str = LATEST, request_id: Any = 1) -> JSON:
+    return {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": version,
+            "capabilities": {},
+            "clientInfo": {"name": "test-client", "version": "1.0"},
+        },
+    }
+
+
+def session_headers(
+    session: str, version: str | None = None, accept: str = ACCEPT_BOTH
+) -> dict[str, str]:
+    headers = {"Accept": accept, "Mcp-Session-Id": session}
+    if version is not None:
+        headers["MCP-Protocol-Version"] = version
+    return headers
+
+
+async def open_session(
+    client: Client,
+    version: str = LATEST,
+    path: str = "/mcp",
+    headers: dict[str, str] | None = None,
+) -> str:
+    """initialize, then notifications/initialized; the session id."""
+    response = await client.post(
+        path, json=init_message(version), headers={"Accept": ACCEPT_BOTH, **(headers or {})}
+    )
+    assert response.status == 200, await response.text()
+    session = response.headers["Mcp-Session-Id"]
+    initialized = await client.post(
+        path,
+        json={"jsonrpc": "2.0", "method": "notifications/initialized"},
+        headers={**session_headers(session), **(headers or {})},
+    )
+    assert initialized.status == 202
+    return session
+
+
+async def call(
+    client: Client,
+    session: str,
+    method: str,
+    params: JSON | None = None,
+    *,
+    request_id: Any = 1,
+    path: str = "/mcp",
+    headers: dict[str, str] | None = None,
+) -> JSON:
+    """One request on a session, answered as JSON; the JSON-RPC response."""
+    message: JSON = {"jsonrpc": "2.0", "id": request_id, "method": method}
+    if params is not None:
+        message["params"] = params
+    response = await client.post(
+        path,
+        json=message,
+        headers={**session_headers(session, accept="application/json"), **(headers or {})},
+    )
+    assert response.status == 200, await response.text()
+    assert response.content_type == "application/json"
+    body: JSON = await response.json()
+    return body
+
+
+async def open_get_stream(
+    client: Client, session: str, path: str = "/mcp", last_event_id: str | None = None
+) -> EventReader:
+    headers = {"Accept": "text/event-stream", "Mcp-Session-Id": session}
+    if last_event_id is not None:
+        headers["Last-Event-ID"] = last_event_id
+    response = await client.get(path, headers=headers)
+    assert response.status == 200, await response.text()
+    assert response.content_type == "text/event-stream"
+    return EventReader(response)
+
+
+@dataclass(frozen=True)
+class Served:
+    app: web.Application
+    http: ClientSession
+    base: str
+
+
+@contextlib.asynccontextmanager
+async def served_like_gunicorn(
+    settings: Settings, plugins: Iterable[object], headers: dict[str, str]
+) -> AsyncIterator[Served]:
+    """The gateway behind an `AppRunner` with aiohttp's defaults, as the gunicorn worker
+    and `serve` run it. aiohttp's test server differs in one way that matters here: it
+    cancels a handler when its client disconnects, and production servers do not."""
+    pm = build_plugin_manager(settings.plugins_blocked)
+    for plugin in plugins:
+        pm.register(plugin, name=getattr(plugin, "__name__", repr(plugin)))
+    app = build_app(settings, Plugins(pm))
+    runner = web.AppRunner(app, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        async with ClientSession(headers=headers) as http:
+            yield Served(app, http, f"http://{host}:{port}")
+    finally:
+        await runner.cleanup()
+
+
+# --- fixtures ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def client(gateway: GatewayFactory, user_headers: dict[str, str]) -> Client:
+    client = await gateway(plugins=[rich, faulty], tool_timeout=20.0)
+    client.session.headers.update(user_headers)
+    return client
+
+
+@pytest.fixture
+async def session(client: Client) -> str:
+    return await open_session(client)
+
+
+# --- initialize and sessions -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", HANDSHAKE_VERSIONS)
+async def test_initialize_issues_a_session_id_and_echoes_a_supported_version(
+    client: Client, version: str
+) -> None:
+    response = await client.post(
+        "/mcp", json=init_message(version), headers={"Accept": ACCEPT_BOTH}
+    )
+    assert response.status == 200
+    assert response.content_type == "application/json"
+    session = response.headers["Mcp-Session-Id"]
+    assert session and all(0x21 <= ord(c) <= 0x7E for c in session)
+    body = await response.json()
+    assert body["id"] == 1
+    result = body["result"]
+    assert result["protocolVersion"] == version
+    assert result["serverInfo"]["name"] == "aio-mcp-gateway"
+    assert result["serverInfo"]["version"]
+    assert {"tools", "resources", "prompts", "logging", "completions"} <= set(
+        result["capabilities"]
+    )
+    assert result["capabilities"]["resources"]["subscribe"] is True
+
+
+async def test_initialize_with_an_unknown_version_counter_offers_the_latest(
+    client: Client,
+) -> None:
+    response = await client.post("/mcp", json=init_message("1999-01-01"))
+    assert (await response.json())["result"]["protocolVersion"] == LATEST
+
+
+async def test_initialize_with_a_modern_version_counter_offers_the_latest_handshake_version(
+    client: Client,
+) -> None:
+    response = await client.post("/mcp", json=init_message("2026-07-28"))
+    assert (await response.json())["result"]["protocolVersion"] == LATEST
+
+
+async def test_each_initialize_opens_a_different_session(client: Client) -> None:
+    assert await open_session(client) != await open_session(client)
+
+
+async def test_the_session_serves_requests_with_its_negotiated_version(
+    client: Client,
+) -> None:
+    session = await open_session(client, "2025-06-18")
+    body = await call(client, session, "ping", headers={"MCP-Protocol-Version": "2025-06-18"})
+    assert body == {"jsonrpc": "2.0", "id": 1, "result": {}}
+
+
+async def test_notification_is_accepted_with_202_and_no_body(client: Client, session: str) -> None:
+    response = await client.post(
+        "/mcp",
+        json={"jsonrpc": "2.0", "method": "notifications/roots/list_changed"},
+        headers=session_headers(session),
+    )
+    assert response.status == 202
+    assert await response.read() == b""
+
+
+async def test_posted_response_is_accepted_with_202(client: Client, session: str) -> None:
+    response = await client.post(
+        "/mcp", json={"jsonrpc": "2.0", "id": 9, "result": {}}, headers=session_headers(session)
+    )
+    assert response.status == 202
+    assert await response.read() == b""
+
+
+async def test_request_without_session_returns_400(client: Client) -> None:
+    response = await client.post(
+        "/mcp",
+        json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+        headers={"Accept": ACCEPT_BOTH},
+    )
+    assert response.status == 400
+    body = await response.json()
+    assert body["error"]["code"] == -32600
+    assert "Mcp-Session-Id" not in response.headers
+
+
+async def test_unknown_session_returns_404(client: Client) -> None:
+    response = await client.post(
+        "/mcp",
+        json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+        headers=session_headers("no-such-session"),
+    )
+    assert response.status == 404
+    assert (await response.json())["error"]["code"] == -32600
+
+
+async def test_expired_session_returns_404(
+    gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each worker keeps a copy of a session for LOCAL_TTL; shortened so expiry shows at once.
+    monkeypatch.setattr(SessionStore, "LOCAL_TTL", 0.01)
+    client = await gateway(plugins=[rich], session_ttl=0.2)
+    client.session.headers["Authorization"] = f"Bearer {make_token('user')}"
+    session = await open_session(client)
+    await asyncio.sleep(0.3)
+    response = await client.post(
+        "/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "ping"}, headers=session_headers(session)
+    )
+    assert response.status == 404
+
+
+async def test_expired_session_returns_404_even_within_the_local_copys_lifetime(
+    gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(SessionStore, "LOCAL_TTL", 30.0)
+    client = await gateway(plugins=[rich], session_ttl=0.2)
+    client.session.headers["Authorization"] = f"Bearer {make_token('user')}"
+    session = await open_session(client)
+    await asyncio.sleep(0.3)
+    response = await client.post(
+        "/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "ping"}, headers=session_headers(session)
+    )
+    assert response.status == 404
+
+
+async def test_a_session_in_use_outlives_its_idle_ttl(
+    gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(SessionStore, "LOCAL_TTL", 0.01)
+    client = await gateway(plugins=[rich], session_ttl=1.0)
+    client.session.headers["Authorization"] = f"Bearer {make_token('user')}"
+    session = await open_session(client)
+    statuses = []
+    for _ in range(8):
+        await asyncio.sleep(0.25)
+        response = await client.post(
+            "/mcp",
+            json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+            headers=session_headers(session),
+        )
+        statuses.append(response.status)
+    assert statuses == [200] * 8
+
+
+async def test_session_of_another_subject_returns_404(client: Client, session: str) -> None:
+    other = {"Authorization": f"Bearer {make_token('someone-else')}"}
+    response = await client.post(
+        "/mcp",
+        json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+        headers={**session_headers(session), **other},
+    )
+    assert response.status == 404
+    stream = await client.get(
+        "/mcp", headers={"Accept": "text/event-stream", "Mcp-Session-Id": session, **other}
+    )
+    assert stream.status == 404
+    deleted = await client.delete("/mcp", headers={"Mcp-Session-Id": session, **other})
+    assert deleted.status == 404
+    assert (await call(client, session, "ping"))["result"] == {}
+
+
+async def test_delete_ends_the_session_and_later_requests_get_404(
+    client: Client, session: str
+) -> None:
+    response = await client.delete("/mcp", headers={"Mcp-Session-Id": session})
+    assert response.status in {200, 204}
+    again = await client.post(
+        "/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "ping"}, headers=session_headers(session)
+    )
+    assert again.status == 404
+    assert (await client.delete("/mcp", headers={"Mcp-Session-Id": session})).status == 404
+
+
+async def test_delete_without_session_returns_400(client: Client) -> None:
+    assert (await client.delete("/mcp")).status == 400
+
+
+async def test_delete_closes_the_sessions_get_stream(client: Client, session: str) -> None:
+    reader = await open_get_stream(client, session)
+    await streams_attached(client, 1)
+    await client.delete("/mcp", headers={"Mcp-Session-Id": session})
+    with pytest.raises(EOFError):
+        await reader.next(timeout=5)
+
+
+# --- the MCP-Protocol-Version header ---------------------------------------------------------
+
+
+async def test_unsupported_protocol_version_header_returns_400(
+    client: Client, session: str
+) -> None:
+    response = await client.post(
+        "/mcp",
+        json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+        headers=session_headers(session, "1999-01-01"),
+    )
+    assert response.status == 400
+    assert (await response.json())["error"]["code"] == -32600
+
+
+async def test_protocol_version_header_differing_from_the_session_returns_400(
+    client: Client,
+) -> None:
+    session = await open_session(client, "2025-11-25")
+    response = await client.post(
+        "/mcp",
+        json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+        headers=session_headers(session, "2025-06-18"),
+    )
+    assert response.status == 400
+    body = await response.json()
+    assert "2025-06-18" in body["error"]["message"]
+
+
+async def test_request_without_protocol_version_header_uses_the_sessions_version(
+    client: Client,
+) -> None:
+    session = await open_session(client, "2025-03-26")
+    assert (await call(client, session, "ping"))["result"] == {}
+
+
+async def test_modern_envelope_without_the_version_header_returns_400_32020(
+    client: Client, session: str
+) -> None:
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
+    response = await client.post(
+        "/mcp",
+        json={"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": meta}},
+        headers=session_headers(session),
+    )
+    assert response.status == 400
+    assert (await response.json())["error"]["code"] == -32020
+
+
+# --- batches ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", ["2025-06-18", "2025-11-25"])
+async def test_batch_is_rejected_with_32600_after_2025_03_26(client: Client, version: str) -> None:
+    session = await open_session(client, version)
+    response = await client.post(
+        "/mcp",
+        json=[{"jsonrpc": "2.0", "id": 1, "method": "ping"}],
+        headers=session_headers(session, version),
+    )
+    assert response.status == 400
+    body = await response.json()
+    assert body["error"]["code"] == -32600
+    assert body["id"] is None
+
+
+async def test_batch_is_answered_with_an_array_for_a_2025_03_26_session(client: Client) -> None:
+    session = await open_session(client, "2025-03-26")
+    response = await client.post(
+        "/mcp",
+        json=[
+            {"jsonrpc": "2.0", "id": 1, "method": "ping"},
+            {"jsonrpc": "2.0", "method": "notifications/roots/list_changed"},
+            {
+                "jsonrpc": "2.0",
+                "id": "two",
+                "method": "tools/call",
+                "params": {"name": "rich_echo", "arguments": {"text": "hi"}},
+            },
+            {"jsonrpc": "2.0", "id": 3, "method": "no/such/method"},
+        ],
+        headers=session_headers(session, accept="application/json"),
+    )
+    assert response.status == 200
+    assert response.content_type == "application/json"
+    answers = await response.json()
+    assert isinstance(answers, list)
+    by_id = {answer["id"]: answer for answer in answers}
+    assert set(by_id) == {1, "two", 3}
+    assert by_id[1]["result"] == {}
+    assert by_id["two"]["result"]["content"][0]["text"] == "hi"
+    assert by_id[3]["error"]["code"] == -32601
+
+
+async def test_batch_of_notifications_only_returns_202_for_a_2025_03_26_session(
+    client: Client,
+) -> None:
+    session = await open_session(client, "2025-03-26")
+    response = await client.post(
+        "/mcp",
+        json=[
+            {"jsonrpc": "2.0", "method": "notifications/roots/list_changed"},
+            {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 99}},
+        ],
+        headers=session_headers(session),
+    )
+    assert response.status == 202
+    assert await response.read() == b""
+
+
+async def test_empty_batch_returns_400_for_a_2025_03_26_session(client: Client) -> None:
+    session = await open_session(client, "2025-03-26")
+    response = await client.post("/mcp", json=[], headers=session_headers(session))
+    assert response.status == 400
+    assert (await response.json())["error"]["code"] == -32600
+
+
+async def test_initialize_inside_a_batch_returns_400(client: Client) -> None:
+    session = await open_session(client, "2025-03-26")
+    response = await client.post(
+        "/mcp",
+        json=[init_message("2025-03-26"), {"jsonrpc": "2.0", "id": 2, "method": "ping"}],
+        headers=session_headers(session),
+    )
+    assert response.status == 400
+    assert (await response.json())["error"]["code"] == -32600
+
+
+async def test_initialize_inside_a_batch_without_a_session_returns_400(client: Client) -> None:
+    response = await client.post(
+        "/mcp", json=[init_message("2025-03-26")], headers={"Accept": ACCEPT_BOTH}
+    )
+    assert response.status == 400
+    assert "Mcp-Session-Id" not in response.headers
+
+
+# --- malformed requests -----------------------------------------------------------------------
+
+
+async def test_malformed_json_returns_400_32700(client: Client, session: str) -> None:
+    response = await client.post(
+        "/mcp",
+        data=b'{"jsonrpc": "2.0", "id": 1,',
+        headers={**session_headers(session), "Content-Type": "application/json"},
+    )
+    assert response.status == 400
+    body = await response.json()
+    assert body["error"]["code"] == -32700
+    assert body["id"] is None
+
+
+async def test_invalid_envelope_returns_400_32600(client: Client, session: str) -> None:
+    response = await client.post(
+        "/mcp", json={"jsonrpc": "1.0", "id": 1, "method": "ping"}, headers=session_headers(session)
+    )
+    assert response.status == 400
+    assert (await response.json())["error"]["code"] == -32600
+
+
+async def test_wrong_content_type_returns_415(client: Client, session: str) -> None:
+    response = await client.post(
+        "/mcp",
+        data=b'{"jsonrpc": "2.0", "id": 1, "method": "ping"}',
+        headers={**session_headers(session), "Content-Type": "text/plain"},
+    )
+    assert response.status == 415
+
+
+async def test_accept_without_json_or_event_stream_returns_406(
+    client: Client, session: str
+) -> None:
+    response = await client.post(
+        "/mcp",
+        json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+        headers=session_headers(session, accept="text/html"),
+    )
+    assert response.status == 406
+
+
+async def test_oversized_body_returns_413(gateway: GatewayFactory) -> None:
+    client = await gateway(plugins=[rich], max_request_bytes=4096)
+    client.session.headers["Authorization"] = f"Bearer {make_token('user')}"
+    session = await open_session(client)
+    response = await client.post(
+        "/mcp",
+        json={
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": "rich_echo", "arguments": {"text": "x" * 10_000}},
+        },
+        headers=session_headers(session),
+    )
+    assert response.status == 413
+    assert (await response.json())["error"]["code"] == -32600
+
+
+async def test_unknown_method_returns_32601(client: Client, session: str) -> None:
+    body = await call(client, session, "no/such/method", request_id=5)
+    assert body["id"] == 5
+    assert body["error"]["code"] == -32601
+
+
+async def test_server_discover_on_a_handshake_session_returns_32601(
+    client: Client, session: str
+) -> None:
+    body = await call(client, session, "server/discover")
+    assert body["error"]["code"] == -32601
+
+
+async def test_unauthenticated_request_returns_401(client: Client) -> None:
+    response = await client.post(
+        "/mcp", json=init_message(), headers={"Authorization": "Bearer not-a-token"}
+    )
+    assert response.status == 401
+
+
+# --- Origin ---------------------------------------------------------------------------------
+
+
+async def test_foreign_origin_returns_403(client: Client) -> None:
+    response = await client.post(
+        "/mcp", json=init_message(), headers={"Origin": "http://evil.example"}
+    )
+    assert response.status == 403
+    assert "Mcp-Session-Id" not in response.headers
+
+
+async def test_foreign_origin_is_refused_on_get_and_delete_too(
+    client: Client, session: str
+) -> None:
+    headers = {**session_headers(session), "Origin": "http://evil.example"}
+    assert (await client.get("/mcp", headers=headers)).status == 403
+    assert (await client.delete("/mcp", headers=headers)).status == 403
+    assert (await call(client, session, "ping"))["result"] == {}
+
+
+async def test_same_origin_is_allowed(client: Client) -> None:
+    origin = f"http://{client.host}:{client.port}"
+    response = await client.post("/mcp", json=init_message(), headers={"Origin": origin})
+    assert response.status == 200
+
+
+async def test_origin_listed_in_allowed_origins_is_allowed(gateway: GatewayFactory) -> None:
+    client = await gateway(plugins=[rich], allowed_origins=("https://app.example",))
+    client.session.headers["Authorization"] = f"Bearer {make_token('user')}"
+    allowed = await client.post(
+        "/mcp", json=init_message(), headers={"Origin": "https://app.example"}
+    )
+    assert allowed.status == 200
+    other = await client.post(
+        "/mcp", json=init_message(), headers={"Origin": "https://other.example"}
+    )
+    assert other.status == 403
+
+
+# --- tools ------------------------------------------------------------------------------------
+
+
+async def test_tools_list_paginates_with_cursors(
+    client: Client, session: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.mcp import methods
+
+    everything = await call(client, session, "tools/list")
+    assert "nextCursor" not in everything["result"]
+    names = [tool["name"] for tool in everything["result"]["tools"]]
+    monkeypatch.setattr(methods, "PAGE_SIZE", 3)
+    seen: list[str] = []
+    params: JSON = {}
+    pages = 0
+    while True:
+        body = await call(client, session, "tools/list", params)
+        page = body["result"]["tools"]
+        assert len(page) <= 3
+        seen += [tool["name"] for tool in page]
+        pages += 1
+        cursor = body["result"].get("nextCursor")
+        if cursor is None:
+            break
+        assert isinstance(cursor, str)
+        params = {"cursor": cursor}
+    assert seen == names
+    assert pages == -(-len(names) // 3)
+    assert {"rich_echo", "rich_progress", "rich_slow", "faulty_count"} <= set(names)
+
+
+async def test_tools_list_with_an_invalid_cursor_returns_32602(
+    client: Client, session: str
+) -> None:
+    body = await call(client, session, "tools/list", {"cursor": "not a cursor"})
+    assert body["error"]["code"] == -32602
+
+
+async def test_tools_call_answers_json_without_a_progress_token(
+    client: Client, session: str
+) -> None:
+    response = await client.post(
+        "/mcp",
+        json={
+            "jsonrpc": "2.0",
+            "id": 7,
+            "method": "tools/call",
+            "params": {"name": "rich_echo", "arguments": {"text": "hello"}},
+        },
+        headers=session_headers(session, accept=ACCEPT_BOTH),
+    )
+    assert response.status == 200
+    assert response.content_type == "application/json"
+    assert response.headers["Mcp-Session-Id"] == session
+    body = await response.json()
+    assert body["id"] == 7
+    assert body["result"] == {"content": [{"type": "text", "text": "hello"}], "isError": False}
+
+
+async def test_tools_call_of_an_unknown_tool_returns_32601(client: Client, session: str) -> None:
+    body = await call(client, session, "tools/call", {"name": "nope", "arguments": {}})
+    assert body["error"]["code"] == -32601
+
+
+async def test_tools_call_with_bad_arguments_returns_32602(client: Client, session: str) -> None:
+    body = await call(
+        client, session, "tools/call", {"name": "faulty_count", "arguments": {"n": "x"}}
+    )
+    assert body["error"]["code"] == -32602
+
+
+async def test_tools_call_with_a_progress_token_streams_progress_before_the_result(
+    client: Client, session: str
+) -> None:
+    response = await client.post(
+        "/mcp",
+        json={
+            "jsonrpc": "2.0",
+            "id": 8,
+            "method": "tools/call",
+            "params": {
+                "name": "rich_progress",
+                "arguments": {},
+                "_meta": {"progressToken": "client-token"},
+            },
+        },
+        headers=session_headers(session),
+    )
+    assert response.status == 200
+    assert response.content_type == "text/event-stream"
+    assert response.headers["Mcp-Session-Id"] == session
+    messages = [event.message for event in parse_events(await response.text())]
+    progress = [m for m in messages if m.get("method") == "notifications/progress"]
+    assert [p["params"]["progress"] for p in progress] == [1, 2]
+    assert all(p["params"]["progressToken"] == "client-token" for p in progress)
+    assert progress[0]["params"]["message"] == "half"
+    assert messages[-1]["id"] == 8
+    assert messages[-1]["result"]["content"][0]["text"] == "done"
+    assert all("id" not in m for m in messages[:-1])
+    upstream_meta = backend_of(client).requests[-1][1]["_meta"]
+    assert upstream_meta["progressToken"] != "client-token"
+
+
+async def test_tools_call_with_a_progress_token_but_json_accept_answers_json(
+    client: Client, session: str
+) -> None:
+    body = await call(
+        client,
+        session,
+        "tools/call",
+        {"name": "rich_progress", "arguments": {}, "_meta": {"progressToken": 1}},
+    )
+    assert body["result"]["content"][0]["text"] == "done"
+
+
+async def test_log_messages_follow_logging_set_level(client: Client, session: str) -> None:
+    async def logged() -> list[str]:
+        response = await client.post(
+            "/mcp",
+            json={
+                "jsonrpc": "2.0",
+                "id": 2,
+                "method": "tools/call",
+                "params": {"name": "rich_progress", "arguments": {}, "_meta": {"progressToken": 2}},
+            },
+            headers=session_headers(session),
+        )
+        messages = [event.message for event in parse_events(await response.text())]
+        return [m["params"]["data"] for m in messages if m.get("method") == "notifications/message"]
+
+    assert await logged() == ["debug line", "info line", "error line"]
+    assert await call(client, session, "logging/setLevel", {"level": "warning"}) == {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "result": {},
+    }
+    assert await logged() == ["error line"]
+    stored = await client.app[SESSIONS].get(session)
+    assert stored is not None and stored.log_level == "warning"
+
+
+async def test_logging_set_level_with_an_unknown_level_returns_32602(
+    client: Client, session: str
+) -> None:
+    body = await call(client, session, "logging/setLevel", {"level": "loud"})
+    assert body["error"]["code"] == -32602
+
+
+async def test_cancelled_notification_ends_a_running_call_early(
+    client: Client, session: str
+) -> None:
+    backend = backend_of(client)
+    running = asyncio.create_task(
+        client.post(
+            "/mcp",
+            json={
+                "jsonrpc": "2.0",
+                "id": 41,
+                "method": "tools/call",
+                "params": {"name": "rich_slow", "arguments": {}},
+            },
+            headers=session_headers(session, accept="application/json"),
+        )
+    )
+    await asyncio.wait_for(backend.slow_started.wait(), 5)
+    started = time.monotonic()
+    cancel = await client.post(
+        "/mcp",
+        json={
+            "jsonrpc": "2.0",
+            "method": "notifications/cancelled",
+            "params": {"requestId": 41, "reason": "the user gave up"},
+        },
+        headers=session_headers(session),
+    )
+    assert cancel.status == 202
+    response = await asyncio.wait_for(running, 5)
+    assert time.monotonic() - started < 5
+    body = await response.json()
+    assert "result" not in body
+    assert body["error"]["code"] == -32800
+    assert backend.cancelled == ["rich_slow"]
+
+
+async def test_cancelled_notification_for_another_id_leaves_the_call_running(
+    client: Client, session: str
+) -> None:
+    backend = backend_of(client)
+    running = asyncio.create_task(
+        call(client, session, "tools/call", {"name": "rich_slow", "arguments": {}}, request_id=42)
+    )
+    await asyncio.wait_for(backend.slow_started.wait(), 5)
+    await client.post(
+        "/mcp",
+        json={"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": "42"}},
+        headers=session_headers(session),
+    )
+    await asyncio.sleep(0.1)
+    assert not running.done()
+    assert backend.cancelled == []
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+
+
+# --- the GET stream ---------------------------------------------------------------------------
+
+
+async def test_get_with_a_session_opens_an_event_stream(client: Client, session: str) -> None:
+    response = await client.get(
+        "/mcp", headers={"Accept": "text/event-stream", "Mcp-Session-Id": session}
+    )
+    assert response.status == 200
+    assert response.content_type == "text/event-stream"
+    assert response.headers["Mcp-Session-Id"] == session
+    response.close()
+
+
+async def test_get_without_a_session_returns_400(client: Client) -> None:
+    response = await client.get("/mcp", headers={"Accept": "text/event-stream"})
+    assert response.status == 400
+
+
+async def test_get_with_an_unknown_session_returns_404(client: Client) -> None:
+    response = await client.get(
+        "/mcp", headers={"Accept": "text/event-stream", "Mcp-Session-Id": "nope"}
+    )
+    assert response.status == 404
+
+
+async def test_get_without_event_stream_accept_returns_406(client: Client, session: str) -> None:
+    response = await client.get(
+        "/mcp", headers={"Accept": "application/json", "Mcp-Session-Id": session}
+    )
+    assert response.status == 406
+
+
+async def test_catalogue_change_sends_tools_list_changed_on_the_get_stream(
+    client: Client, session: str, admin_headers: dict[str, str]
+) -> None:
+    reader = await open_get_stream(client, session)
+    await streams_attached(client, 1)
+    response = await client.patch(
+        "/tools/rich_echo", json={"enabled": False}, headers=admin_headers
+    )
+    assert response.status == 200
+    event = await reader.next()
+    assert event.name == "message"
+    assert event.message == {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}
+    listed = await call(client, session, "tools/list")
+    assert "rich_echo" not in [tool["name"] for tool in listed["result"]["tools"]]
+    disabled = await call(client, session, "tools/call", {"name": "rich_echo", "arguments": {}})
+    assert disabled["error"]["code"] == -32601
+
+
+async def test_prompt_and_resource_changes_send_their_list_changed(
+    client: Client, session: str, admin_headers: dict[str, str]
+) -> None:
+    reader = await open_get_stream(client, session)
+    await streams_attached(client, 1)
+    await client.patch("/prompts/rich_summary", json={"enabled": False}, headers=admin_headers)
+    assert (await reader.message())["method"] == "notifications/prompts/list_changed"
+    await client.patch(
+        "/resources", params={"uri": CHANGELOG}, json={"enabled": False}, headers=admin_headers
+    )
+    assert (await reader.message())["method"] == "notifications/resources/list_changed"
+
+
+async def test_get_stream_events_carry_ids_and_last_event_id_replays_later_events(
+    client: Client, session: str, admin_headers: dict[str, str]
+) -> None:
+    first = await open_get_stream(client, session)
+    await streams_attached(client, 1)
+    for enabled in (False, True, False):
+        await client.patch("/tools/rich_echo", json={"enabled": enabled}, headers=admin_headers)
+    events = [await first.next() for _ in range(3)]
+    ids = [event.id for event in events]
+    assert all(ids) and len(set(ids)) == 3
+    first.response.close()
+    resumed = await open_get_stream(client, session, last_event_id=events[0].id)
+    replayed = [await resumed.next() for _ in range(2)]
+    assert [event.id for event in replayed] == ids[1:]
+    assert [event.data for event in replayed] == [event.data for event in events[1:]]
+    await streams_attached(client, 1)
+    await client.patch("/tools/rich_echo", json={"enabled": True}, headers=admin_headers)
+    live = await resumed.next()
+    assert live.id not in ids
+    assert live.message["method"] == "notifications/tools/list_changed"
+
+
+async def test_last_event_id_replays_only_the_sessions_own_events(
+    client: Client, session: str, admin_headers: dict[str, str]
+) -> None:
+    backend = backend_of(client)
+    mine = await open_get_stream(client, session)
+    await streams_attached(client, 1)
+    await call(client, session, "resources/subscribe", {"uri": README})
+    await backend.announce("notifications/resources/updated", {"uri": README})
+    assert (await mine.message())["method"] == "notifications/resources/updated"
+    other = await open_session(client)
+    theirs = await open_get_stream(client, other, last_event_id="0")
+    await streams_attached(client, 2)
+    await client.patch("/tools/rich_echo", json={"enabled": False}, headers=admin_headers)
+    assert (await theirs.message())["method"] == "notifications/tools/list_changed"
+
+
+async def test_event_ids_stay_unique_after_the_event_log_expires(
+    client: Client, session: str, admin_headers: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.mcp import streams
+
+    monkeypatch.setattr(streams, "EVENT_TTL", 0.2)
+    reader = await open_get_stream(client, session)
+    await streams_attached(client, 1)
+    await client.patch("/tools/rich_echo", json={"enabled": False}, headers=admin_headers)
+    first = await reader.next()
+    await asyncio.sleep(0.3)
+    await client.patch("/tools/rich_echo", json={"enabled": True}, headers=admin_headers)
+    second = await reader.next()
+    assert first.id != second.id
+
+
+# --- resources --------------------------------------------------------------------------------
+
+
+async def test_resources_list_and_templates_list_show_the_backends_resources(
+    client: Client, session: str
+) -> None:
+    resources = (await call(client, session, "resources/list"))["result"]["resources"]
+    assert [r["uri"] for r in resources] == sorted([README, CHANGELOG])
+    assert resources[0]["mimeType"] == "text/plain"
+    templates = (await call(client, session, "resources/templates/list"))["result"]
+    assert templates["resourceTemplates"] == [
+        {"uriTemplate": ITEMS, "name": "item", "mimeType": "text/plain"}
+    ]
+
+
+async def test_resources_read_returns_the_owners_contents(client: Client, session: str) -> None:
+    body = await call(client, session, "resources/read", {"uri": README})
+    assert body["result"]["contents"] == [
+        {"uri": README, "mimeType": "text/plain", "text": f"contents of {README}"}
+    ]
+
+
+async def test_resources_read_of_a_uri_matching_a_template_reaches_its_owner(
+    client: Client, session: str
+) -> None:
+    body = await call(client, session, "resources/read", {"uri": "rich://items/42"})
+    assert body["result"]["contents"][0]["text"] == "item 42"
+
+
+@pytest.mark.parametrize("version", HANDSHAKE_VERSIONS)
+async def test_resources_read_of_an_unknown_uri_returns_32002(client: Client, version: str) -> None:
+    session = await open_session(client, version)
+    body = await call(client, session, "resources/read", {"uri": "rich://nowhere"})
+    assert body["error"]["code"] == -32002
+    assert body["error"]["data"] == {"uri": "rich://nowhere"}
+
+
+async def test_resources_read_of_a_disabled_resource_returns_32002(
+    client: Client, session: str, admin_headers: dict[str, str]
+) -> None:
+    await client.patch(
+        "/resources", params={"uri": README}, json={"enabled": False}, headers=admin_headers
+    )
+    body = await call(client, session, "resources/read", {"uri": README})
+    assert body["error"]["code"] == -32002
+
+
+async def test_resources_subscribe_forwards_and_updates_reach_the_get_stream(
+    client: Client, session: str
+) -> None:
+    backend = backend_of(client)
+    reader = await open_get_stream(client, session)
+    await streams_attached(client, 1)
+    body = await call(client, session, "resources/subscribe", {"uri": README})
+    assert body["result"] == {}
+    assert ("resources/subscribe", {"uri": README}) in backend.requests
+    await backend.announce("notifications/resources/updated", {"uri": CHANGELOG})
+    await backend.announce("notifications/resources/updated", {"uri": README})
+    assert await reader.message() == {
+        "jsonrpc": "2.0",
+        "method": "notifications/resources/updated",
+        "params": {"uri": README},
+    }
+
+
+async def test_resources_unsubscribe_stops_updates(client: Client, session: str) -> None:
+    backend = backend_of(client)
+    reader = await open_get_stream(client, session)
+    await streams_attached(client, 1)
+    for uri in (README, CHANGELOG):
+        await call(client, session, "resources/subscribe", {"uri": uri})
+    assert (await call(client, session, "resources/unsubscribe", {"uri": README}))["result"] == {}
+    await backend.announce("notifications/resources/updated", {"uri": README})
+    await backend.announce("notifications/resources/updated", {"uri": CHANGELOG})
+    assert (await reader.message())["params"] == {"uri": CHANGELOG}
+
+
+async def test_resource_updates_reach_only_subscribed_sessions(
+    client: Client, session: str
+) -> None:
+    backend = backend_of(client)
+    other = await open_session(client)
+    mine = await open_get_stream(client, session)
+    theirs = await open_get_stream(client, other)
+    await streams_attached(client, 2)
+    await call(client, session, "resources/subscribe", {"uri": README})
+    await call(client, other, "resources/subscribe", {"uri": CHANGELOG})
+    await backend.announce("notifications/resources/updated", {"uri": README})
+    await backend.announce("notifications/resources/updated", {"uri": CHANGELOG})
+    assert (await mine.message())["params"] == {"uri": README}
+    assert (await theirs.message())["params"] == {"uri": CHANGELOG}
+
+
+async def test_resources_subscribe_to_an_unknown_uri_returns_32002(
+    client: Client, session: str
+) -> None:
+    body = await call(client, session, "resources/subscribe", {"uri": "rich://nowhere"})
+    assert body["error"]["code"] == -32002
+
+
+# --- prompts and completion -------------------------------------------------------------------
+
+
+async def test_prompts_list_shows_names_descriptions_and_arguments(
+    client: Client, session: str
+) -> None:
+    prompts = (await call(client, session, "prompts/list"))["result"]["prompts"]
+    assert prompts == [
+        {
+            "name": "rich_greet",
+            "description": "a greeting",
+            "arguments": [{"name": "who", "description": "whom to greet", "required": True}],
+        },
+        {"name": "rich_summary", "description": "a summary"},
+    ]
+
+
+async def test_prompts_get_returns_the_owners_messages(client: Client, session: str) -> None:
+    body = await call(
+        client, session, "prompts/get", {"name": "rich_greet", "arguments": {"who": "Ada"}}
+    )
+    assert body["result"]["messages"] == [
+        {"role": "user", "content": {"type": "text", "text": "Hello, Ada!"}}
+    ]
+
+
+async def test_prompts_get_of_an_unknown_prompt_returns_32602(client: Client, session: str) -> None:
+    body = await call(client, session, "prompts/get", {"name": "nope"})
+    assert body["error"]["code"] == -32602
+
+
+async def test_prompts_get_of_a_disabled_prompt_returns_32602(
+    client: Client, session: str, admin_headers: dict[str, str]
+) -> None:
+    await client.patch("/prompts/rich_greet", json={"enabled": False}, headers=admin_headers)
+    body = await call(client, session, "prompts/get", {"name": "rich_greet"})
+    assert body["error"]["code"] == -32602
+    names = [p["name"] for p in (await call(client, session, "prompts/list"))["result"]["prompts"]]
+    assert names == ["rich_summary"]
+
+
+@pytest.fixture
+async def remote(client: Client, admin_headers: dict[str, str]) -> RichBackend:
+    """The rich backend registered again as the upstream `remote`, so under a prefix."""
+    response = await client.post(
+        "/upstreams",
+        json={"name": "remote", "transport": "rich-remote", "url": "http://127.0.0.1:9/mcp"},
+        headers=admin_headers,
+    )
+    assert response.status == 201, await response.text()
+    return backend_of(client, "remote")
+
+
+async def test_prompts_get_forwards_the_upstreams_original_name(
+    client: Client, session: str, remote: RichBackend
+) -> None:
+    body = await call(
+        client, session, "prompts/get", {"name": "remote__rich_greet", "arguments": {"who": "Bo"}}
+    )
+    assert body["result"]["messages"][0]["content"]["text"] == "Hello, Bo!"
+    assert remote.requests[-1] == (
+        "prompts/get",
+        {"name": "rich_greet", "arguments": {"who": "Bo"}},
+    )
+    assert backend_of(client).requests == []
+
+
+async def test_completion_is_routed_to_the_owner_with_the_original_prompt_name(
+    client: Client, session: str, remote: RichBackend
+) -> None:
+    body = await call(
+        client,
+        session,
+        "completion/complete",
+        {
+            "ref": {"type": "ref/prompt", "name": "remote__rich_greet"},
+            "argument": {"name": "who", "value": "Ad"},
+        },
+    )
+    assert body["result"]["completion"]["values"] == ["Ad-for-rich_greet"]
+    method, params = remote.requests[-1]
+    assert method == "completion/complete"
+    assert params["ref"] == {"type": "ref/prompt", "name": "rich_greet"}
+    assert backend_of(client).requests == []
+
+
+async def test_completion_for_a_resource_template_reaches_its_owner(
+    client: Client, session: str, remote: RichBackend
+) -> None:
+    body = await call(
+        client,
+        session,
+        "completion/complete",
+        {
+            "ref": {"type": "ref/resource", "uri": "remote://items/{id}"},
+            "argument": {"name": "id", "value": "4"},
+        },
+    )
+    assert body["result"]["completion"]["values"] == ["4-for-None"]
+    assert remote.requests[-1][1]["ref"] == {"type": "ref/resource", "uri": "remote://items/{id}"}
+
+
+async def test_completion_for_an_unknown_prompt_returns_32602(client: Client, session: str) -> None:
+    body = await call(
+        client,
+        session,
+        "completion/complete",
+        {"ref": {"type": "ref/prompt", "name": "nope"}, "argument": {"name": "a", "value": ""}},
+    )
+    assert body["error"]["code"] == -32602
