@@ -1,20 +1,31 @@
 """The `mcp-http` backend against real upstream processes: our aiohttp server in JSON and
-SSE modes, the official SDK's server, and a few deliberately broken loopback servers."""
+SSE modes, the official SDK's server, and a few deliberately broken loopback servers.
+Covers the whole `FullBackend`: catalogues, any request with its progress and log
+notifications, cancellation, and the listening stream for the upstream's own notifications."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
+from structlog.testing import capture_logs
 
-from gateway.contracts import Backend, BackendError, BackendSpec, UpstreamConfig
+from gateway.contracts import (
+    JSON,
+    Backend,
+    BackendError,
+    BackendSpec,
+    FullBackend,
+    UpstreamConfig,
+    UpstreamError,
+)
 from gateway.plugins import Registrar
 from gateway.settings import Settings
 from gateway_plugins.backend_mcp_http import (
@@ -23,12 +34,14 @@ from gateway_plugins.backend_mcp_http import (
     SseParser,
     gateway_register_backends,
 )
+from tests.upstreams.fixtures import Recorder, eventually, stat_is
 from tests.upstreams.processes import RunningUpstream, free_port
 
 # The top-level conftest may load these as well; pytest registers a plugin module once.
 pytest_plugins = ["tests.upstreams.fixtures"]
 
 UpstreamFactory = Callable[..., RunningUpstream]
+BASE_TOOLS = ["echo", "add", "sleep", "fail", "big", "progress", "log"]
 
 
 @asynccontextmanager
@@ -50,20 +63,6 @@ async def backend_for(
         await backend.close()
 
 
-async def admin(upstream: RunningUpstream, method: str, path: str) -> dict[str, Any]:
-    async with (
-        aiohttp.ClientSession() as http,
-        http.request(method, f"{upstream.base_url}{path}") as resp,
-    ):
-        resp.raise_for_status()
-        body: dict[str, Any] = await resp.json()
-        return body
-
-
-async def stats(upstream: RunningUpstream) -> dict[str, Any]:
-    return await admin(upstream, "GET", "/admin/stats")
-
-
 # --- registration --------------------------------------------------------------------------
 
 
@@ -77,6 +76,7 @@ def test_plugin_registers_mcp_http_for_streamable_http_transport() -> None:
         UpstreamConfig("u", "streamable-http", "http://127.0.0.1:1/mcp"), Settings()
     )
     assert isinstance(backend, Backend)
+    assert isinstance(backend, FullBackend)
 
 
 # --- discovery -----------------------------------------------------------------------------
@@ -87,8 +87,8 @@ async def test_list_tools_follows_every_next_cursor(own_upstream_factory: Upstre
     async with backend_for(upstream.url) as backend:
         tools = await backend.list_tools()
     names = [tool.name for tool in tools]
-    assert names == ["echo", "add", "sleep", "fail", "big", *(f"t{i}" for i in range(25))]
-    assert (await stats(upstream))["tools_list"] == 15
+    assert names == [*BASE_TOOLS, *(f"t{i}" for i in range(25))]
+    assert (await upstream.stats())["tools_list"] == 16
 
 
 async def test_list_tools_maps_schema_title_output_schema_and_annotations(
@@ -127,15 +127,15 @@ async def test_tool_failure_comes_back_as_is_error_result(own_upstream: RunningU
     assert result["content"][0]["text"] == "this tool always fails"
 
 
-async def test_json_rpc_error_raises_backend_error_with_code_and_message(
+async def test_json_rpc_error_raises_upstream_error_with_code_and_message(
     own_upstream: RunningUpstream,
 ) -> None:
     async with backend_for(own_upstream.url) as backend:
-        with pytest.raises(BackendError) as caught:
+        with pytest.raises(UpstreamError) as caught:
             await backend.call_tool("missing", {}, timeout=5)
-    assert str(caught.value) == (
-        "upstream 'own' answered tools/call with error -32602: Unknown tool: missing"
-    )
+    assert caught.value.code == -32602
+    assert caught.value.upstream_message == "Unknown tool: missing"
+    assert str(caught.value) == "upstream 'own' answered with error -32602: Unknown tool: missing"
 
 
 async def test_request_returns_the_json_rpc_result_of_any_method(
@@ -162,7 +162,7 @@ async def test_fifty_concurrent_first_calls_initialise_one_session(
             *(backend.call_tool("add", {"a": i, "b": 1}, timeout=10) for i in range(50))
         )
     assert [r["structuredContent"]["sum"] for r in results] == [i + 1 for i in range(50)]
-    counts = await stats(own_upstream)
+    counts = await own_upstream.stats()
     assert counts["initialize"] == 1
     assert counts["initialized_notifications"] == 1
     assert counts["tools_call"] == 50
@@ -174,7 +174,7 @@ async def test_sequential_calls_reuse_kept_alive_connections(
     async with backend_for(own_upstream.url) as backend:
         for _ in range(50):
             await backend.call_tool("echo", {"text": "x"}, timeout=5)
-    assert (await stats(own_upstream))["connections"] == 1
+    assert (await own_upstream.stats())["connections"] == 1
 
 
 async def test_expired_session_is_reinitialised_transparently(
@@ -182,10 +182,10 @@ async def test_expired_session_is_reinitialised_transparently(
 ) -> None:
     async with backend_for(own_upstream.url) as backend:
         await backend.call_tool("echo", {"text": "before"}, timeout=5)
-        assert (await admin(own_upstream, "POST", "/admin/expire-sessions"))["expired"] == 1
+        assert (await own_upstream.admin("POST", "/admin/expire-sessions"))["expired"] == 1
         result = await backend.call_tool("echo", {"text": "after"}, timeout=5)
     assert result["structuredContent"] == {"text": "after"}
-    counts = await stats(own_upstream)
+    counts = await own_upstream.stats()
     assert counts["initialize"] == 2
     assert counts["tools_call"] == 2
 
@@ -195,29 +195,29 @@ async def test_many_calls_on_an_expired_session_reinitialise_it_once(
 ) -> None:
     async with backend_for(own_upstream.url) as backend:
         await backend.call_tool("echo", {"text": "warm"}, timeout=5)
-        await admin(own_upstream, "POST", "/admin/expire-sessions")
+        await own_upstream.admin("POST", "/admin/expire-sessions")
         await asyncio.gather(
             *(backend.call_tool("echo", {"text": str(i)}, timeout=10) for i in range(30))
         )
-    assert (await stats(own_upstream))["initialize"] == 2
+    assert (await own_upstream.stats())["initialize"] == 2
 
 
 async def test_session_forgotten_after_ttl_is_reinitialised(
     own_upstream_factory: UpstreamFactory,
 ) -> None:
-    upstream = own_upstream_factory("--session-ttl", "0.2")
+    upstream = own_upstream_factory("--session-ttl", "1")
     async with backend_for(upstream.url) as backend:
         await backend.call_tool("echo", {"text": "a"}, timeout=5)
-        await asyncio.sleep(0.4)
+        await asyncio.sleep(1.3)
         await backend.call_tool("echo", {"text": "b"}, timeout=5)
-    assert (await stats(upstream))["initialize"] == 2
+    assert (await upstream.stats())["initialize"] == 2
 
 
 async def test_close_ends_the_upstream_session(own_upstream: RunningUpstream) -> None:
     async with backend_for(own_upstream.url) as backend:
         await backend.call_tool("echo", {"text": "x"}, timeout=5)
-        assert (await stats(own_upstream))["sessions"] == 1
-    counts = await stats(own_upstream)
+        assert (await own_upstream.stats())["sessions"] == 1
+    counts = await own_upstream.stats()
     assert counts["sessions"] == 0
     assert counts["sessions_deleted"] == 1
 
@@ -233,11 +233,11 @@ async def test_sse_replies_are_read_to_the_matching_response(
         echo = await backend.call_tool("echo", {"text": "over sse"}, timeout=5)
         big = await backend.call_tool("big", {"n": 500_000}, timeout=10)
         failed = await backend.call_tool("fail", {}, timeout=5)
-    assert len(tools) == 5
+    assert len(tools) == len(BASE_TOOLS)
     assert echo["structuredContent"] == {"text": "over sse"}
     assert len(big["content"][0]["text"]) == 500_000
     assert failed["isError"] is True
-    assert (await stats(own_upstream_sse))["initialize"] == 1
+    assert (await own_upstream_sse.stats())["initialize"] == 1
 
 
 # --- configured headers --------------------------------------------------------------------
@@ -249,7 +249,7 @@ async def test_configured_headers_are_sent_on_every_request(
     upstream = own_upstream_factory("--require-header", "Authorization=Bearer s3cret")
     headers = {"Authorization": "Bearer s3cret"}
     async with backend_for(upstream.url, headers=headers) as backend:
-        assert len(await backend.list_tools()) == 5
+        assert len(await backend.list_tools()) == len(BASE_TOOLS)
         result = await backend.call_tool("echo", {"text": "authorised"}, timeout=5)
     assert result["structuredContent"] == {"text": "authorised"}
 
@@ -469,7 +469,7 @@ async def test_sdk_server_tools_can_be_listed_and_called(sdk_upstream: RunningUp
         tools = {tool.name: tool for tool in await backend.list_tools()}
         greeting = await backend.call_tool("greet", {"name": "Ada"}, timeout=10)
         product = await backend.call_tool("multiply", {"a": 6, "b": 7}, timeout=10)
-    assert set(tools) == {"greet", "multiply"}
+    assert set(tools) == {"greet", "multiply", "count"}
     assert tools["multiply"].input_schema["required"] == ["a", "b"]
     assert greeting["content"] == [{"type": "text", "text": "Hello, Ada!"}]
     assert product["structuredContent"] == {"result": 42.0}
@@ -484,3 +484,515 @@ async def test_sdk_server_answers_concurrent_calls_on_one_backend(
         )
     greetings = [r["structuredContent"]["result"] for r in results]
     assert greetings == [f"Hello, {i}!" for i in range(20)]
+
+
+async def test_sdk_server_resources_templates_and_prompts_are_listed_read_and_got(
+    sdk_upstream: RunningUpstream,
+) -> None:
+    async with backend_for(sdk_upstream.url, name="sdk") as backend:
+        resources = await backend.list_resources()
+        templates = await backend.list_resource_templates()
+        prompts = await backend.list_prompts()
+        readme = await backend.request("resources/read", {"uri": "memo://sdk/readme"}, 10)
+        item = await backend.request("resources/read", {"uri": "memo://sdk/items/7"}, 10)
+        haiku = await backend.request(
+            "prompts/get", {"name": "haiku", "arguments": {"topic": "rain"}}, 10
+        )
+    assert [(r.uri, r.name, r.mime_type) for r in resources] == [
+        ("memo://sdk/readme", "readme", "text/plain")
+    ]
+    assert [(t.uri_template, t.name) for t in templates] == [
+        ("memo://sdk/items/{item_id}", "sdk-item")
+    ]
+    assert [(p.name, p.title) for p in prompts] == [("haiku", "Haiku")]
+    assert prompts[0].arguments[0]["name"] == "topic"
+    assert prompts[0].arguments[0]["required"] is True
+    assert readme["contents"][0]["text"] == "Served by the SDK."
+    assert item["contents"][0]["text"] == "SDK item 7"
+    assert haiku["messages"][0]["content"]["text"] == "Write a haiku about rain."
+
+
+async def test_sdk_server_progress_reaches_on_notification_before_the_result(
+    sdk_upstream: RunningUpstream,
+) -> None:
+    recorder = Recorder()
+    async with backend_for(sdk_upstream.url, name="sdk") as backend:
+        result = await backend.request(
+            "tools/call",
+            {"name": "count", "arguments": {"steps": 3}, "_meta": {"progressToken": "sdk-1"}},
+            10,
+            on_notification=recorder,
+        )
+    progress = recorder.of("notifications/progress")
+    assert [(p["progressToken"], p["progress"], p["total"]) for p in progress] == [
+        ("sdk-1", 1, 3),
+        ("sdk-1", 2, 3),
+        ("sdk-1", 3, 3),
+    ]
+    assert result["content"][0]["text"] == "counted to 3"
+
+
+# --- capabilities and catalogues -----------------------------------------------------------
+
+
+async def test_capabilities_come_from_the_initialize_result(own_upstream: RunningUpstream) -> None:
+    async with backend_for(own_upstream.url) as backend:
+        assert backend.capabilities == {}
+        await backend.list_tools()
+        capabilities = backend.capabilities
+    assert capabilities["resources"] == {"subscribe": True, "listChanged": True}
+    assert capabilities["prompts"] == {"listChanged": True}
+    assert {"tools", "completions", "logging"} <= set(capabilities)
+
+
+async def test_list_resources_follows_every_next_cursor_and_maps_fields(
+    own_upstream_factory: UpstreamFactory,
+) -> None:
+    upstream = own_upstream_factory("--page-size", "1")
+    async with backend_for(upstream.url) as backend:
+        resources = {resource.uri: resource for resource in await backend.list_resources()}
+    assert list(resources) == ["memo://one", "memo://two", "memo://blob"]
+    one, blob = resources["memo://one"], resources["memo://blob"]
+    assert (one.name, one.title, one.mime_type) == ("one", "Memo one", "text/plain")
+    assert one.description == "The first memo."
+    assert (blob.size, blob.annotations) == (16, {"audience": ["user"], "priority": 0.5})
+    assert resources["memo://two"].title is None
+    assert (await upstream.stats())["resources_list"] == 3
+
+
+async def test_list_resource_templates_and_prompts_follow_pagination(
+    own_upstream_factory: UpstreamFactory,
+) -> None:
+    upstream = own_upstream_factory("--page-size", "1")
+    async with backend_for(upstream.url) as backend:
+        templates = await backend.list_resource_templates()
+        prompts = await backend.list_prompts()
+    assert [(t.uri_template, t.name, t.title, t.mime_type) for t in templates] == [
+        ("memo://items/{id}", "item", "Item", "text/plain")
+    ]
+    assert [p.name for p in prompts] == ["greeting", "summary"]
+    greeting = prompts[0]
+    assert greeting.title == "Greeting"
+    assert greeting.arguments == (
+        {"name": "name", "description": "Who to greet.", "required": True},
+    )
+    counts = await upstream.stats()
+    assert (counts["resources_templates_list"], counts["prompts_list"]) == (1, 2)
+
+
+async def test_lists_are_empty_without_the_capability_and_never_asked_for(
+    own_upstream_factory: UpstreamFactory,
+) -> None:
+    upstream = own_upstream_factory("--tools-only")
+    async with backend_for(upstream.url) as backend:
+        assert await backend.list_resources() == []
+        assert await backend.list_resource_templates() == []
+        assert await backend.list_prompts() == []
+        assert set(backend.capabilities) == {"tools"}
+    counts = await upstream.stats()
+    assert counts["requests"] == 2  # initialize and notifications/initialized only
+    assert counts["resources_list"] == counts["prompts_list"] == 0
+
+
+# --- any request ---------------------------------------------------------------------------
+
+
+async def test_read_text_blob_and_templated_resources(own_upstream: RunningUpstream) -> None:
+    async with backend_for(own_upstream.url) as backend:
+        one = await backend.request("resources/read", {"uri": "memo://one"}, 5)
+        blob = await backend.request("resources/read", {"uri": "memo://blob"}, 5)
+        item = await backend.request("resources/read", {"uri": "memo://items/42"}, 5)
+    assert one["contents"] == [
+        {"uri": "memo://one", "mimeType": "text/plain", "text": "The first memo says hello."}
+    ]
+    assert base64.b64decode(blob["contents"][0]["blob"]) == bytes(range(16))
+    assert item["contents"][0]["text"] == "Item 42 is here."
+
+
+async def test_read_of_unknown_resource_raises_upstream_error_32002(
+    own_upstream: RunningUpstream,
+) -> None:
+    async with backend_for(own_upstream.url) as backend:
+        with pytest.raises(UpstreamError) as caught:
+            await backend.request("resources/read", {"uri": "memo://nowhere"}, 5)
+    assert (caught.value.code, caught.value.upstream_message) == (
+        -32002,
+        "Resource not found: memo://nowhere",
+    )
+
+
+async def test_get_prompt_returns_messages_and_unknown_prompt_raises_32602(
+    own_upstream: RunningUpstream,
+) -> None:
+    async with backend_for(own_upstream.url) as backend:
+        greeting = await backend.request(
+            "prompts/get", {"name": "greeting", "arguments": {"name": "Ada"}}, 5
+        )
+        summary = await backend.request("prompts/get", {"name": "summary"}, 5)
+        with pytest.raises(UpstreamError) as unknown:
+            await backend.request("prompts/get", {"name": "nope"}, 5)
+        with pytest.raises(UpstreamError) as missing:
+            await backend.request("prompts/get", {"name": "greeting"}, 5)
+    assert greeting["messages"] == [
+        {"role": "user", "content": {"type": "text", "text": "Please greet Ada warmly."}}
+    ]
+    assert summary["messages"][0]["content"]["text"] == "Summarise in a brief style:"
+    assert summary["messages"][1]["content"]["resource"]["uri"] == "memo://one"
+    assert (unknown.value.code, unknown.value.upstream_message) == (-32602, "Unknown prompt: nope")
+    assert missing.value.code == -32602
+
+
+async def test_completion_offers_prompt_argument_values_by_prefix(
+    own_upstream: RunningUpstream,
+) -> None:
+    async def complete(value: str) -> Any:
+        params = {
+            "ref": {"type": "ref/prompt", "name": "greeting"},
+            "argument": {"name": "name", "value": value},
+        }
+        async with backend_for(own_upstream.url) as backend:
+            return (await backend.request("completion/complete", params, 5))["completion"]
+
+    assert await complete("al") == {"values": ["Alan", "Alonzo"], "total": 2, "hasMore": False}
+    assert (await complete("G"))["values"] == ["Grace"]
+    assert (await complete("z"))["values"] == []
+
+
+async def test_notify_posts_a_notification_the_upstream_accepts(
+    own_upstream: RunningUpstream,
+) -> None:
+    async with backend_for(own_upstream.url) as backend:
+        await backend.notify("notifications/cancelled", {"requestId": 999, "reason": "test"})
+    counts = await own_upstream.stats()
+    assert (counts["cancel_notifications"], counts["cancelled"]) == (1, 0)
+
+
+# --- progress and log notifications --------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", [(), ("--sse",)], ids=["json", "sse"])
+async def test_progress_reaches_on_notification_in_order_before_the_result(
+    own_upstream_factory: UpstreamFactory, mode: tuple[str, ...]
+) -> None:
+    upstream = own_upstream_factory(*mode)
+    events: list[Any] = []
+
+    async def on_notification(method: str, params: JSON) -> None:
+        if method == "notifications/progress":
+            events.append((params["progressToken"], params["progress"], params["total"]))
+
+    params = {
+        "name": "progress",
+        "arguments": {"steps": 4, "delay": 0.02},
+        "_meta": {"progressToken": "tok-1"},
+    }
+    async with backend_for(upstream.url) as backend:
+        result = await backend.request("tools/call", params, 5, on_notification=on_notification)
+        events.append(result["structuredContent"])
+    assert events == [("tok-1", step, 4) for step in range(1, 5)] + [{"steps": 4}]
+    assert params["_meta"] == {"progressToken": "tok-1"}
+
+
+async def test_params_go_out_as_given_so_without_a_caller_token_no_progress_is_asked(
+    own_upstream: RunningUpstream,
+) -> None:
+    recorder = Recorder()
+    params: JSON = {"name": "progress", "arguments": {"steps": 2}}
+    async with backend_for(own_upstream.url) as backend:
+        result = await backend.request("tools/call", params, 5, recorder)
+    assert recorder.seen == []
+    assert params == {"name": "progress", "arguments": {"steps": 2}}
+    assert result["structuredContent"] == {"steps": 2}
+
+
+async def test_log_messages_about_a_request_reach_on_notification_filtered_by_set_level(
+    own_upstream: RunningUpstream,
+) -> None:
+    recorder = Recorder()
+    async with backend_for(own_upstream.url) as backend:
+        assert await backend.request("logging/setLevel", {"level": "warning"}, 5) == {}
+        for level in ("info", "error"):
+            arguments = {"level": level, "message": f"at {level}"}
+            await backend.request(
+                "tools/call", {"name": "log", "arguments": arguments}, 5, recorder
+            )
+    assert recorder.seen == [
+        (
+            "notifications/message",
+            {"level": "error", "logger": "own-upstream", "data": "at error"},
+        )
+    ]
+
+
+async def test_failing_on_notification_fails_the_request_and_cancels_it_upstream(
+    own_upstream: RunningUpstream,
+) -> None:
+    async def on_notification(method: str, params: JSON) -> None:
+        raise RuntimeError("client gone")
+
+    params = {
+        "name": "progress",
+        "arguments": {"steps": 50, "delay": 0.05},
+        "_meta": {"progressToken": 1},
+    }
+    async with backend_for(own_upstream.url) as backend:
+        with pytest.raises(RuntimeError, match="client gone"):
+            await backend.request("tools/call", params, 10, on_notification)
+        await stat_is(own_upstream, "cancelled", 1)
+
+
+# --- cancellation --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", [(), ("--sse",)], ids=["json", "sse"])
+async def test_cancelling_the_caller_sends_notifications_cancelled_upstream(
+    own_upstream_factory: UpstreamFactory, mode: tuple[str, ...]
+) -> None:
+    upstream = own_upstream_factory(*mode)
+    async with backend_for(upstream.url) as backend:
+        await backend.list_tools()
+        started = time.monotonic()
+        task = asyncio.create_task(backend.call_tool("sleep", {"seconds": 30}, timeout=60))
+        await stat_is(upstream, "tools_call", 1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await stat_is(upstream, "cancelled", 1)
+        assert time.monotonic() - started < 5
+        # The session goes on serving.
+        assert (await backend.call_tool("echo", {"text": "ok"}, timeout=5))["isError"] is False
+
+
+async def test_timeout_sends_notifications_cancelled_upstream(
+    own_upstream: RunningUpstream,
+) -> None:
+    async with backend_for(own_upstream.url) as backend:
+        with pytest.raises(BackendError, match=r"did not answer within 0\.3s"):
+            await backend.request(
+                "tools/call", {"name": "sleep", "arguments": {"seconds": 30}}, 0.3
+            )
+        await stat_is(own_upstream, "cancelled", 1)
+
+
+async def test_answered_requests_send_no_cancellation(own_upstream: RunningUpstream) -> None:
+    async with backend_for(own_upstream.url) as backend:
+        await backend.call_tool("echo", {"text": "x"}, timeout=5)
+        with pytest.raises(UpstreamError):
+            await backend.call_tool("missing", {}, timeout=5)
+    assert (await own_upstream.stats())["cancel_notifications"] == 0
+
+
+# --- the listening stream ------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def listening(
+    upstream: RunningUpstream, *args: str
+) -> AsyncIterator[tuple[McpHttpBackend, Recorder]]:
+    """A backend with a listener whose session (and so its stream) is open."""
+    recorder = Recorder()
+    async with backend_for(upstream.url) as backend:
+        backend.set_listener(recorder)
+        await backend.list_tools()
+        await stat_is(upstream, "open_streams", 1)
+        yield backend, recorder
+
+
+async def test_listener_receives_list_changed_and_resource_updates_over_the_get_stream(
+    own_upstream: RunningUpstream,
+) -> None:
+    async with listening(own_upstream) as (backend, recorder):
+        await backend.request("resources/subscribe", {"uri": "memo://one"}, 5)
+        await own_upstream.admin("POST", "/admin/list-changed?kind=tools")
+        await own_upstream.admin("POST", "/admin/update-resource?uri=memo://two")
+        await own_upstream.admin("POST", "/admin/update-resource?uri=memo://one")
+        await recorder.received("notifications/resources/updated")
+    assert recorder.seen == [
+        ("notifications/tools/list_changed", {}),
+        ("notifications/resources/updated", {"uri": "memo://one"}),
+    ]
+
+
+async def test_tool_added_after_list_changed_is_found_by_a_refresh(
+    own_upstream: RunningUpstream,
+) -> None:
+    async with listening(own_upstream) as (backend, recorder):
+        await own_upstream.admin("POST", "/admin/add-tool?name=late")
+        await own_upstream.admin("POST", "/admin/list-changed?kind=tools")
+        await recorder.received("notifications/tools/list_changed")
+        names = [tool.name for tool in await backend.list_tools()]
+    assert names[-1] == "late"
+
+
+async def test_dropped_stream_is_resumed_with_last_event_id_and_misses_nothing(
+    own_upstream: RunningUpstream,
+) -> None:
+    async with listening(own_upstream) as (_, recorder):
+        await own_upstream.admin("POST", "/admin/list-changed?kind=tools")
+        await recorder.received("notifications/tools/list_changed")
+        assert (await own_upstream.admin("POST", "/admin/drop-streams"))["dropped"] == 1
+        # Sent while the backend waits to reconnect: replayed after its Last-Event-ID.
+        await own_upstream.admin("POST", "/admin/list-changed?kind=prompts")
+        await recorder.received("notifications/prompts/list_changed")
+        await stat_is(own_upstream, "open_streams", 1)
+        await own_upstream.admin("POST", "/admin/list-changed?kind=resources")
+        await recorder.received("notifications/resources/list_changed")
+        counts = await own_upstream.stats()
+    assert recorder.methods() == [
+        "notifications/tools/list_changed",
+        "notifications/prompts/list_changed",
+        "notifications/resources/list_changed",
+    ]
+    assert (counts["get_streams"], counts["resumed_streams"]) == (2, 1)
+    assert counts["last_event_id"] is not None
+    assert counts["initialize"] == 1
+
+
+async def test_stream_is_reopened_for_a_reinitialised_session(
+    own_upstream: RunningUpstream,
+) -> None:
+    async with listening(own_upstream) as (backend, recorder):
+        # The upstream forgets the session and ends its stream; the backend's reconnect
+        # meets 404, initialises a new session and listens on that.
+        await own_upstream.admin("POST", "/admin/expire-sessions")
+        await stat_is(own_upstream, "initialize", 2)
+        await stat_is(own_upstream, "open_streams", 1)
+        await own_upstream.admin("POST", "/admin/list-changed?kind=tools")
+        await recorder.received("notifications/tools/list_changed")
+        assert (await backend.call_tool("echo", {"text": "x"}, timeout=5))["isError"] is False
+    assert (await own_upstream.stats())["initialize"] == 2
+
+
+async def test_stream_follows_a_session_renewed_by_a_request(
+    own_upstream: RunningUpstream,
+) -> None:
+    async with listening(own_upstream) as (backend, recorder):
+        # The upstream forgets the session but leaves its stream open; a call meets 404 and
+        # renews the session, and the stream moves to the new one.
+        await own_upstream.admin("POST", "/admin/expire-sessions?keep_streams=1")
+        await backend.call_tool("echo", {"text": "x"}, timeout=5)
+        await stat_is(own_upstream, "initialize", 2)
+        await stat_is(own_upstream, "open_streams", 1)
+        await own_upstream.admin("POST", "/admin/list-changed?kind=prompts")
+        await recorder.received("notifications/prompts/list_changed")
+    assert (await own_upstream.stats())["get_streams"] == 2
+
+
+async def test_no_stream_is_opened_without_a_listener(own_upstream: RunningUpstream) -> None:
+    async with backend_for(own_upstream.url) as backend:
+        await backend.list_tools()
+        await backend.call_tool("echo", {"text": "x"}, timeout=5)
+        await asyncio.sleep(0.3)
+    assert (await own_upstream.stats())["get_streams"] == 0
+
+
+async def test_upstream_answering_405_to_get_has_no_stream_and_is_not_retried(
+    own_upstream_factory: UpstreamFactory,
+) -> None:
+    upstream = own_upstream_factory("--no-listen")
+    async with backend_for(upstream.url) as backend:
+        backend.set_listener(Recorder())
+        await backend.list_tools()
+        await stat_is(upstream, "get_streams", 1)
+        await asyncio.sleep(0.6)
+        assert (await backend.call_tool("echo", {"text": "x"}, timeout=5))["isError"] is False
+    assert (await upstream.stats())["get_streams"] == 1
+
+
+async def test_removing_the_listener_or_closing_ends_the_stream(
+    own_upstream: RunningUpstream,
+) -> None:
+    async with listening(own_upstream) as (backend, _):
+        backend.set_listener(None)
+        await stat_is(own_upstream, "open_streams", 0)
+        backend.set_listener(Recorder())
+        await stat_is(own_upstream, "open_streams", 1)
+    await stat_is(own_upstream, "open_streams", 0)
+    assert (await own_upstream.stats())["sessions_deleted"] == 1
+
+
+async def test_a_failing_listener_is_logged_and_does_not_end_the_stream(
+    own_upstream: RunningUpstream,
+) -> None:
+    seen: list[str] = []
+
+    async def listener(method: str, params: JSON) -> None:
+        seen.append(method)
+        raise RuntimeError("listener bug")
+
+    async def both() -> bool:
+        return len(seen) == 2
+
+    with capture_logs() as logs:
+        async with backend_for(own_upstream.url) as backend:
+            backend.set_listener(listener)
+            await backend.list_tools()
+            await stat_is(own_upstream, "open_streams", 1)
+            for kind in ("tools", "prompts"):
+                await own_upstream.admin("POST", f"/admin/list-changed?kind={kind}")
+            await eventually(both, what="both notifications")
+    failures = [
+        entry for entry in logs if entry["event"] == "upstream notification listener failed"
+    ]
+    assert [(entry["upstream"], entry["method"]) for entry in failures] == [
+        ("own", "notifications/tools/list_changed"),
+        ("own", "notifications/prompts/list_changed"),
+    ]
+    assert (await own_upstream.stats())["get_streams"] == 1
+
+
+async def test_method_not_found_answer_counts_as_an_empty_list(
+    stub_upstream: Callable[[Handler], Awaitable[str]],
+) -> None:
+    async def handler(request: web.Request) -> web.Response:
+        message = await request.json()
+        if "id" not in message:
+            return web.Response(status=202)
+        if message["method"] == "initialize":
+            capabilities: JSON = {"resources": {}, "prompts": {}}
+            result = {"protocolVersion": "2025-06-18", "capabilities": capabilities}
+            return web.json_response({"jsonrpc": "2.0", "id": message["id"], "result": result})
+        error = {"code": -32601, "message": "Method not found"}
+        return web.json_response({"jsonrpc": "2.0", "id": message["id"], "error": error})
+
+    url = await stub_upstream(handler)
+    async with backend_for(url) as backend:
+        assert await backend.list_resources() == []
+        assert await backend.list_resource_templates() == []
+        assert await backend.list_prompts() == []
+        assert await backend.list_tools() == []
+
+
+async def test_server_requests_on_a_reply_stream_are_answered(
+    stub_upstream: Callable[[Handler], Awaitable[str]],
+) -> None:
+    """A server may ask the client something (here `ping`, and an unsupported method) in
+    the middle of a reply stream; the backend answers by POST and goes on reading."""
+    answers: list[dict[str, Any]] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        message = await request.json()
+        if "method" not in message:
+            answers.append(message)
+            return web.Response(status=202)
+        if "id" not in message:
+            return web.Response(status=202)
+        if message["method"] == "initialize":
+            result: dict[str, Any] = {"protocolVersion": "2025-06-18", "capabilities": {}}
+            return web.json_response({"jsonrpc": "2.0", "id": message["id"], "result": result})
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for ask in ({"id": "s1", "method": "ping"}, {"id": "s2", "method": "sampling/x"}):
+            await response.write(f"data: {json.dumps({'jsonrpc': '2.0', **ask})}\n\n".encode())
+        reply = {"jsonrpc": "2.0", "id": message["id"], "result": {"ok": True}}
+        await response.write(f"data: {json.dumps(reply)}\n\n".encode())
+        await response.write_eof()
+        return response
+
+    url = await stub_upstream(handler)
+    async with backend_for(url) as backend:
+        assert await backend.request("anything", {}, 5) == {"ok": True}
+    assert answers == [
+        {"jsonrpc": "2.0", "id": "s1", "result": {}},
+        {"jsonrpc": "2.0", "id": "s2", "error": {"code": -32601, "message": "Method not found"}},
+    ]

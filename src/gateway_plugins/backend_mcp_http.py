@@ -2,8 +2,11 @@
 
 Each backend instance (one per upstream per worker) keeps one aiohttp session with a
 keep-alive pool and one MCP session, initialised lazily on first use and re-initialised
-once when the upstream forgets it (HTTP 404). Replies may be a JSON body or an SSE stream;
-notifications in a reply's stream about that request go to the request's `on_notification`.
+once when the upstream forgets it (HTTP 404). Replies may be a JSON body or an SSE stream.
+A reply's stream belongs to its request, so the progress and log notifications in it go to
+that request's `on_notification` as they come; params go out as given, so the upstream sends
+progress when the caller put a `_meta.progressToken` in them. Other notifications there,
+like those on the listening stream, go to the listener.
 With a listener set, the backend also holds the session's own GET event stream open for the
 upstream's notifications, reconnecting with backoff (resuming with `Last-Event-ID`) when it
 drops and reopening it for every new session.
@@ -246,19 +249,6 @@ def server_request_reply(message: JSON) -> JSON:
     return reply
 
 
-def progress_token(params: JSON | None) -> Any:
-    meta = params.get("_meta") if params else None
-    return meta.get("progressToken") if isinstance(meta, dict) else None
-
-
-def with_progress_token(params: JSON | None, token: Any) -> JSON:
-    """A copy of `params` asking for progress under `token`; the caller's dict is untouched."""
-    params = dict(params or {})
-    meta = params.get("_meta")
-    params["_meta"] = {**(meta if isinstance(meta, dict) else {}), "progressToken": token}
-    return params
-
-
 class HttpStatusError(BackendError):
     """The upstream answered an HTTP error status: it refused the message, so there is no
     request of ours for it to cancel."""
@@ -418,7 +408,6 @@ class McpClient(ABC):
         self.discovery_timeout = settings.tool_timeout
         self.capabilities: JSON = {}
         self._ids = itertools.count(1)
-        self._tokens = itertools.count(1)
         self._listener: Notify | None = None
 
     # --- what a transport provides ---
@@ -455,18 +444,15 @@ class McpClient(ABC):
     ) -> JSON:
         """Send one JSON-RPC request and return its `result`.
 
-        With `on_notification`, the upstream is asked for progress (under the caller's
-        `_meta.progressToken`, or one made up here) and the progress and log notifications
-        it sends about this request go to `on_notification`, each before the result.
-        A JSON-RPC error raises `UpstreamError`; every other failure `BackendError`.
+        The progress and log notifications the upstream sends about this request go to
+        `on_notification`, in order and before the result (how a transport ties them to the
+        request, and asks for progress, is in its module's docstring). A JSON-RPC error
+        raises `UpstreamError`; every other failure `BackendError`.
         """
         return await self._request(Call(method, params, on_notification), timeout)
 
     async def notify(self, method: str, params: JSON | None) -> None:
         await self._within(method, self.discovery_timeout, self._send_notification(method, params))
-
-    def set_listener(self, listener: Notify | None) -> None:
-        self._listener = listener
 
     async def list_tools(self) -> list[ToolDef]:
         # Asked even without the capability: some servers with tools do not declare it.
@@ -527,9 +513,6 @@ class McpClient(ABC):
             ) from None
         except aiohttp.ClientError as exc:
             raise client_error(self.name, self.url, what, exc) from None
-
-    def _new_progress_token(self) -> str:
-        return f"aio-mcp-gateway-{next(self._tokens)}"
 
     # --- catalogues ---
 
@@ -789,14 +772,9 @@ class McpHttpBackend(McpClient):
 
     async def _exchange(self, session: _McpSession, call: Call) -> JSON:
         request_id = next(self._ids)
-        params = call.params
-        # This request's notifications come on its own reply stream, so the caller's token
-        # needs no translation; one is made up only when the caller sent none.
-        if call.on_notification is not None and progress_token(params) is None:
-            params = with_progress_token(params, self._new_progress_token())
         message: JSON = {"jsonrpc": "2.0", "id": request_id, "method": call.method}
-        if params is not None:
-            message["params"] = params
+        if call.params is not None:
+            message["params"] = call.params
         call.request_id, call.sent_on = request_id, session
         try:
             reply, _ = await self._post(session.headers, message, session, call.on_notification)

@@ -17,13 +17,14 @@ does a background task with backoff while a listener is set.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
+from urllib.parse import SplitResult, urljoin, urlsplit
 
 import aiohttp
 import orjson
 import structlog
-from yarl import URL
 
 from gateway.contracts import JSON, BackendError, BackendSpec, Notify, UpstreamConfig
 from gateway.hookspecs import hookimpl
@@ -42,10 +43,8 @@ from gateway_plugins.backend_mcp_http import (
     new_http_session,
     one_line,
     params_of,
-    progress_token,
     rpc_result,
     server_request_reply,
-    with_progress_token,
 )
 
 if TYPE_CHECKING:
@@ -55,6 +54,19 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 PROTOCOL_VERSION = "2024-11-05"
+
+
+def _progress_token(params: JSON | None) -> Any:
+    meta = params.get("_meta") if params else None
+    return meta.get("progressToken") if isinstance(meta, dict) else None
+
+
+def _with_progress_token(params: JSON | None, token: Any) -> JSON:
+    """A copy of `params` asking for progress under `token`; the caller's dict is untouched."""
+    params = dict(params or {})
+    meta = params.get("_meta")
+    params["_meta"] = {**(meta if isinstance(meta, dict) else {}), "progressToken": token}
+    return params
 
 
 class _SessionGone(HttpStatusError):
@@ -71,7 +83,7 @@ class _Connection:
 
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self.response = response
-        self.post_url: URL | None = None
+        self.post_url: str | None = None
         self.ready = asyncio.Event()
         """Set once the endpoint is known, or the stream is lost before it was."""
         self.capabilities: JSON = {}
@@ -97,6 +109,7 @@ class McpSseBackend(McpClient):
         self._conn_lock = asyncio.Lock()
         self._reconnecting: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._tokens = itertools.count(1)
         self._closed = False
 
     # --- lifecycle ---
@@ -172,11 +185,11 @@ class McpSseBackend(McpClient):
         if call.on_notification is not None:
             # The stream is shared by every request: a token of our own routes progress back
             # to this one even when two callers picked the same token.
-            token = self._new_progress_token()
-            caller_token = progress_token(params)
+            token = f"aio-mcp-gateway-{next(self._tokens)}"
+            caller_token = _progress_token(params)
             shown = token if caller_token is None else caller_token
             conn.progress[token] = (call.on_notification, shown, future)
-            params = with_progress_token(params, token)
+            params = _with_progress_token(params, token)
         message: JSON = {"jsonrpc": "2.0", "id": request_id, "method": call.method}
         if params is not None:
             message["params"] = params
@@ -333,16 +346,18 @@ class McpSseBackend(McpClient):
         for message in json_messages(decoded):
             await self._on_message(conn, message)
 
-    def _endpoint(self, data: bytes) -> URL:
+    def _endpoint(self, data: bytes) -> str:
+        """The endpoint event's URI, resolved against the stream's URL; same origin only, so
+        an upstream cannot send our messages (and configured headers) elsewhere."""
         text = data.decode("utf-8", "replace").strip()
-        base = URL(self.url)
         try:
-            target = base.join(URL(text))
+            target = urljoin(self.url, text)
+            same = _origin(urlsplit(target)) == _origin(urlsplit(self.url))
         except ValueError:
             raise BackendError(
                 f"upstream {self.name!r} named an invalid endpoint {one_line(text)!r}"
             ) from None
-        if (target.scheme, target.host, target.port) != (base.scheme, base.host, base.port):
+        if not same:
             raise BackendError(
                 f"upstream {self.name!r} named an endpoint on another origin: {one_line(text)}"
             )
@@ -386,6 +401,11 @@ class McpSseBackend(McpClient):
         task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _origin(url: SplitResult) -> tuple[str, str | None, int | None]:
+    scheme = url.scheme.lower()
+    return scheme, url.hostname, url.port or {"http": 80, "https": 443}.get(scheme)
 
 
 def _notification(method: str, params: JSON | None) -> JSON:

@@ -2,18 +2,67 @@
 
 Load them with `pytest_plugins = ["tests.upstreams.fixtures"]` in the top-level conftest.
 Our own server is started per test, so `/admin/stats` counts only that test's traffic;
-the SDK server is shared by the session because it is slow to start and holds no counts.
+the SDK servers are shared by the session because they are slow to start and hold no counts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import pytest
 
 from .processes import RunningUpstream, start_own, start_sdk, stop_upstream
 
+JSON = dict[str, Any]
+
 UpstreamFactory = Callable[..., RunningUpstream]
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], timeout: float = 10.0, what: str = "condition"
+) -> None:
+    """Poll `check` until it holds; fail the test naming `what` if it never does."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not hold within {timeout:g}s")
+        await asyncio.sleep(0.02)
+
+
+async def stat_is(upstream: RunningUpstream, key: str, value: Any) -> None:
+    """Wait until our server's `/admin/stats` shows `key` at `value`."""
+
+    async def check() -> bool:
+        return bool((await upstream.stats())[key] == value)
+
+    await eventually(check, what=f"stats[{key!r}] == {value!r}")
+
+
+class Recorder:
+    """Collects notifications, as a request's `on_notification` or a backend's listener."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, JSON]] = []
+
+    async def __call__(self, method: str, params: JSON) -> None:
+        self.seen.append((method, params))
+
+    def methods(self) -> list[str]:
+        return [method for method, _ in self.seen]
+
+    def of(self, method: str) -> list[JSON]:
+        return [params for seen, params in self.seen if seen == method]
+
+    async def received(self, method: str, count: int = 1) -> None:
+        """Wait until `count` notifications of `method` have come."""
+
+        async def check() -> bool:
+            return len(self.of(method)) >= count
+
+        await eventually(check, what=f"{count} x {method}")
 
 
 @pytest.fixture
@@ -44,9 +93,23 @@ def own_upstream_sse(own_upstream_factory: UpstreamFactory) -> RunningUpstream:
     return own_upstream_factory("--sse")
 
 
+@pytest.fixture
+def own_upstream_legacy(own_upstream_factory: UpstreamFactory) -> RunningUpstream:
+    """Our server on the 2024-11-05 HTTP+SSE transport; connect to its `sse_url`."""
+    return own_upstream_factory("--legacy-sse")
+
+
 @pytest.fixture(scope="session")
 def sdk_upstream() -> Iterator[RunningUpstream]:
     """The official SDK's server: stateful sessions, SSE replies."""
     upstream = start_sdk()
+    yield upstream
+    stop_upstream(upstream)
+
+
+@pytest.fixture(scope="session")
+def sdk_upstream_legacy() -> Iterator[RunningUpstream]:
+    """The official SDK's server on the 2024-11-05 HTTP+SSE transport (`sse_url`)."""
+    upstream = start_sdk("--legacy-sse")
     yield upstream
     stop_upstream(upstream)

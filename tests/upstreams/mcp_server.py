@@ -1,11 +1,28 @@
-"""A small MCP server over Streamable HTTP, written with aiohttp, used as a real upstream.
+"""A small MCP server written with aiohttp, used as a real upstream in tests.
 
 Run as `python -m tests.upstreams.mcp_server --port N` from the repository root, or as
-`python tests/upstreams/mcp_server.py --port N`. It serves POST /mcp (and DELETE /mcp to end
-a session), plus POST /admin/expire-sessions and GET /admin/stats for tests.
+`python tests/upstreams/mcp_server.py --port N`.
 
-It is stricter than the specification asks, so that a lax client fails here: a request
-must accept both JSON and SSE, and every request after `initialize` at protocol
+By default it speaks Streamable HTTP: POST /mcp for messages, GET /mcp for a session's own
+event stream of server notifications (with event ids, replayed after `Last-Event-ID`) and
+DELETE /mcp to end a session. With `--legacy-sse` it speaks the 2024-11-05 HTTP+SSE
+transport instead: GET /sse opens a session's stream (an `endpoint` event first, then every
+message), and POST /messages?session_id=... takes the client's messages. Both serve the same
+tools, resources (with a template and subscriptions), prompts, completion and logging.
+
+Admin endpoints for tests:
+  GET  /admin/stats                   counters and gauges of this process
+  POST /admin/expire-sessions         forget every session (their streams end, unless
+                                      ?keep_streams=1)
+  POST /admin/drop-streams            end every server-to-client stream, keeping sessions
+                                      (legacy sessions end with their stream)
+  POST /admin/list-changed?kind=K     send notifications/K/list_changed (tools, resources,
+                                      prompts) to every session that listens
+  POST /admin/update-resource?uri=U   send notifications/resources/updated to subscribers
+  POST /admin/add-tool?name=N         add a trivial tool at run time
+
+It is stricter than the specification asks, so that a lax client fails here: a Streamable
+HTTP request must accept both JSON and SSE, and every request after `initialize` at protocol
 2025-06-18 or later must carry the negotiated `MCP-Protocol-Version`.
 """
 
@@ -13,6 +30,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import re
 import signal
 import time
 import uuid
@@ -26,8 +45,18 @@ from aiohttp import web
 JSON = dict[str, Any]
 SUPPORTED_VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
 LATEST_VERSION = SUPPORTED_VERSIONS[-1]
+LEGACY_VERSION = SUPPORTED_VERSIONS[0]
 SESSION_HEADER = "Mcp-Session-Id"
 VERSION_HEADER = "MCP-Protocol-Version"
+LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+SERVER_NAME = "own-upstream"
+# How often an idle event stream checks whether its client has gone.
+STREAM_POLL_SECONDS = 0.2
+HISTORY_LIMIT = 1000
+
+INVALID_PARAMS = -32602
+METHOD_NOT_FOUND = -32601
+RESOURCE_NOT_FOUND = -32002
 
 
 @dataclass
@@ -35,15 +64,12 @@ class Options:
     port: int
     page_size: int = 2
     sse: bool = False
+    legacy_sse: bool = False
+    listen: bool = True
+    tools_only: bool = False
     require_headers: dict[str, str] = field(default_factory=dict)
     session_ttl: float | None = None
     extra_tools: int = 0
-
-
-@dataclass
-class Session:
-    protocol_version: str
-    last_seen: float
 
 
 class RpcError(Exception):
@@ -51,6 +77,77 @@ class RpcError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+def _sse(message: JSON, event_id: int | None = None) -> bytes:
+    head = b"" if event_id is None else b"id: %d\n" % event_id
+    return head + b"event: message\ndata: " + orjson.dumps(message) + b"\n\n"
+
+
+def _notification(method: str, params: JSON) -> JSON:
+    return {"jsonrpc": "2.0", "method": method, "params": params}
+
+
+@dataclass(eq=False)
+class Session:
+    """One client session; `stream` is its open server-to-client event stream, if any."""
+
+    legacy: bool = False
+    protocol_version: str = ""
+    last_seen: float = field(default_factory=time.monotonic)
+    log_level: str = "debug"
+    subscriptions: set[str] = field(default_factory=set)
+    in_flight: dict[bytes, asyncio.Task[JSON]] = field(default_factory=dict)
+    stream: asyncio.Queue[bytes | None] | None = None
+    listening: bool = False
+    """True once the client has opened its GET stream: notifications are kept for it."""
+    history: list[tuple[int, JSON]] = field(default_factory=list)
+    last_event_id: int = 0
+
+    def next_event_id(self) -> int:
+        self.last_event_id += 1
+        return self.last_event_id
+
+    def send(self, message: JSON) -> None:
+        """Send on the server-to-client stream; Streamable HTTP keeps it for a resume."""
+        if self.legacy:
+            if self.stream is not None:
+                self.stream.put_nowait(_sse(message))
+            return
+        event_id = self.next_event_id()
+        self.history.append((event_id, message))
+        del self.history[:-HISTORY_LIMIT]
+        if self.stream is not None:
+            self.stream.put_nowait(_sse(message, event_id))
+
+    def end_stream(self) -> bool:
+        if self.stream is None:
+            return False
+        self.stream.put_nowait(None)
+        self.stream = None
+        return True
+
+
+Emit = Callable[[JSON], Awaitable[None]]
+
+
+async def _discard(message: JSON) -> None:
+    return None
+
+
+@dataclass(eq=False)
+class Call:
+    """One request being served: where it came from and how to send notifications about it."""
+
+    session: Session
+    request_id: Any
+    params: JSON
+    emit: Emit = _discard
+
+    @property
+    def progress_token(self) -> Any:
+        meta = self.params.get("_meta")
+        return meta.get("progressToken") if isinstance(meta, dict) else None
 
 
 # --- tools ---------------------------------------------------------------------------------
@@ -80,7 +177,7 @@ BASE_TOOLS: list[JSON] = [
     },
     {
         "name": "sleep",
-        "description": "Wait for some seconds, then answer.",
+        "description": "Wait for some seconds, then answer; stops early when cancelled.",
         "inputSchema": _object({"seconds": {"type": "number", "minimum": 0}}, ["seconds"]),
     },
     {
@@ -93,6 +190,22 @@ BASE_TOOLS: list[JSON] = [
         "description": "Return n bytes of text.",
         "inputSchema": _object({"n": {"type": "integer", "minimum": 0}}, ["n"]),
     },
+    {
+        "name": "progress",
+        "description": "Take `steps` steps of `delay` seconds, reporting progress after each.",
+        "inputSchema": _object(
+            {"steps": {"type": "integer", "minimum": 0}, "delay": {"type": "number", "minimum": 0}},
+            ["steps"],
+        ),
+    },
+    {
+        "name": "log",
+        "description": "Send a log message at a level (if the session's level lets it through).",
+        "inputSchema": _object(
+            {"level": {"type": "string", "enum": list(LOG_LEVELS)}, "message": {"type": "string"}},
+            ["level", "message"],
+        ),
+    },
 ]
 
 
@@ -103,58 +216,239 @@ def text_result(text: str, structured: JSON | None = None, is_error: bool = Fals
     return result
 
 
-def _number(arguments: JSON, name: str) -> float:
-    value = arguments.get(name)
+def _number(arguments: JSON, name: str, default: float | None = None) -> float:
+    value = arguments.get(name, default)
     # bool is an int in Python but not a number in JSON Schema.
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"argument {name!r} must be a number")
     return value
 
 
-async def call_echo(arguments: JSON) -> JSON:
+def _duration(arguments: JSON, name: str, default: float | None = None) -> float:
+    value = _number(arguments, name, default)
+    if value < 0:
+        raise ValueError(f"argument {name!r} must not be negative")
+    return value
+
+
+def _count(arguments: JSON, name: str) -> int:
+    value = arguments.get(name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"argument {name!r} must be a non-negative integer")
+    return value
+
+
+async def call_echo(arguments: JSON, call: Call) -> JSON:
     text = arguments.get("text")
     if not isinstance(text, str):
         raise ValueError("argument 'text' must be a string")
     return text_result(text, {"text": text})
 
 
-async def call_add(arguments: JSON) -> JSON:
+async def call_add(arguments: JSON, call: Call) -> JSON:
     total = _number(arguments, "a") + _number(arguments, "b")
     return text_result(str(total), {"sum": total})
 
 
-async def call_sleep(arguments: JSON) -> JSON:
-    seconds = _number(arguments, "seconds")
+async def call_sleep(arguments: JSON, call: Call) -> JSON:
+    # A `notifications/cancelled` for this request cancels the task running this.
+    seconds = _duration(arguments, "seconds")
     await asyncio.sleep(seconds)
     return text_result(f"slept {seconds:g}s")
 
 
-async def call_fail(arguments: JSON) -> JSON:
+async def call_fail(arguments: JSON, call: Call) -> JSON:
     return text_result("this tool always fails", is_error=True)
 
 
-async def call_big(arguments: JSON) -> JSON:
-    n = arguments.get("n")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ValueError("argument 'n' must be a non-negative integer")
-    return text_result("x" * n)
+async def call_big(arguments: JSON, call: Call) -> JSON:
+    return text_result("x" * _count(arguments, "n"))
 
 
-ToolHandler = Callable[[JSON], Awaitable[JSON]]
+async def call_progress(arguments: JSON, call: Call) -> JSON:
+    steps = _count(arguments, "steps")
+    delay = _duration(arguments, "delay", 0.0)
+    token = call.progress_token
+    for step in range(1, steps + 1):
+        await asyncio.sleep(delay)
+        if token is not None:
+            params = {"progressToken": token, "progress": step, "total": steps}
+            await call.emit(
+                _notification("notifications/progress", {**params, "message": f"step {step}"})
+            )
+    return text_result(f"{steps} steps done", {"steps": steps})
+
+
+async def call_log(arguments: JSON, call: Call) -> JSON:
+    level, message = arguments.get("level"), arguments.get("message")
+    if level not in LOG_LEVELS or not isinstance(message, str):
+        raise ValueError("arguments 'level' (a log level) and 'message' (a string) are required")
+    if LOG_LEVELS.index(level) < LOG_LEVELS.index(call.session.log_level):
+        return text_result(f"filtered {level}")
+    params = {"level": level, "logger": SERVER_NAME, "data": message}
+    await call.emit(_notification("notifications/message", params))
+    return text_result(f"logged {level}")
+
+
+ToolHandler = Callable[[JSON, Call], Awaitable[JSON]]
 BASE_HANDLERS: dict[str, ToolHandler] = {
     "echo": call_echo,
     "add": call_add,
     "sleep": call_sleep,
     "fail": call_fail,
     "big": call_big,
+    "progress": call_progress,
+    "log": call_log,
 }
 
 
 def _trivial(name: str) -> ToolHandler:
-    async def handler(arguments: JSON) -> JSON:
+    async def handler(arguments: JSON, call: Call) -> JSON:
         return text_result(name)
 
     return handler
+
+
+def _trivial_tool(name: str, description: str) -> JSON:
+    return {"name": name, "description": description, "inputSchema": _object({})}
+
+
+# --- resources, prompts, completion --------------------------------------------------------
+
+BLOB = bytes(range(16))
+RESOURCES: list[JSON] = [
+    {
+        "uri": "memo://one",
+        "name": "one",
+        "title": "Memo one",
+        "description": "The first memo.",
+        "mimeType": "text/plain",
+    },
+    {
+        "uri": "memo://two",
+        "name": "two",
+        "description": "The second memo.",
+        "mimeType": "text/markdown",
+    },
+    {
+        "uri": "memo://blob",
+        "name": "blob",
+        "description": "Sixteen bytes.",
+        "mimeType": "application/octet-stream",
+        "size": len(BLOB),
+        "annotations": {"audience": ["user"], "priority": 0.5},
+    },
+]
+RESOURCE_CONTENTS: dict[str, JSON] = {
+    "memo://one": {"mimeType": "text/plain", "text": "The first memo says hello."},
+    "memo://two": {"mimeType": "text/markdown", "text": "# Memo two\n\nSecond things second."},
+    "memo://blob": {
+        "mimeType": "application/octet-stream",
+        "blob": base64.b64encode(BLOB).decode(),
+    },
+}
+TEMPLATES: list[JSON] = [
+    {
+        "uriTemplate": "memo://items/{id}",
+        "name": "item",
+        "title": "Item",
+        "description": "One item, by id.",
+        "mimeType": "text/plain",
+    }
+]
+ITEM_URI = re.compile(r"memo://items/([^/?#]+)")
+ITEM_IDS = ("1", "2", "3", "10", "11")
+
+PROMPTS: list[JSON] = [
+    {
+        "name": "greeting",
+        "title": "Greeting",
+        "description": "Greet someone by name.",
+        "arguments": [{"name": "name", "description": "Who to greet.", "required": True}],
+    },
+    {
+        "name": "summary",
+        "description": "Summarise the memos.",
+        "arguments": [{"name": "style", "description": "How to summarise.", "required": False}],
+    },
+]
+NAMES = ("Ada", "Alan", "Alonzo", "Barbara", "Grace", "Linus")
+
+
+def _uri(params: JSON) -> str:
+    uri = params.get("uri")
+    if not isinstance(uri, str):
+        raise RpcError(INVALID_PARAMS, "'uri' must be a string")
+    return uri
+
+
+def _read_resource(uri: str) -> JSON:
+    if (contents := RESOURCE_CONTENTS.get(uri)) is not None:
+        return {"contents": [{"uri": uri, **contents}]}
+    if (match := ITEM_URI.fullmatch(uri)) is not None:
+        text = f"Item {match.group(1)} is here."
+        return {"contents": [{"uri": uri, "mimeType": "text/plain", "text": text}]}
+    raise RpcError(RESOURCE_NOT_FOUND, f"Resource not found: {uri}")
+
+
+def _get_prompt(params: JSON) -> JSON:
+    name = params.get("name")
+    arguments = params.get("arguments") or {}
+    if not isinstance(arguments, dict):
+        raise RpcError(INVALID_PARAMS, "'arguments' must be an object")
+    if name == "greeting":
+        who = arguments.get("name")
+        if not isinstance(who, str) or not who:
+            raise RpcError(INVALID_PARAMS, "Missing required argument: name")
+        text = f"Please greet {who} warmly."
+        return {
+            "description": "A greeting.",
+            "messages": [{"role": "user", "content": {"type": "text", "text": text}}],
+        }
+    if name == "summary":
+        style = arguments.get("style") or "brief"
+        memo = {"uri": "memo://one", **RESOURCE_CONTENTS["memo://one"]}
+        return {
+            "description": "A summary request.",
+            "messages": [
+                {
+                    "role": "user",
+                    "content": {"type": "text", "text": f"Summarise in a {style} style:"},
+                },
+                {"role": "user", "content": {"type": "resource", "resource": memo}},
+            ],
+        }
+    raise RpcError(INVALID_PARAMS, f"Unknown prompt: {name}")
+
+
+def _complete(params: JSON) -> JSON:
+    ref, argument = params.get("ref"), params.get("argument")
+    if not isinstance(ref, dict) or not isinstance(argument, dict):
+        raise RpcError(INVALID_PARAMS, "'ref' and 'argument' are required")
+    value = str(argument.get("value") or "").lower()
+    choices: tuple[str, ...] = ()
+    if ref.get("type") == "ref/prompt" and ref.get("name") == "greeting":
+        choices = NAMES if argument.get("name") == "name" else ()
+    elif ref.get("type") == "ref/resource" and ref.get("uri") == TEMPLATES[0]["uriTemplate"]:
+        choices = ITEM_IDS if argument.get("name") == "id" else ()
+    values = [choice for choice in choices if choice.lower().startswith(value)]
+    return {"completion": {"values": values, "total": len(values), "hasMore": False}}
+
+
+def _page(items: list[JSON], cursor: Any, key: str, page_size: int) -> JSON:
+    try:
+        start = int(cursor) if cursor is not None else 0
+    except (TypeError, ValueError):
+        raise RpcError(INVALID_PARAMS, f"Invalid cursor: {cursor!r}") from None
+    end = start + page_size
+    result: JSON = {key: items[start:end]}
+    if end < len(items):
+        result["nextCursor"] = str(end)
+    return result
+
+
+def _key(request_id: Any) -> bytes:
+    return orjson.dumps(request_id)
 
 
 # --- the server ----------------------------------------------------------------------------
@@ -167,49 +461,131 @@ class McpTestServer:
         self.handlers = dict(BASE_HANDLERS)
         for i in range(options.extra_tools):
             name = f"t{i}"
-            self.tools.append(
-                {"name": name, "description": f"Trivial tool {i}.", "inputSchema": _object({})}
-            )
+            self.tools.append(_trivial_tool(name, f"Trivial tool {i}."))
             self.handlers[name] = _trivial(name)
         self.sessions: dict[str, Session] = {}
         self.peers: set[object] = set()
+        self.background: set[asyncio.Task[None]] = set()
+        self.last_event_id_seen: str | None = None
         self.stats: dict[str, int] = {
             "initialize": 0,
             "initialized_notifications": 0,
             "tools_list": 0,
             "tools_call": 0,
+            "resources_list": 0,
+            "resources_templates_list": 0,
+            "resources_read": 0,
+            "prompts_list": 0,
+            "prompts_get": 0,
+            "completions": 0,
+            "set_level": 0,
+            "subscribe": 0,
+            "unsubscribe": 0,
+            "cancel_notifications": 0,
+            "cancelled": 0,
             "requests": 0,
+            "get_streams": 0,
+            "resumed_streams": 0,
+            "sse_connections": 0,
             "sessions_deleted": 0,
             "sessions_expired": 0,
         }
 
+    def capabilities(self) -> JSON:
+        capabilities: JSON = {"tools": {"listChanged": True}}
+        if not self.options.tools_only:
+            capabilities |= {
+                "resources": {"subscribe": True, "listChanged": True},
+                "prompts": {"listChanged": True},
+                "completions": {},
+                "logging": {},
+            }
+        return capabilities
+
     def app(self) -> web.Application:
         app = web.Application()
-        app.router.add_post("/mcp", self.post)
-        app.router.add_delete("/mcp", self.delete)
+        if self.options.legacy_sse:
+            app.router.add_get("/sse", self.legacy_stream)
+            app.router.add_post("/messages", self.legacy_post)
+        else:
+            app.router.add_post("/mcp", self.post)
+            app.router.add_get("/mcp", self.listen)
+            app.router.add_delete("/mcp", self.delete)
         app.router.add_post("/admin/expire-sessions", self.expire_sessions)
+        app.router.add_post("/admin/drop-streams", self.drop_streams)
+        app.router.add_post("/admin/list-changed", self.list_changed)
+        app.router.add_post("/admin/update-resource", self.update_resource)
+        app.router.add_post("/admin/add-tool", self.add_tool)
         app.router.add_get("/admin/stats", self.get_stats)
+        app.on_shutdown.append(self._end_streams)
         return app
+
+    async def _end_streams(self, app: web.Application) -> None:
+        for session in self.sessions.values():
+            session.end_stream()
 
     # --- admin ---
 
     async def expire_sessions(self, request: web.Request) -> web.Response:
         count = len(self.sessions)
+        # keep_streams=1 leaves their streams open, as a server that lost its state might.
+        if request.query.get("keep_streams") != "1":
+            for session in self.sessions.values():
+                session.end_stream()
         self.sessions.clear()
         self.stats["sessions_expired"] += count
         return _json({"expired": count})
 
-    async def get_stats(self, request: web.Request) -> web.Response:
-        return _json({**self.stats, "sessions": len(self.sessions), "connections": len(self.peers)})
+    async def drop_streams(self, request: web.Request) -> web.Response:
+        dropped = sum(session.end_stream() for session in self.sessions.values())
+        return _json({"dropped": dropped})
 
-    # --- MCP ---
+    async def list_changed(self, request: web.Request) -> web.Response:
+        kind = request.query.get("kind", "")
+        if kind not in ("tools", "resources", "prompts"):
+            return _json({"error": "kind must be tools, resources or prompts"}, status=400)
+        message = _notification(f"notifications/{kind}/list_changed", {})
+        return _json({"notified": self._broadcast(message, lambda session: True)})
+
+    async def update_resource(self, request: web.Request) -> web.Response:
+        uri = request.query.get("uri", "")
+        message = _notification("notifications/resources/updated", {"uri": uri})
+        return _json({"notified": self._broadcast(message, lambda s: uri in s.subscriptions)})
+
+    def _broadcast(self, message: JSON, to: Callable[[Session], bool]) -> int:
+        listeners = [s for s in self.sessions.values() if (s.legacy or s.listening) and to(s)]
+        for session in listeners:
+            session.send(message)
+        return len(listeners)
+
+    async def add_tool(self, request: web.Request) -> web.Response:
+        name = request.query.get("name", "")
+        if not name or name in self.handlers:
+            return _json({"error": f"tool name {name!r} is empty or taken"}, status=400)
+        self.tools.append(_trivial_tool(name, "Added at run time."))
+        self.handlers[name] = _trivial(name)
+        return _json({"tools": len(self.tools)})
+
+    async def get_stats(self, request: web.Request) -> web.Response:
+        return _json(
+            {
+                **self.stats,
+                "sessions": len(self.sessions),
+                "connections": len(self.peers),
+                "open_streams": sum(s.stream is not None for s in self.sessions.values()),
+                "last_event_id": self.last_event_id_seen,
+            }
+        )
+
+    # --- Streamable HTTP ---
 
     async def delete(self, request: web.Request) -> web.Response:
         if (refused := self._refuse_headers(request)) is not None:
             return refused
-        session_id = request.headers.get(SESSION_HEADER, "")
-        if self.sessions.pop(session_id, None) is None:
+        session = self.sessions.pop(request.headers.get(SESSION_HEADER, ""), None)
+        if session is None:
             return _rpc_error_response(404, None, -32001, "Session not found")
+        session.end_stream()
         self.stats["sessions_deleted"] += 1
         return web.Response(status=204)
 
@@ -218,29 +594,65 @@ class McpTestServer:
         self.peers.add(request.transport.get_extra_info("peername") if request.transport else None)
         if (refused := self._refuse_headers(request)) is not None:
             return refused
-        try:
-            message = orjson.loads(await request.read())
-        except orjson.JSONDecodeError:
-            return _rpc_error_response(400, None, -32700, "Parse error")
-        if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
-            return _rpc_error_response(400, None, -32600, "Invalid Request")
+        message = await _read_message(request)
+        if isinstance(message, web.Response):
+            return message
         method = message.get("method")
         if method == "initialize" and "id" in message:
-            return await self._initialize(request, message)
-        if (refused := self._check_session(request)) is not None:
-            return refused
+            session_id = uuid.uuid4().hex
+            session = self.sessions[session_id] = Session()
+            call = Call(session, message["id"], message.get("params") or {})
+            return await self._answer(request, call, method, {SESSION_HEADER: session_id})
+        found = self._session_for(request)
+        if isinstance(found, web.Response):
+            return found
         if not isinstance(method, str) or "id" not in message:
             # A notification or a response to us: accepted, nothing to answer.
-            if method == "notifications/initialized":
-                self.stats["initialized_notifications"] += 1
+            self._on_notification(found, message)
             return web.Response(status=202)
-        return await self._answer(request, message["id"], self._dispatch(method, message))
+        params = message.get("params") or {}
+        return await self._answer(request, Call(found, message["id"], params), method)
+
+    async def listen(self, request: web.Request) -> web.StreamResponse:
+        """The session's own stream for server notifications (GET /mcp)."""
+        self.stats["get_streams"] += 1
+        if (refused := self._refuse_headers(request)) is not None:
+            return refused
+        if not self.options.listen:
+            return web.Response(status=405, headers={"Allow": "POST, DELETE"})
+        if "text/event-stream" not in request.headers.get("Accept", ""):
+            return _rpc_error_response(406, None, -32600, "Not Acceptable: text/event-stream")
+        session = self._session_for(request)
+        if isinstance(session, web.Response):
+            return session
+        last = request.headers.get("Last-Event-ID")
+        if last is not None:
+            self.stats["resumed_streams"] += 1
+            self.last_event_id_seen = last
+        # A newer stream replaces an older one the client may have given up on.
+        session.end_stream()
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        session.stream, session.listening = queue, True
+        after = int(last) if last is not None and last.isdigit() else None
+        backlog = [] if after is None else [(i, m) for i, m in session.history if i > after]
+        response = _event_stream()
+        await response.prepare(request)
+        try:
+            for event_id, message in backlog:
+                await response.write(_sse(message, event_id))
+            await _pump(request, response, queue)
+        except ConnectionResetError:
+            pass
+        finally:
+            if session.stream is queue:
+                session.stream = None
+        return response
 
     def _refuse_headers(self, request: web.Request) -> web.Response | None:
         for name, value in self.options.require_headers.items():
             if request.headers.get(name) != value:
                 return _rpc_error_response(401, None, -32001, f"Unauthorized: {name} required")
-        if request.method != "POST":
+        if request.method != "POST" or self.options.legacy_sse:
             return None
         accept = request.headers.get("Accept", "")
         if "application/json" not in accept or "text/event-stream" not in accept:
@@ -251,7 +663,7 @@ class McpTestServer:
             return _rpc_error_response(415, None, -32600, "Content-Type must be application/json")
         return None
 
-    def _check_session(self, request: web.Request) -> web.Response | None:
+    def _session_for(self, request: web.Request) -> Session | web.Response:
         session_id = request.headers.get(SESSION_HEADER)
         if not session_id:
             return _rpc_error_response(400, None, -32600, "Bad Request: no session id")
@@ -260,6 +672,7 @@ class McpTestServer:
         ttl = self.options.session_ttl
         if session is not None and ttl is not None and now - session.last_seen > ttl:
             del self.sessions[session_id]
+            session.end_stream()
             self.stats["sessions_expired"] += 1
             session = None
         if session is None:
@@ -271,96 +684,263 @@ class McpTestServer:
                 return _rpc_error_response(
                     400, None, -32600, f"Bad Request: {VERSION_HEADER} {sent!r} is not negotiated"
                 )
-        return None
+        return session
 
-    async def _initialize(self, request: web.Request, message: JSON) -> web.StreamResponse:
-        self.stats["initialize"] += 1
-        params = message.get("params") or {}
-        asked = params.get("protocolVersion")
-        version = asked if asked in SUPPORTED_VERSIONS else LATEST_VERSION
-        session_id = uuid.uuid4().hex
-        self.sessions[session_id] = Session(version, time.monotonic())
-
-        async def result() -> JSON:
-            return {
-                "protocolVersion": version,
-                "capabilities": {"tools": {"listChanged": False}},
-                "serverInfo": {"name": "own-upstream", "version": "1.0.0"},
-            }
-
-        return await self._answer(request, message["id"], result(), {SESSION_HEADER: session_id})
-
-    async def _dispatch(self, method: str, message: JSON) -> JSON:
-        params = message.get("params") or {}
-        if method == "ping":
-            return {}
-        if method == "tools/list":
-            self.stats["tools_list"] += 1
-            return self._list_tools(params.get("cursor"))
-        if method == "tools/call":
-            self.stats["tools_call"] += 1
-            return await self._call_tool(params)
-        raise RpcError(-32601, f"Method not found: {method}")
-
-    def _list_tools(self, cursor: Any) -> JSON:
-        try:
-            start = int(cursor) if cursor is not None else 0
-        except (TypeError, ValueError):
-            raise RpcError(-32602, f"Invalid cursor: {cursor!r}") from None
-        end = start + self.options.page_size
-        result: JSON = {"tools": self.tools[start:end]}
-        if end < len(self.tools):
-            result["nextCursor"] = str(end)
-        return result
-
-    async def _call_tool(self, params: JSON) -> JSON:
-        name = params.get("name")
-        handler = self.handlers.get(name) if isinstance(name, str) else None
-        if handler is None:
-            raise RpcError(-32602, f"Unknown tool: {name}")
-        arguments = params.get("arguments") or {}
-        try:
-            return await handler(arguments)
-        except ValueError as exc:
-            # Bad arguments are a tool execution error the model can read and correct.
-            return text_result(str(exc), is_error=True)
-
-    # --- answering, as JSON or as an event stream ---
+    def _streams(self, method: str, call: Call) -> bool:
+        """Whether to answer with an event stream: always in --sse mode, and for tool calls
+        that send notifications about themselves."""
+        if self.options.sse:
+            return True
+        if method != "tools/call":
+            return False
+        name = call.params.get("name")
+        return name == "log" or (name == "progress" and call.progress_token is not None)
 
     async def _answer(
         self,
         request: web.Request,
-        request_id: Any,
-        result: Awaitable[JSON],
+        call: Call,
+        method: str,
         headers: dict[str, str] | None = None,
     ) -> web.StreamResponse:
-        if not self.options.sse:
-            return _json(await _reply(request_id, result), headers=headers)
-        stream_headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-        response = web.StreamResponse(headers={**stream_headers, **(headers or {})})
+        if not self._streams(method, call):
+            reply = await self._run(call, method)
+            if reply is None:
+                reply = _error_reply(call.request_id, -32800, "Request cancelled")
+            return _json(reply, headers=headers)
+        response = _event_stream(headers)
         await response.prepare(request)
-        # A comment and a notification before the response, as real servers send, so the
-        # client has to skip them; the response's JSON spans several data lines.
-        await response.write(b": stream opened\n\n")
-        log = {
-            "jsonrpc": "2.0",
-            "method": "notifications/message",
-            "params": {"level": "info", "data": "working"},
-        }
-        await response.write(b"event: message\nid: 1\ndata: " + orjson.dumps(log) + b"\n\n")
-        reply = orjson.dumps(await _reply(request_id, result), option=orjson.OPT_INDENT_2)
-        data = b"".join(b"data: " + line + b"\n" for line in reply.split(b"\n"))
-        await response.write(b"event: message\nid: 2\n" + data + b"\n")
+
+        async def emit(message: JSON) -> None:
+            await response.write(_sse(message, call.session.next_event_id()))
+
+        call.emit = emit
+        if self.options.sse:
+            # A comment and a notification before the response, as real servers send, so
+            # the client has to skip them.
+            await response.write(b": stream opened\n\n")
+            await emit(_notification("notifications/message", {"level": "info", "data": "working"}))
+        reply = await self._run(call, method)
+        if reply is not None:
+            # The response's JSON spans several data lines.
+            lines = orjson.dumps(reply, option=orjson.OPT_INDENT_2).split(b"\n")
+            data = b"".join(b"data: " + line + b"\n" for line in lines)
+            event_id = call.session.next_event_id()
+            await response.write(b"event: message\nid: %d\n" % event_id + data + b"\n")
         await response.write_eof()
         return response
 
+    # --- the 2024-11-05 HTTP+SSE transport ---
 
-async def _reply(request_id: Any, result: Awaitable[JSON]) -> JSON:
+    async def legacy_stream(self, request: web.Request) -> web.StreamResponse:
+        if (refused := self._refuse_headers(request)) is not None:
+            return refused
+        session_id = uuid.uuid4().hex
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        session = self.sessions[session_id] = Session(legacy=True, stream=queue)
+        self.stats["sse_connections"] += 1
+        response = _event_stream()
+        await response.prepare(request)
+        try:
+            endpoint = f"/messages?session_id={session_id}"
+            await response.write(f"event: endpoint\ndata: {endpoint}\n\n".encode())
+            await _pump(request, response, queue)
+        except ConnectionResetError:
+            pass
+        finally:
+            # The session lives as long as its stream.
+            if self.sessions.get(session_id) is session:
+                del self.sessions[session_id]
+            session.stream = None
+            for task in session.in_flight.values():
+                task.cancel()
+        return response
+
+    async def legacy_post(self, request: web.Request) -> web.Response:
+        self.stats["requests"] += 1
+        if (refused := self._refuse_headers(request)) is not None:
+            return refused
+        if request.content_type != "application/json":
+            return _rpc_error_response(415, None, -32600, "Content-Type must be application/json")
+        session = self.sessions.get(request.query.get("session_id", ""))
+        if session is None or session.stream is None:
+            return web.Response(status=404, text="Could not find session")
+        message = await _read_message(request)
+        if isinstance(message, web.Response):
+            return message
+        method = message.get("method")
+        if not isinstance(method, str) or "id" not in message:
+            self._on_notification(session, message)
+        else:
+            call = Call(session, message["id"], message.get("params") or {})
+            self._spawn(self._legacy_answer(call, method))
+        return web.Response(status=202, text="Accepted")
+
+    async def _legacy_answer(self, call: Call, method: str) -> None:
+        session = call.session
+
+        async def emit(message: JSON) -> None:
+            session.send(message)
+
+        call.emit = emit
+        reply = await self._run(call, method)
+        if reply is not None:
+            session.send(reply)
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    # --- serving requests, either transport ---
+
+    def _on_notification(self, session: Session, message: JSON) -> None:
+        method = message.get("method")
+        if method == "notifications/initialized":
+            self.stats["initialized_notifications"] += 1
+        elif method == "notifications/cancelled":
+            self.stats["cancel_notifications"] += 1
+            params = message.get("params") or {}
+            task = session.in_flight.get(_key(params.get("requestId")))
+            if task is not None and not task.done():
+                task.cancel()
+                self.stats["cancelled"] += 1
+
+    async def _run(self, call: Call, method: str) -> JSON | None:
+        """The JSON-RPC reply to a request, or None when the client cancelled it."""
+        key = _key(call.request_id)
+        task = asyncio.ensure_future(self._dispatch(method, call))
+        call.session.in_flight[key] = task
+        try:
+            return {"jsonrpc": "2.0", "id": call.request_id, "result": await task}
+        except RpcError as exc:
+            return _error_reply(call.request_id, exc.code, exc.message)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+            # The task alone was cancelled, by the client's notifications/cancelled: the
+            # specification says to send no response then.
+            return None
+        finally:
+            if call.session.in_flight.get(key) is task:
+                del call.session.in_flight[key]
+
+    async def _dispatch(self, method: str, call: Call) -> JSON:
+        params = call.params
+        if method == "initialize":
+            return self._initialize(call)
+        if method == "ping":
+            return {}
+        if method == "tools/list":
+            self.stats["tools_list"] += 1
+            return _page(self.tools, params.get("cursor"), "tools", self.options.page_size)
+        if method == "tools/call":
+            self.stats["tools_call"] += 1
+            return await self._call_tool(call)
+        if self.options.tools_only:
+            raise RpcError(METHOD_NOT_FOUND, f"Method not found: {method}")
+        return self._other(method, call)
+
+    def _initialize(self, call: Call) -> JSON:
+        self.stats["initialize"] += 1
+        asked = call.params.get("protocolVersion")
+        latest = LEGACY_VERSION if call.session.legacy else LATEST_VERSION
+        version = asked if asked in SUPPORTED_VERSIONS else latest
+        call.session.protocol_version = version
+        return {
+            "protocolVersion": version,
+            "capabilities": self.capabilities(),
+            "serverInfo": {"name": SERVER_NAME, "version": "1.0.0"},
+        }
+
+    def _other(self, method: str, call: Call) -> JSON:
+        params, size = call.params, self.options.page_size
+        if method == "resources/list":
+            self.stats["resources_list"] += 1
+            return _page(RESOURCES, params.get("cursor"), "resources", size)
+        if method == "resources/templates/list":
+            self.stats["resources_templates_list"] += 1
+            return _page(TEMPLATES, params.get("cursor"), "resourceTemplates", size)
+        if method == "resources/read":
+            self.stats["resources_read"] += 1
+            return _read_resource(_uri(params))
+        if method in ("resources/subscribe", "resources/unsubscribe"):
+            uri = _uri(params)
+            _read_resource(uri)
+            if method == "resources/subscribe":
+                self.stats["subscribe"] += 1
+                call.session.subscriptions.add(uri)
+            else:
+                self.stats["unsubscribe"] += 1
+                call.session.subscriptions.discard(uri)
+            return {}
+        if method == "prompts/list":
+            self.stats["prompts_list"] += 1
+            return _page(PROMPTS, params.get("cursor"), "prompts", size)
+        if method == "prompts/get":
+            self.stats["prompts_get"] += 1
+            return _get_prompt(params)
+        if method == "completion/complete":
+            self.stats["completions"] += 1
+            return _complete(params)
+        if method == "logging/setLevel":
+            level = params.get("level")
+            if level not in LOG_LEVELS:
+                raise RpcError(INVALID_PARAMS, f"Invalid log level: {level!r}")
+            self.stats["set_level"] += 1
+            call.session.log_level = level
+            return {}
+        raise RpcError(METHOD_NOT_FOUND, f"Method not found: {method}")
+
+    async def _call_tool(self, call: Call) -> JSON:
+        name = call.params.get("name")
+        handler = self.handlers.get(name) if isinstance(name, str) else None
+        if handler is None:
+            raise RpcError(INVALID_PARAMS, f"Unknown tool: {name}")
+        arguments = call.params.get("arguments") or {}
+        try:
+            return await handler(arguments, call)
+        except ValueError as exc:
+            # Bad arguments are a tool execution error the model can read and correct.
+            return text_result(str(exc), is_error=True)
+
+
+async def _read_message(request: web.Request) -> JSON | web.Response:
     try:
-        return {"jsonrpc": "2.0", "id": request_id, "result": await result}
-    except RpcError as exc:
-        error = {"code": exc.code, "message": exc.message}
-        return {"jsonrpc": "2.0", "id": request_id, "error": error}
+        message = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        return _rpc_error_response(400, None, -32700, "Parse error")
+    if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
+        return _rpc_error_response(400, None, -32600, "Invalid Request")
+    return message
+
+
+async def _pump(
+    request: web.Request, response: web.StreamResponse, queue: asyncio.Queue[bytes | None]
+) -> None:
+    """Write queued events until the queue says stop or the client goes away."""
+    while True:
+        try:
+            chunk = await asyncio.wait_for(queue.get(), STREAM_POLL_SECONDS)
+        except TimeoutError:
+            # aiohttp does not cancel a handler whose client left; look for it instead.
+            if request.transport is None or request.transport.is_closing():
+                return
+            continue
+        if chunk is None:
+            await response.write_eof()
+            return
+        await response.write(chunk)
+
+
+def _event_stream(headers: dict[str, str] | None = None) -> web.StreamResponse:
+    base = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    return web.StreamResponse(headers={**base, **(headers or {})})
+
+
+def _error_reply(request_id: Any, code: int, message: str) -> JSON:
+    return {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -370,8 +950,7 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
 
 
 def _rpc_error_response(status: int, request_id: Any, code: int, message: str) -> web.Response:
-    body = {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}
-    return _json(body, status=status)
+    return _json(_error_reply(request_id, code, message), status=status)
 
 
 # --- command line --------------------------------------------------------------------------
@@ -385,10 +964,23 @@ def _header(raw: str) -> tuple[str, str]:
 
 
 def parse_options(argv: list[str] | None = None) -> Options:
-    parser = argparse.ArgumentParser(description="A small MCP Streamable HTTP test server.")
+    parser = argparse.ArgumentParser(description="A small MCP test server.")
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--page-size", type=int, default=2, help="tools per tools/list page")
+    parser.add_argument("--page-size", type=int, default=2, help="items per list page")
     parser.add_argument("--sse", action="store_true", help="answer POSTs as SSE streams")
+    parser.add_argument(
+        "--legacy-sse",
+        action="store_true",
+        help="speak the 2024-11-05 HTTP+SSE transport (GET /sse, POST /messages)",
+    )
+    parser.add_argument(
+        "--no-listen", action="store_true", help="answer 405 to GET /mcp (no server stream)"
+    )
+    parser.add_argument(
+        "--tools-only",
+        action="store_true",
+        help="offer only tools: no resources, prompts, completion or logging",
+    )
     parser.add_argument(
         "--require-header",
         type=_header,
@@ -410,6 +1002,9 @@ def parse_options(argv: list[str] | None = None) -> Options:
         port=args.port,
         page_size=max(1, args.page_size),
         sse=args.sse,
+        legacy_sse=args.legacy_sse,
+        listen=not args.no_listen,
+        tools_only=args.tools_only,
         require_headers=dict(args.require_header),
         session_ttl=args.session_ttl,
         extra_tools=args.tools,

@@ -15,7 +15,9 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+import aiohttp
 
 HERE = Path(__file__).resolve().parent
 OWN_SERVER = HERE / "mcp_server.py"
@@ -37,8 +39,28 @@ class RunningUpstream:
 
     @property
     def url(self) -> str:
-        """The MCP endpoint."""
+        """The MCP endpoint (Streamable HTTP)."""
         return f"{self.base_url}/mcp"
+
+    @property
+    def sse_url(self) -> str:
+        """The event stream of a server started with `--legacy-sse` (HTTP+SSE, 2024-11-05)."""
+        return f"{self.base_url}/sse"
+
+    async def admin(self, method: str, path: str) -> dict[str, Any]:
+        """Call one of our server's admin endpoints, e.g. `("POST", "/admin/drop-streams")`,
+        and return its JSON body."""
+        async with (
+            aiohttp.ClientSession() as http,
+            http.request(method, f"{self.base_url}{path}") as resp,
+        ):
+            resp.raise_for_status()
+            body: dict[str, Any] = await resp.json()
+            return body
+
+    async def stats(self) -> dict[str, Any]:
+        """Our server's counters (`GET /admin/stats`)."""
+        return await self.admin("GET", "/admin/stats")
 
     def read_output(self) -> str:
         self.output.flush()
@@ -122,10 +144,11 @@ def stop_upstream(upstream: RunningUpstream, timeout: float = 5.0) -> None:
 
 
 def start_own(*args: str, timeout: float = 20.0) -> RunningUpstream:
-    """Our aiohttp MCP server; `args` are its options, e.g. `"--sse"`, `"--tools", "25"`."""
+    """Our aiohttp MCP server; `args` are its options, e.g. `"--sse"`, `"--tools", "25"`,
+    `"--legacy-sse"`."""
     return start_upstream(OWN_SERVER, *args, timeout=timeout)
 
 
 def start_sdk(*args: str, timeout: float = 30.0) -> RunningUpstream:
-    """The server built with the official `mcp` SDK."""
+    """The server built with the official `mcp` SDK; `"--legacy-sse"` for HTTP+SSE."""
     return start_upstream(SDK_SERVER, *args, timeout=timeout)
