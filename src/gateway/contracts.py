@@ -154,6 +154,10 @@ class FullBackend(Backend, Protocol):
     capabilities: JSON
     """The upstream's server capabilities from `initialize` (empty before the first use)."""
 
+    async def connect(self) -> None:
+        """Open the upstream session if there is none yet, so `capabilities` are known."""
+        ...
+
     async def list_resources(self) -> list[ResourceDef]:
         """Every resource, following pagination; empty if the upstream has none."""
         ...

@@ -27,6 +27,9 @@ __all__ = ["CATALOGUE_CHANNEL", "Catalogue", "Registry", "Tool"]
 log = structlog.get_logger(__name__)
 
 CATALOGUE_CHANNEL = "catalogue"
+VERSION_KEY = "catalogue-version"
+"""The newest catalogue version any worker wrote; lists check it so a client that was just
+told `list_changed` never reads an older list from a worker that has not heard yet."""
 
 
 def _config(upstream: UpstreamRecord) -> UpstreamConfig:
@@ -76,10 +79,22 @@ class Registry:
     async def changed(self) -> None:
         """Call after a write: reload here now, and tell every other worker."""
         await self.reload()
+        version = str(self.catalogue.version).encode()
         try:
-            await self.cache.publish(CATALOGUE_CHANNEL, str(self.catalogue.version).encode())
+            await self.cache.set(VERSION_KEY, version)
+            await self.cache.publish(CATALOGUE_CHANNEL, version)
         except Exception as exc:  # the poller still brings other workers up to date
             log.warning("catalogue change not published; workers will poll", error=str(exc))
+
+    async def ensure_current(self) -> None:
+        """Reload first if another worker has published a newer catalogue."""
+        try:
+            async with asyncio.timeout(self.settings.cache_timeout):
+                raw = await self.cache.get(VERSION_KEY)
+        except Exception:
+            return  # the cache is down: serve what we have
+        if raw is not None and int(raw) > self.catalogue.version:
+            await self.reload()
 
     async def reload(self, force: bool = False) -> None:
         async with self._lock:

@@ -429,6 +429,9 @@ class McpClient(ABC):
 
     # --- the Backend and FullBackend protocols ---
 
+    async def connect(self) -> None:
+        await self._within("initialize", self.discovery_timeout, self._connect())
+
     # The `timeout` parameters are the Backend contract; asyncio.timeout applies them inside.
     async def call_tool(self, name: str, arguments: JSON, timeout: float) -> JSON:
         return await self._request(

@@ -71,6 +71,9 @@ class RichBackend:
         self.slow_started = asyncio.Event()
         self.listener: Notify | None = None
 
+    async def connect(self) -> None:
+        return None
+
     async def start(self) -> None:
         return None
 

@@ -71,9 +71,13 @@ class Hub:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        await self.close_streams()
+
+    async def close_streams(self) -> None:
+        """End every open client stream, so shutdown need not wait for clients to leave."""
         for streams in list(self.streams.values()):
             for stream in list(streams):
-                await stream.close()
+                await _quietly(stream.close())
 
     # --- streams -------------------------------------------------------------------------
 

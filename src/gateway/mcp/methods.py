@@ -96,6 +96,14 @@ def page(items: list[JSON], key: str, params: JSON, version: int) -> JSON:
     return result
 
 
+async def upstream_capabilities(backend: FullBackend) -> JSON:
+    try:
+        await backend.connect()
+    except BackendError:
+        return {}
+    return backend.capabilities
+
+
 class Methods:
     def __init__(
         self,
@@ -169,7 +177,14 @@ class Methods:
 
     # --- tools -----------------------------------------------------------------------------
 
+    async def _refresh_view(self, ctx: Context) -> None:
+        """Lists are answered from the newest catalogue any worker has published."""
+        await self.registry.ensure_current()
+        server = ctx.view.server.id if ctx.view.server else None
+        ctx.view = self.registry.catalogue.view(server) or ctx.view
+
     async def tools_list(self, params: JSON, ctx: Context) -> JSON:
+        await self._refresh_view(ctx)
         return page(ctx.view.tool_list, "tools", params, self.registry.catalogue.version)
 
     async def tools_call(self, params: JSON, ctx: Context) -> JSON:
@@ -294,9 +309,11 @@ class Methods:
     # --- resources ---------------------------------------------------------------------------
 
     async def resources_list(self, params: JSON, ctx: Context) -> JSON:
+        await self._refresh_view(ctx)
         return page(ctx.view.resource_list, "resources", params, self.registry.catalogue.version)
 
     async def templates_list(self, params: JSON, ctx: Context) -> JSON:
+        await self._refresh_view(ctx)
         return page(
             ctx.view.template_list, "resourceTemplates", params, self.registry.catalogue.version
         )
@@ -332,7 +349,7 @@ class Methods:
             ctx.session = session = await self.sessions.update(
                 session, subscriptions=(*session.subscriptions, uri)
             )
-        if backend.capabilities.get("resources", {}).get("subscribe"):
+        if (await upstream_capabilities(backend)).get("resources", {}).get("subscribe"):
             await self._pass(backend, "resources/subscribe", {"uri": uri}, ctx, params)
         return {}
 
@@ -357,6 +374,7 @@ class Methods:
     # --- prompts -------------------------------------------------------------------------------
 
     async def prompts_list(self, params: JSON, ctx: Context) -> JSON:
+        await self._refresh_view(ctx)
         return page(ctx.view.prompt_list, "prompts", params, self.registry.catalogue.version)
 
     async def prompts_get(self, params: JSON, ctx: Context) -> JSON:
@@ -394,7 +412,7 @@ class Methods:
             backend = self._full_backend(owner)
         else:
             raise invalid("'ref.type' must be ref/prompt or ref/resource")
-        if "completions" not in backend.capabilities:
+        if "completions" not in await upstream_capabilities(backend):
             return {"completion": {"values": [], "hasMore": False}}
         return await self._pass(backend, "completion/complete", forwarded, ctx, params)
 

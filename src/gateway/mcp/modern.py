@@ -25,7 +25,7 @@ from gateway.limits import RateLimited
 from gateway.mcp import sse, versions
 from gateway.mcp.common import Endpoint, rpc_error
 from gateway.mcp.hub import HUB
-from gateway.mcp.methods import SERVER_INFO, Context
+from gateway.mcp.methods import SERVER_INFO, Context, upstream_capabilities
 from gateway.mcp.streams import ListenStream
 from gateway.rpc import BodyTooLarge, read_body
 
@@ -290,8 +290,8 @@ async def listen(
     for uri in flags.get("resourceSubscriptions", ()):
         owner = ep.view.resource_owner(uri)
         backend = ep.methods.registry.backends.get(owner) if owner else None
-        if isinstance(backend, FullBackend) and backend.capabilities.get("resources", {}).get(
-            "subscribe"
+        if isinstance(backend, FullBackend) and (
+            (await upstream_capabilities(backend)).get("resources", {}).get("subscribe")
         ):
             try:
                 await backend.request(

@@ -380,7 +380,11 @@ def install(app: web.Application) -> None:
         await notifier.close()
         await hub.close()
 
+    async def end_streams(app: web.Application) -> None:
+        await app[HUB].close_streams()
+
     app.cleanup_ctx.append(hub_ctx)
+    app.on_shutdown.append(end_streams)
     for prefix in ("", "/servers/{server}"):
         app.router.add_post(f"{prefix}/mcp", post)
         app.router.add_get(f"{prefix}/mcp", get)
