@@ -65,6 +65,10 @@ accesslog = "-" if _settings.gunicorn_access_log else None
 # aiohttp's own format directives (gunicorn's %(h)s style is rejected by the aiohttp worker).
 access_log_format = '%a "%r" %s %b %Tf "%{User-Agent}i"'
 
+# gunicorn's control socket has one fixed path per user: several instances on one host
+# would overwrite each other's, so it stays off.
+control_socket_disable = True
+
 # One structured output for gunicorn, aiohttp and the gateway.
 logconfig_dict = logging_dict(_settings)
 loglevel = _settings.log_level

@@ -189,6 +189,10 @@ def _exit_on_startup_error(ctx: Ctx) -> Ctx:
             await steps.__anext__()
         except (StartupError, SettingsError) as exc:
             log.error(str(exc))
+            # Close what earlier steps opened (the store's threads would keep the worker
+            # alive), then exit with gunicorn's boot-error status so the master stops.
+            with contextlib.suppress(Exception):
+                await app.cleanup()
             raise SystemExit(3) from None
         yield
         with contextlib.suppress(StopAsyncIteration):

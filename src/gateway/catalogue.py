@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from gateway.schemas import Check, compile_schema
+from gateway.schemas import Check, lazy_schema
 from gateway.store import (
     CatalogueData,
     PromptRecord,
@@ -222,7 +222,7 @@ class Catalogue:
         tools: dict[str, Tool] = {}
         for record in data.tools:
             key = (record.name, orjson.dumps(record.input_schema, option=orjson.OPT_SORT_KEYS))
-            check = checks.get(key) or compile_schema(record.name, record.input_schema)
+            check = checks.get(key) or lazy_schema(record.name, record.input_schema)
             fresh[key] = check
             tools[record.name] = Tool(record=record, check=check, listing=tool_listing(record))
         checks.clear()

@@ -50,6 +50,9 @@ class Registry:
         self.cache = cache
         self.catalogue = Catalogue.empty()
         self.backends: dict[str, Backend] = {}
+        self.full_backends: dict[str, FullBackend] = {}
+        """The backends that speak the whole protocol (checked once: a runtime Protocol
+        check is too slow for every call)."""
         self._configs: dict[str, UpstreamConfig] = {}
         self._checks: dict[tuple[str, bytes], Check] = {}
         self._lock = asyncio.Lock()
@@ -120,6 +123,7 @@ class Registry:
         retired = [name for name, config in self._configs.items() if wanted.get(name) != config]
         for name in retired:
             backend = self.backends.pop(name, None)
+            self.full_backends.pop(name, None)
             self._configs.pop(name, None)
             if backend is not None:
                 # Let calls already in flight on the old backend finish.
@@ -139,6 +143,7 @@ class Registry:
             await backend.start()
             if isinstance(backend, FullBackend):
                 backend.set_listener(functools.partial(self._upstream_note, name))
+                self.full_backends[name] = backend
             self.backends[name] = backend
             self._configs[name] = config
 

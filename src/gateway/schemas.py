@@ -58,3 +58,16 @@ def compile_schema(tool: str, schema: dict[str, Any]) -> Check:
         return _describe(error) if error is not None else "arguments are invalid"
 
     return check
+
+
+def lazy_schema(tool: str, schema: dict[str, Any]) -> Check:
+    """A check compiled on the tool's first call, not when the catalogue loads: a catalogue
+    change must reach every worker fast, and most tools of a big upstream are rarely called."""
+    compiled: list[Check] = []
+
+    def check(arguments: Any) -> str | None:
+        if not compiled:
+            compiled.append(compile_schema(tool, schema))
+        return compiled[0](arguments)
+
+    return check

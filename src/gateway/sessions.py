@@ -10,6 +10,7 @@ pub/sub channel `session:<id>`.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -17,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from gateway.cacheuse import CacheUse
+from gateway.cacheuse import CacheUnavailable, CacheUse
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,12 +64,13 @@ class SessionStore:
     """
 
     LOCAL_TTL = 2.0
-    LOCAL_MAX = 50_000
+    LOCAL_MAX = 20_000
 
     def __init__(self, use: CacheUse, ttl: float) -> None:
         self.use = use
         self.ttl = ttl
         self._local: dict[str, tuple[float, SessionRecord]] = {}
+        self._loading: dict[str, asyncio.Future[SessionRecord | None]] = {}
 
     @staticmethod
     def key(session_id: str) -> str:
@@ -83,16 +85,32 @@ class SessionStore:
     async def get(self, session_id: str) -> SessionRecord | None:
         now = time.monotonic()
         held = self._local.get(session_id)
-        if held is not None and held[0] > now:
-            if time.time() - held[1].last_seen <= self.ttl:
-                return held[1]
+        if held is not None and time.time() - held[1].last_seen > self.ttl:
             self._local.pop(session_id, None)
+            held = None
+        if held is not None and held[0] > now:
+            return held[1]
+        # One cache read per session at a time: when a busy session's copy expires, the
+        # requests in flight share one read instead of stampeding the cache.
+        loading = self._loading.get(session_id)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load(session_id))
+            self._loading[session_id] = loading
+            loading.add_done_callback(lambda _: self._loading.pop(session_id, None))
+        try:
+            return await asyncio.shield(loading)
+        except CacheUnavailable:
+            if held is not None:
+                return held[1]  # a slow or absent cache does not end a live session
+            raise
+
+    async def _load(self, session_id: str) -> SessionRecord | None:
         raw = await self.use.run(self.use.cache.get(self.key(session_id)))
         if raw is None:
             self._local.pop(session_id, None)
             return None
         record = SessionRecord.from_bytes(raw)
-        self._remember(record, now)
+        self._remember(record, time.monotonic())
         return record
 
     def _remember(self, record: SessionRecord, now: float) -> None:

@@ -85,7 +85,7 @@ class Settings:
     cache_type: str = "database"
     cache_prefix: str = "mcpgw"
     redis_url: str = "redis://127.0.0.1:6379/0"
-    memory_cache_max_items: int = 10_000
+    memory_cache_max_items: int = 100_000
     auth_required: bool = True
     auth_type: str = "jwt"
     jwt_secret_key: str = ""

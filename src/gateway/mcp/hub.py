@@ -139,6 +139,7 @@ class Hub:
     async def catalogue_changed(self, old: Catalogue, new: Catalogue) -> None:
         """Tell each local stream what changed in the view it serves."""
         changes: dict[str | None, list[str]] = {}
+        sent = 0
         for streams in list(self.streams.values()):
             for stream in list(streams):
                 if stream.server not in changes:
@@ -147,6 +148,9 @@ class Hub:
                     )
                 for kind in changes[stream.server]:
                     await _quietly(stream.list_changed(kind))
+                sent += 1
+                if sent % 100 == 0:
+                    await asyncio.sleep(0)  # thousands of streams must not freeze the worker
 
     async def on_event(self, event: JSON) -> None:
         kind = event.get("kind")

@@ -21,7 +21,7 @@ import structlog
 
 from gateway import __version__, jsonrpc
 from gateway.catalogue import Tool, View
-from gateway.contracts import Backend, BackendError, FullBackend, Principal, UpstreamError
+from gateway.contracts import BackendError, FullBackend, Principal, UpstreamError
 from gateway.jsonrpc import RPCError
 from gateway.limits import RateLimiter
 from gateway.mcp import versions
@@ -241,9 +241,13 @@ class Methods:
         outcome = "ok"
         try:
             async with asyncio.timeout(timeout):
-                if ctx.session is None and ctx.emit is None:
+                full = self.registry.full_backends.get(upstream)
+                if ctx.emit is None or full is None:
+                    # Nothing to relay: the plain call (backends cancel upstream themselves
+                    # when the caller goes away).
                     return await backend.call_tool(tool.record.original_name, arguments, timeout)
-                return await self._rich_call(backend, tool, arguments, ctx, meta, timeout)
+                params: JSON = {"name": tool.record.original_name, "arguments": arguments}
+                return await self.forward(full, "tools/call", params, ctx, meta, timeout)
         except BackendError as exc:
             outcome = "error"
             log.warning(
@@ -256,21 +260,6 @@ class Methods:
             return error_result(f"upstream '{upstream}' did not answer within {timeout:g}s")
         finally:
             TOOL_CALLS.labels(upstream, outcome).observe(time.perf_counter() - started)
-
-    async def _rich_call(
-        self,
-        backend: Backend,
-        tool: Tool,
-        arguments: JSON,
-        ctx: Context,
-        meta: JSON | None,
-        timeout: float,
-    ) -> JSON:
-        """A call that relays progress and logs and can be cancelled upstream."""
-        if not isinstance(backend, FullBackend):
-            return await backend.call_tool(tool.record.original_name, arguments, timeout)
-        params: JSON = {"name": tool.record.original_name, "arguments": arguments}
-        return await self.forward(backend, "tools/call", params, ctx, meta, timeout)
 
     async def forward(
         self,
@@ -319,8 +308,8 @@ class Methods:
         )
 
     def _full_backend(self, upstream: str) -> FullBackend:
-        backend = self.registry.backends.get(upstream)
-        if not isinstance(backend, FullBackend):
+        backend = self.registry.full_backends.get(upstream)
+        if backend is None:
             raise RPCError(
                 jsonrpc.INTERNAL_ERROR, f"upstream '{upstream}' cannot serve this request"
             )

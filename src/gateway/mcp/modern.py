@@ -19,7 +19,6 @@ import structlog
 from aiohttp import web
 
 from gateway import jsonrpc
-from gateway.contracts import FullBackend
 from gateway.jsonrpc import RPCError
 from gateway.limits import RateLimited
 from gateway.mcp import sse, versions
@@ -289,8 +288,8 @@ async def listen(
     flags = ListenStream.honoured(requested if isinstance(requested, dict) else {})
     for uri in flags.get("resourceSubscriptions", ()):
         owner = ep.view.resource_owner(uri)
-        backend = ep.methods.registry.backends.get(owner) if owner else None
-        if isinstance(backend, FullBackend) and (
+        backend = ep.methods.registry.full_backends.get(owner) if owner else None
+        if backend is not None and (
             (await upstream_capabilities(backend)).get("resources", {}).get("subscribe")
         ):
             try:

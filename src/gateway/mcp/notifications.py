@@ -30,12 +30,16 @@ class Notifier:
         self.upstreams = upstreams
         self._refreshing: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
+        self._fanouts: set[asyncio.Task[None]] = set()
         registry.listeners.append(self.catalogue_changed)
         registry.upstream_listener = self.upstream_said
 
     async def catalogue_changed(self, old: Catalogue, new: Catalogue) -> None:
         if old.version >= 0:
-            await self.hub.catalogue_changed(old, new)
+            # In the background: the write that caused it should not wait for every stream.
+            task = asyncio.create_task(self.hub.catalogue_changed(old, new))
+            self._fanouts.add(task)
+            task.add_done_callback(self._fanouts.discard)
 
     async def upstream_said(self, upstream: str, method: str, params: JSON) -> None:
         if method.endswith("/list_changed"):

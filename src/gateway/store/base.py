@@ -494,8 +494,10 @@ class SQLStore(ABC):
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
         async with self._write_connection() as conn:
-            await conn.execute(self.begin_write)
+            # BEGIN inside the try: a caller's timeout may cancel us after the driver ran it,
+            # and the (shielded, queued-after) ROLLBACK must then still close it.
             try:
+                await conn.execute(self.begin_write)
                 yield conn
                 await conn.execute("COMMIT")
             except BaseException:
@@ -506,8 +508,8 @@ class SQLStore(ABC):
     async def snapshot(self) -> AsyncIterator[Connection]:
         """Several reads that see one committed state of the database."""
         async with self.connection() as conn:
-            await conn.execute(self.begin_snapshot)
             try:
+                await conn.execute(self.begin_snapshot)
                 yield conn
             finally:
                 await self._rollback(conn)

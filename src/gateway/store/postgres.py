@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -135,6 +136,8 @@ class PostgresStore(SQLStore):
             "enable_json": False,
             "enable_hstore": False,
             "enable_uuid": False,
+            # Operators can tell the gateway's connections apart in pg_stat_activity.
+            "application_name": f"aio-mcp-gateway:{os.getpid()}",
         }
 
     async def _close(self) -> None:
