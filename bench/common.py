@@ -1,0 +1,538 @@
+"""What the benchmark scripts share: starting the test upstream and the gateway, plain HTTP
+on fresh connections, MCP sessions, running `hey` and printing its figures.
+
+Every server runs on loopback and is stopped again on the way out, even on Ctrl-C. Nothing
+here measures anything by itself; each `bench_*.py` script decides what to compare.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from email.message import Message
+from pathlib import Path
+from typing import Any, NoReturn
+
+import orjson
+
+REPO = Path(__file__).resolve().parent.parent
+# The upstream helpers live with the tests; they are plain functions, made to be shared.
+sys.path.insert(0, str(REPO))
+
+from tests.upstreams.processes import (  # noqa: E402
+    RunningUpstream,
+    UpstreamStartError,
+    free_port,
+    start_own,
+    stop_upstream,
+)
+
+from gateway.settings import ENVIRONMENT_VARIABLES  # noqa: E402
+from gateway_plugins.auth_jwt import create_token  # noqa: E402
+
+HOST = "127.0.0.1"
+UPSTREAM_NAME = "bench"
+TOOL = "echo"
+GATEWAY_TOOL = f"{UPSTREAM_NAME}__{TOOL}"
+PROTOCOL_VERSION = "2025-06-18"
+MCP_ACCEPT = "application/json, text/event-stream"
+POLL_INTERVAL = 1.0
+"""CATALOGUE_POLL_INTERVAL given to the gateway: the longest a worker may lag a change."""
+GRACEFUL_TIMEOUT = 5
+TOKEN_MINUTES = 240
+
+# urllib honours *_proxy variables; loopback traffic must never leave through a proxy.
+_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class BenchError(Exception):
+    """The benchmark cannot go on; the message says why in a line or a few."""
+
+
+# --- HTTP helpers --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    headers: Message
+    body: bytes
+
+    def json(self) -> Any:
+        try:
+            return orjson.loads(self.body)
+        except orjson.JSONDecodeError:
+            return None
+
+
+def http(
+    method: str, url: str, body: Any = None, headers: Mapping[str, str] | None = None
+) -> Reply:
+    """One request on a fresh connection (urllib never reuses one), so that gunicorn may
+    hand each of them to any worker."""
+    data = None if body is None else orjson.dumps(body)
+    request = urllib.request.Request(url, data=data, method=method, headers=dict(headers or {}))
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with _HTTP.open(request, timeout=10) as response:
+            return Reply(response.status, response.headers, response.read())
+    except urllib.error.HTTPError as exc:
+        return Reply(exc.code, exc.headers, exc.read())
+    except OSError as exc:
+        raise BenchError(f"{method} {url} failed: {exc}") from None
+
+
+def status_of(url: str) -> int | None:
+    """The status of GET `url`, or None while nothing listens there."""
+    try:
+        return http("GET", url).status
+    except BenchError:
+        return None
+
+
+def tools_call(name: str, text: str, request_id: int = 1) -> dict[str, Any]:
+    return {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "method": "tools/call",
+        "params": {"name": name, "arguments": {"text": text}},
+    }
+
+
+def echo_problem(message: Any, text: str) -> str | None:
+    """None when the JSON-RPC `message` is a successful echo of `text`, else what is wrong."""
+    result = message.get("result") if isinstance(message, dict) else None
+    if not isinstance(result, dict):
+        return f"no result in {str(message)[:300]}"
+    if result.get("isError") or result.get("content") != [{"type": "text", "text": text}]:
+        return f"not an echo of {text!r}: {str(message)[:300]}"
+    return None
+
+
+def echoed(reply: Reply, text: str) -> str | None:
+    """None when `reply` is a successful echo of `text`, else what is wrong with it."""
+    if reply.status != 200:
+        return f"HTTP {reply.status}: {reply.body[:300]!r}"
+    return echo_problem(reply.json(), text)
+
+
+# --- MCP sessions --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class McpSession:
+    """An initialised Streamable HTTP session: the headers every later request carries."""
+
+    session_id: str
+    protocol_version: str
+    auth: Mapping[str, str] = field(default_factory=dict)
+    """Headers the endpoint wants besides MCP's own, such as the gateway's bearer token."""
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {
+            **self.auth,
+            "Accept": MCP_ACCEPT,
+            "Mcp-Session-Id": self.session_id,
+            "MCP-Protocol-Version": self.protocol_version,
+        }
+
+
+def initialize_message(client: str, request_id: int = 0) -> dict[str, Any]:
+    return {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": PROTOCOL_VERSION,
+            "capabilities": {},
+            "clientInfo": {"name": client, "version": "1"},
+        },
+    }
+
+
+INITIALIZED = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+
+
+def open_session(
+    url: str, auth: Mapping[str, str] | None = None, client: str = "bench"
+) -> McpSession:
+    """initialize, then notifications/initialized, as any MCP client must."""
+    auth = dict(auth or {})
+    reply = http("POST", url, initialize_message(client), {**auth, "Accept": MCP_ACCEPT})
+    session_id = reply.headers.get("Mcp-Session-Id") if reply.status == 200 else None
+    message = reply.json()
+    result = message.get("result") if isinstance(message, dict) else None
+    if not session_id or not isinstance(result, dict):
+        raise BenchError(f"initialize at {url} failed: HTTP {reply.status} {reply.body[:300]!r}")
+    session = McpSession(session_id, str(result.get("protocolVersion")), auth)
+    reply = http("POST", url, INITIALIZED, session.headers)
+    if reply.status != 202:
+        raise BenchError(f"{url} refused notifications/initialized: HTTP {reply.status}")
+    return session
+
+
+def upstream_calls(upstream: RunningUpstream) -> int:
+    """How many tools/call the upstream has answered: proof that a run's requests got there."""
+    stats = http("GET", f"{upstream.base_url}/admin/stats").json()
+    return int(stats["tools_call"])
+
+
+# --- the gateway ---------------------------------------------------------------------------
+
+
+@dataclass
+class Gateway:
+    """The gateway under gunicorn, configured only by its environment, as operators run it."""
+
+    workdir: Path
+    workers: int
+    cache: str = "database"
+    settings: Mapping[str, str] = field(default_factory=dict)
+    """Further gateway variables, applied last (REDIS_URL, MEMORY_CACHE_MAX_ITEMS, ...)."""
+    port: int = field(default_factory=free_port)
+    secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "gunicorn.log"
+
+    def environment(self) -> dict[str, str]:
+        # Variables of the caller's shell (or of a .env) must not change what is measured,
+        # so every gateway variable (and the shared-metrics directory, which moves every
+        # worker's counters into files) is dropped and the ones that matter are set here.
+        dropped = {*ENVIRONMENT_VARIABLES, "PROMETHEUS_MULTIPROC_DIR"}
+        inherited = {k: v for k, v in os.environ.items() if k not in dropped}
+        return {
+            **inherited,
+            "HOST": HOST,
+            "PORT": str(self.port),
+            "GUNICORN_WORKERS": str(self.workers),
+            "DATABASE_URL": f"sqlite:///{self.workdir / 'gateway.db'}",
+            "CACHE_TYPE": self.cache,
+            "AUTH_REQUIRED": "true",
+            "AUTH_TYPE": "jwt",
+            "JWT_SECRET_KEY": self.secret,
+            "AUTH_ENCRYPTION_SECRET": secrets.token_urlsafe(32),
+            "CATALOGUE_POLL_INTERVAL": str(POLL_INTERVAL),
+            "LOG_LEVEL": "warning",
+            "LOG_FORMAT": "json",
+            "GUNICORN_ACCESS_LOG": "false",
+            # A worker recycled mid-run would measure a restart, not the gateway.
+            "GUNICORN_MAX_REQUESTS": "0",
+            "GUNICORN_GRACEFUL_TIMEOUT": str(GRACEFUL_TIMEOUT),
+            **self.settings,
+        }
+
+    def start(self, timeout: float = 30.0) -> None:
+        with self.log_path.open("ab") as log:
+            # The working directory is the temporary one, so no .env of the checkout is read.
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "gunicorn", "-c", str(REPO / "gunicorn.conf.py")],
+                cwd=self.workdir,
+                env=self.environment(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        wait_until(
+            lambda: self._exited() or status_of(f"{self.url}/health") == 200,
+            timeout,
+            "the gateway to answer /health",
+        )
+        if self.process.poll() is not None:
+            # running_gateway shows the log's tail.
+            raise BenchError(f"gunicorn exited with status {self.process.returncode}")
+
+    def _exited(self) -> bool:
+        return self.process is not None and self.process.poll() is not None
+
+    def token(self, subject: str, *scopes: str) -> str:
+        return str(create_token(self.secret, subject, scopes, expires_minutes=TOKEN_MINUTES))
+
+    def bearer(self, subject: str, *scopes: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(subject, *scopes)}"}
+
+    def worker_pids(self) -> list[int]:
+        """The workers' pids, for a profiler; empty where /proc does not list children."""
+        if self.process is None:
+            return []
+        pid = self.process.pid
+        try:
+            return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        except OSError:
+            return []
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-4000:]
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        workers = self.worker_pids()
+        process.terminate()
+        try:
+            process.wait(GRACEFUL_TIMEOUT + 5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            # A killed master cannot stop its workers; these pids are children of ours.
+            for pid in workers:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+def register(gateway: Gateway, upstream: RunningUpstream) -> None:
+    body = {"name": UPSTREAM_NAME, "url": upstream.url, "transport": "streamable-http"}
+    reply = http("POST", f"{gateway.url}/upstreams", body, gateway.bearer("bench-admin", "admin"))
+    if reply.status != 201:
+        raise BenchError(f"registering the upstream failed: HTTP {reply.status} {reply.body!r}")
+
+
+def wait_until_callable(gateway: Gateway, headers: Mapping[str, str], timeout: float) -> None:
+    """Return once every worker serves the tool.
+
+    The worker that registered it serves it at once; the others pick the change up within
+    CATALOGUE_POLL_INTERVAL. Calls on fresh connections, past that interval, all succeeding
+    is as close as one gets to asking each worker.
+    """
+    url = f"{gateway.url}/rpc"
+
+    def callable_now() -> bool:
+        return (
+            echoed(http("POST", url, tools_call(GATEWAY_TOOL, "ready?"), headers), "ready?") is None
+        )
+
+    wait_until(callable_now, timeout, f"{GATEWAY_TOOL} to be callable through the gateway")
+    time.sleep(POLL_INTERVAL * 1.5)
+    for _ in range(8 * gateway.workers):
+        if not callable_now():
+            raise BenchError(f"{GATEWAY_TOOL} is not callable on every gateway worker")
+
+
+# --- hey -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    url: str
+    headers: dict[str, str]
+    payload: Path
+
+
+@dataclass(frozen=True)
+class HeyResult:
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+    statuses: dict[int, int]
+    errors: int
+    """Requests that got no HTTP answer at all (refused, reset, timed out)."""
+
+    @property
+    def non_200(self) -> int:
+        return self.errors + sum(n for status, n in self.statuses.items() if status != 200)
+
+
+_RPS = re.compile(r"Requests/sec:\s+([0-9.]+)")
+_STATUS = re.compile(r"\[(\d+)\]\s+(\d+) responses")
+_ERROR = re.compile(r"^\s*\[(\d+)\]\s", re.MULTILINE)
+
+
+def _percentile_ms(output: str, percent: int) -> float:
+    match = re.search(rf"^\s*{percent}%+ in ([0-9.]+) secs", output, re.MULTILINE)
+    # hey leaves the line out when no request succeeded.
+    return float(match.group(1)) * 1000 if match else float("nan")
+
+
+def parse_hey(output: str) -> HeyResult:
+    rps = _RPS.search(output)
+    if rps is None:
+        raise BenchError(f"hey printed no Requests/sec:\n{output[-2000:]}")
+    summary, _, errors = output.partition("Error distribution:")
+    return HeyResult(
+        requests_per_second=float(rps.group(1)),
+        p50_ms=_percentile_ms(summary, 50),
+        p99_ms=_percentile_ms(summary, 99),
+        statuses={int(code): int(n) for code, n in _STATUS.findall(summary)},
+        errors=sum(int(n) for n in _ERROR.findall(errors)),
+    )
+
+
+def hey(target: Target, requests: int, concurrency: int) -> HeyResult:
+    command = ["hey", "-n", str(requests), "-c", str(concurrency), "-m", "POST"]
+    command += ["-T", "application/json", "-D", str(target.payload)]
+    for name, value in target.headers.items():
+        command += ["-H", f"{name}: {value}"]
+    completed = subprocess.run([*command, target.url], capture_output=True, text=True, check=False)
+    if completed.returncode != 0:
+        raise BenchError(f"hey failed ({completed.returncode}): {completed.stderr.strip()}")
+    return parse_hey(completed.stdout)
+
+
+def check_echo(target: Target, tool: str) -> None:
+    """One echo before measuring: a fast wrong answer is not a result."""
+    text = f"sample-{secrets.token_hex(4)}"
+    problem = echoed(http("POST", target.url, tools_call(tool, text), target.headers), text)
+    if problem is not None:
+        raise BenchError(f"{target.name} sample call failed: {problem}")
+
+
+# --- the report ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Run:
+    target: str
+    label: str
+    result: HeyResult
+    upstream_calls: int
+
+
+_ROW = "{:<8} {:>6} {:>11} {:>8} {:>8} {:>8}"
+
+
+def row(target: str, label: str, rps: float, p50: float, p99: float, non_200: int | str) -> str:
+    return _ROW.format(target, label, f"{rps:.1f}", f"{p50:.2f}", f"{p99:.2f}", non_200)
+
+
+def print_runs(runs: list[Run], targets: tuple[str, ...]) -> dict[str, float]:
+    """Print one row per run and the median per target; return the median requests/s."""
+    print(_ROW.format("target", "round", "requests/s", "p50 ms", "p99 ms", "non-200"))
+    for run in runs:
+        r = run.result
+        print(row(run.target, run.label, r.requests_per_second, r.p50_ms, r.p99_ms, r.non_200))
+    medians: dict[str, float] = {}
+    for target in targets:
+        mine = [run.result for run in runs if run.target == target]
+        medians[target] = statistics.median(r.requests_per_second for r in mine)
+        print(
+            row(
+                target,
+                "median",
+                medians[target],
+                statistics.median(r.p50_ms for r in mine),
+                statistics.median(r.p99_ms for r in mine),
+                sum(r.non_200 for r in mine),
+            )
+        )
+    return medians
+
+
+def _breakdown(result: HeyResult) -> str:
+    """What the non-200 answers were, e.g. " (HTTP 503: 40, no answer: 2)"."""
+    parts = [
+        f"HTTP {status}: {n}" for status, n in sorted(result.statuses.items()) if status != 200
+    ]
+    if result.errors:
+        parts.append(f"no answer: {result.errors}")
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def print_completeness(runs: list[Run], requests: int) -> bool:
+    """Warn about every run that fell short; True when each request answered 200 and each
+    one reached the upstream."""
+    short = [run for run in runs if run.upstream_calls != requests or run.result.non_200]
+    for run in short:
+        print(
+            f"WARNING: {run.target} round {run.label}: {run.result.non_200} non-200"
+            f"{_breakdown(run.result)}, upstream answered {run.upstream_calls} of {requests} "
+            "tools/call"
+        )
+    if not short:
+        print(f"every run: {requests} x HTTP 200, and the upstream answered {requests} tools/call")
+    return not short
+
+
+# --- orchestration -------------------------------------------------------------------------
+
+
+def wait_until(ready: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready():
+            return
+        time.sleep(0.1)
+    raise BenchError(f"timed out after {timeout:g}s waiting for {what}")
+
+
+@contextmanager
+def running_upstream() -> Iterator[RunningUpstream]:
+    try:
+        upstream = start_own()
+    except UpstreamStartError as exc:
+        raise BenchError(str(exc)) from None
+    try:
+        yield upstream
+    finally:
+        stop_upstream(upstream)
+
+
+@contextmanager
+def running_gateway(
+    workdir: Path, workers: int, cache: str = "database", settings: Mapping[str, str] | None = None
+) -> Iterator[Gateway]:
+    gateway = Gateway(workdir, workers, cache, dict(settings or {}))
+    try:
+        gateway.start()
+        yield gateway
+    except BenchError:
+        if log := gateway.log():
+            print(f"gateway log (tail):\n{log}", file=sys.stderr)
+        raise
+    finally:
+        gateway.stop()
+
+
+def _interrupted(signum: int, frame: object) -> NoReturn:
+    # SIGTERM unwinds like Ctrl-C, so the finally blocks still stop the servers. SIGINT gets
+    # the same handler because a shell starts background jobs with SIGINT ignored, and a
+    # benchmark that cannot be interrupted would keep its servers running.
+    raise KeyboardInterrupt
+
+
+def run_benchmark(prog: str, body: Callable[[Path], bool], needs_hey: bool = True) -> int:
+    """Run `body` in a temporary directory removed afterwards; return the exit status:
+    0 when it reports success, 1 when a run fell short, 2 when the set-up failed, 130 when
+    interrupted."""
+    if needs_hey and shutil.which("hey") is None:
+        print(f"{prog}: hey is not on PATH (apt-get install hey)", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGINT, _interrupted)
+    signal.signal(signal.SIGTERM, _interrupted)
+    workdir = Path(tempfile.mkdtemp(prefix=f"{prog.replace('_', '-')}-"))
+    try:
+        return 0 if body(workdir) else 1
+    except BenchError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted; servers stopped", file=sys.stderr)
+        return 130
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
