@@ -127,18 +127,20 @@ class PostgresStore(SQLStore):
                 dsn=self.database_url, minsize=1, maxsize=POOL_SIZE, **self._connect_options()
             )
 
-    @staticmethod
-    def _connect_options() -> dict[str, Any]:
+    def _connect_options(self) -> dict[str, Any]:
         # The store decodes JSON itself and uses no hstore or uuid columns; skipping them
         # saves a catalogue query on every new connection.
-        return {
+        options: dict[str, Any] = {
             "timeout": TIMEOUT,
             "enable_json": False,
             "enable_hstore": False,
             "enable_uuid": False,
-            # Operators can tell the gateway's connections apart in pg_stat_activity.
-            "application_name": f"aio-mcp-gateway:{os.getpid()}",
         }
+        if "application_name=" not in self.database_url:
+            # Operators can tell the gateway's connections apart in pg_stat_activity; a
+            # name given in DATABASE_URL wins.
+            options["application_name"] = f"aio-mcp-gateway:{os.getpid()}"
+        return options
 
     async def _close(self) -> None:
         pool, self._pool = self._pool, None
