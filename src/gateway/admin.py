@@ -1,10 +1,14 @@
-"""The admin REST API: `/upstreams` and `/tools`, JSON in and out, `admin` scope required.
+"""The admin REST API: `/upstreams`, `/tools`, `/resources` and `/prompts`, JSON in and out,
+`admin` scope required.
 
-Header values of upstreams are secrets: responses show only their names.
+Header values of upstreams are secrets: responses show only their names. Handlers raise the
+store's and the upstream service's errors; `admin_route` turns them into JSON answers.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -75,19 +79,37 @@ def tool_view(record: ToolRecord) -> dict[str, Any]:
     }
 
 
+class Invalid(ValueError):
+    """A request the admin API refuses as unprocessable (422)."""
+
+
 def store_failure(exc: Exception) -> web.Response:
     if isinstance(exc, NotFound):
         return error_response(404, str(exc))
     if isinstance(exc, Conflict):
         return error_response(409, str(exc))
-    if isinstance(exc, InvalidUpstream):
+    if isinstance(exc, (InvalidUpstream, Invalid)):
         return error_response(422, str(exc))
     if isinstance(exc, DiscoveryFailed):
         return error_response(502, f"could not discover the upstream's tools: {exc}")
     return error_response(503, f"store unavailable: {exc}")
 
 
-_EXPECTED = (NotFound, Conflict, InvalidUpstream, DiscoveryFailed, StoreError)
+_EXPECTED = (NotFound, Conflict, InvalidUpstream, Invalid, DiscoveryFailed, StoreError)
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+def admin_route(handler: Handler) -> Handler:
+    """An admin-scope route whose expected failures become JSON errors."""
+
+    @functools.wraps(handler)
+    async def route(request: web.Request) -> web.Response:
+        try:
+            return await handler(request)
+        except _EXPECTED as exc:
+            return store_failure(exc)
+
+    return admin(route)
 
 
 def _tool_counts(request: web.Request) -> dict[str, int]:
@@ -97,12 +119,17 @@ def _tool_counts(request: web.Request) -> dict[str, int]:
     return counts
 
 
-@admin
+def _upstream_response(
+    request: web.Request,
+    record: UpstreamRecord,
+    status: int = 200,
+) -> web.Response:
+    return respond(upstream_view(record, _tool_counts(request).get(record.name, 0)), status)
+
+
+@admin_route
 async def list_upstreams(request: web.Request) -> web.Response:
-    try:
-        records = await request.app[STORE].list_upstreams()
-    except StoreError as exc:
-        return store_failure(exc)
+    records = await request.app[STORE].list_upstreams()
     counts = _tool_counts(request)
     views = []
     for record in records:
@@ -112,78 +139,54 @@ async def list_upstreams(request: web.Request) -> web.Response:
     return respond({"upstreams": views})
 
 
-@admin
+@admin_route
 async def create_upstream(request: web.Request) -> web.Response:
-    payload = await json_body(request)
-    try:
-        record = await request.app[UPSTREAMS].create(payload)
-    except _EXPECTED as exc:
-        return store_failure(exc)
-    return respond(upstream_view(record, _tool_counts(request).get(record.name, 0)), status=201)
+    record = await request.app[UPSTREAMS].create(await json_body(request))
+    return _upstream_response(request, record, status=201)
 
 
-@admin
+@admin_route
 async def get_upstream(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    try:
-        record = await request.app[STORE].get_upstream(name)
-    except StoreError as exc:
-        return store_failure(exc)
+    record = await request.app[STORE].get_upstream(name)
     if record is None:
-        return error_response(404, f"upstream '{name}' does not exist")
+        raise NotFound(f"upstream '{name}' does not exist")
     view = upstream_view(record, _tool_counts(request).get(name, 0))
     view["health"] = await read_health(request.app[LEADER_USE], name)
     return respond(view)
 
 
-@admin
+@admin_route
 async def patch_upstream(request: web.Request) -> web.Response:
-    name = request.match_info["name"]
     payload = await json_body(request)
-    try:
-        record = await request.app[UPSTREAMS].update(name, payload)
-    except _EXPECTED as exc:
-        return store_failure(exc)
-    return respond(upstream_view(record, _tool_counts(request).get(name, 0)))
+    record = await request.app[UPSTREAMS].update(request.match_info["name"], payload)
+    return _upstream_response(request, record)
 
 
-@admin
+@admin_route
 async def delete_upstream(request: web.Request) -> web.Response:
-    try:
-        await request.app[UPSTREAMS].delete(request.match_info["name"])
-    except _EXPECTED as exc:
-        return store_failure(exc)
+    await request.app[UPSTREAMS].delete(request.match_info["name"])
     return web.Response(status=204)
 
 
-@admin
+@admin_route
 async def refresh_upstream(request: web.Request) -> web.Response:
-    name = request.match_info["name"]
-    try:
-        record = await request.app[UPSTREAMS].refresh(name)
-    except _EXPECTED as exc:
-        return store_failure(exc)
-    return respond(upstream_view(record, _tool_counts(request).get(name, 0)))
+    record = await request.app[UPSTREAMS].refresh(request.match_info["name"])
+    return _upstream_response(request, record)
 
 
-@admin
+@admin_route
 async def list_tools(request: web.Request) -> web.Response:
-    try:
-        records = await request.app[STORE].list_tools()
-    except StoreError as exc:
-        return store_failure(exc)
+    records = await request.app[STORE].list_tools()
     return respond({"tools": [tool_view(r) for r in sorted(records, key=lambda r: r.name)]})
 
 
-@admin
+@admin_route
 async def get_tool(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    try:
-        record = await request.app[STORE].get_tool(name)
-    except StoreError as exc:
-        return store_failure(exc)
+    record = await request.app[STORE].get_tool(name)
     if record is None:
-        return error_response(404, f"tool '{name}' does not exist")
+        raise NotFound(f"tool '{name}' does not exist")
     return respond(tool_view(record))
 
 
@@ -191,32 +194,28 @@ def _tool_changes(payload: dict[str, Any]) -> dict[str, Any]:
     allowed = {"enabled", "cache_ttl", "rate_limit"}
     unknown = set(payload) - allowed
     if unknown:
-        raise InvalidUpstream(
+        raise Invalid(
             f"unknown field(s): {', '.join(sorted(unknown))}; a tool's changeable fields are "
             "enabled, cache_ttl and rate_limit"
         )
     if "enabled" in payload and not isinstance(payload["enabled"], bool):
-        raise InvalidUpstream("'enabled' must be true or false")
+        raise Invalid("'enabled' must be true or false")
     ttl = payload.get("cache_ttl")
     if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl <= 0):
-        raise InvalidUpstream("'cache_ttl' must be a positive number of seconds, or null")
+        raise Invalid("'cache_ttl' must be a positive number of seconds, or null")
     limit = payload.get("rate_limit")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise InvalidUpstream("'rate_limit' must be a positive integer (calls per minute), or null")
+        raise Invalid("'rate_limit' must be a positive integer (calls per minute), or null")
     if not payload:
-        raise InvalidUpstream("nothing to change; send enabled, cache_ttl or rate_limit")
+        raise Invalid("nothing to change; send enabled, cache_ttl or rate_limit")
     return payload
 
 
-@admin
+@admin_route
 async def patch_tool(request: web.Request) -> web.Response:
-    name = request.match_info["name"]
-    try:
-        changes = _tool_changes(await json_body(request))
-        record = await request.app[STORE].update_tool(name, changes)
-        await request.app[REGISTRY].changed()
-    except _EXPECTED as exc:
-        return store_failure(exc)
+    changes = _tool_changes(await json_body(request))
+    record = await request.app[STORE].update_tool(request.match_info["name"], changes)
+    await request.app[REGISTRY].changed()
     return respond(tool_view(record))
 
 
@@ -239,18 +238,15 @@ def prompt_view(record: PromptRecord) -> dict[str, Any]:
 
 def _enabled_only(payload: dict[str, Any]) -> dict[str, Any]:
     if set(payload) != {"enabled"} or not isinstance(payload["enabled"], bool):
-        raise InvalidUpstream('send {"enabled": true} or {"enabled": false}')
+        raise Invalid('send {"enabled": true} or {"enabled": false}')
     return payload
 
 
-@admin
+@admin_route
 async def list_resources(request: web.Request) -> web.Response:
     store = request.app[STORE]
-    try:
-        resources = await store.list_resources()
-        templates = await store.list_resource_templates()
-    except StoreError as exc:
-        return store_failure(exc)
+    resources = await store.list_resources()
+    templates = await store.list_resource_templates()
     return respond(
         {
             "resources": [resource_view(r) for r in sorted(resources, key=lambda r: r.uri)],
@@ -261,51 +257,39 @@ async def list_resources(request: web.Request) -> web.Response:
     )
 
 
-@admin
+@admin_route
 async def patch_resource(request: web.Request) -> web.Response:
     uri = request.query.get("uri", "")
-    try:
-        changes = _enabled_only(await json_body(request))
-        store = request.app[STORE]
-        if await store.get_resource(uri) is not None:
-            view = resource_view(await store.update_resource(uri, changes))
-        else:
-            view = template_view(await store.update_resource_template(uri, changes))
-        await request.app[REGISTRY].changed()
-    except _EXPECTED as exc:
-        return store_failure(exc)
+    changes = _enabled_only(await json_body(request))
+    store = request.app[STORE]
+    if await store.get_resource(uri) is not None:
+        view = resource_view(await store.update_resource(uri, changes))
+    else:
+        view = template_view(await store.update_resource_template(uri, changes))
+    await request.app[REGISTRY].changed()
     return respond(view)
 
 
-@admin
+@admin_route
 async def list_prompts(request: web.Request) -> web.Response:
-    try:
-        prompts = await request.app[STORE].list_prompts()
-    except StoreError as exc:
-        return store_failure(exc)
+    prompts = await request.app[STORE].list_prompts()
     return respond({"prompts": [prompt_view(p) for p in sorted(prompts, key=lambda p: p.name)]})
 
 
-@admin
+@admin_route
 async def get_prompt(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    try:
-        record = await request.app[STORE].get_prompt(name)
-    except StoreError as exc:
-        return store_failure(exc)
+    record = await request.app[STORE].get_prompt(name)
     if record is None:
-        return error_response(404, f"prompt '{name}' does not exist")
+        raise NotFound(f"prompt '{name}' does not exist")
     return respond(prompt_view(record))
 
 
-@admin
+@admin_route
 async def patch_prompt(request: web.Request) -> web.Response:
-    try:
-        changes = _enabled_only(await json_body(request))
-        record = await request.app[STORE].update_prompt(request.match_info["name"], changes)
-        await request.app[REGISTRY].changed()
-    except _EXPECTED as exc:
-        return store_failure(exc)
+    changes = _enabled_only(await json_body(request))
+    record = await request.app[STORE].update_prompt(request.match_info["name"], changes)
+    await request.app[REGISTRY].changed()
     return respond(prompt_view(record))
 
 

@@ -8,18 +8,12 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.access import admin
-from gateway.admin import json_body, respond, store_failure
+from gateway.admin import Invalid, admin_route, json_body, respond
 from gateway.keys import REGISTRY, STORE
-from gateway.middlewares import error_response
-from gateway.store import NotFound, ServerRecord, StoreError
+from gateway.store import NotFound, ServerRecord
 
 SERVER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _FIELDS = {"id", "name", "description", "tools", "resources", "prompts"}
-
-
-class InvalidServer(ValueError):
-    pass
 
 
 def server_view(record: ServerRecord) -> dict[str, Any]:
@@ -39,7 +33,7 @@ def server_view(record: ServerRecord) -> dict[str, Any]:
 def _names(payload: dict[str, Any], key: str) -> tuple[str, ...]:
     value = payload.get(key, [])
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise InvalidServer(f"'{key}' must be a list of strings")
+        raise Invalid(f"'{key}' must be a list of strings")
     return tuple(dict.fromkeys(value))
 
 
@@ -50,18 +44,18 @@ def _record(
 ) -> ServerRecord:
     unknown = set(payload) - _FIELDS
     if unknown:
-        raise InvalidServer(f"unknown field(s): {', '.join(sorted(unknown))}")
+        raise Invalid(f"unknown field(s): {', '.join(sorted(unknown))}")
     if current is None:
         server_id = payload.get("id")
         if not isinstance(server_id, str) or not SERVER_ID.fullmatch(server_id):
-            raise InvalidServer("'id' must be 1-64 characters of letters, digits, '_' and '-'")
+            raise Invalid("'id' must be 1-64 characters of letters, digits, '_' and '-'")
         current = ServerRecord(id=server_id, name=server_id)
     elif "id" in payload and payload["id"] != current.id:
-        raise InvalidServer("'id' cannot change")
+        raise Invalid("'id' cannot change")
     name = payload.get("name", current.name)
     description = payload.get("description", current.description)
     if not isinstance(name, str) or not isinstance(description, str):
-        raise InvalidServer("'name' and 'description' must be strings")
+        raise Invalid("'name' and 'description' must be strings")
     record = ServerRecord(
         id=current.id,
         name=name,
@@ -83,33 +77,21 @@ def _record(
         + [f"prompt '{p}'" for p in record.prompts if p not in everything.prompts]
     )
     if missing:
-        raise InvalidServer(f"not in the catalogue: {', '.join(missing[:10])}")
+        raise Invalid(f"not in the catalogue: {', '.join(missing[:10])}")
     return record
 
 
-def _failure(exc: Exception) -> web.Response:
-    if isinstance(exc, InvalidServer):
-        return error_response(422, str(exc))
-    return store_failure(exc)
-
-
-@admin
+@admin_route
 async def list_servers(request: web.Request) -> web.Response:
-    try:
-        records = await request.app[STORE].list_servers()
-    except StoreError as exc:
-        return _failure(exc)
+    records = await request.app[STORE].list_servers()
     return respond({"servers": [server_view(r) for r in records]})
 
 
-@admin
+@admin_route
 async def create_server(request: web.Request) -> web.Response:
     payload = await json_body(request)
-    try:
-        record = await request.app[STORE].create_server(_record(request, payload, None))
-        await request.app[REGISTRY].changed()
-    except (InvalidServer, StoreError) as exc:
-        return _failure(exc)
+    record = await request.app[STORE].create_server(_record(request, payload, None))
+    await request.app[REGISTRY].changed()
     return respond(server_view(record), status=201)
 
 
@@ -121,35 +103,26 @@ async def _existing(request: web.Request) -> ServerRecord:
     return record
 
 
-@admin
+@admin_route
 async def get_server(request: web.Request) -> web.Response:
-    try:
-        return respond(server_view(await _existing(request)))
-    except StoreError as exc:
-        return _failure(exc)
+    return respond(server_view(await _existing(request)))
 
 
-@admin
+@admin_route
 async def patch_server(request: web.Request) -> web.Response:
     payload = await json_body(request)
-    try:
-        current = await _existing(request)
-        record = await request.app[STORE].update_server(_record(request, payload, current))
-        await request.app[REGISTRY].changed()
-    except (InvalidServer, StoreError) as exc:
-        return _failure(exc)
+    current = await _existing(request)
+    record = await request.app[STORE].update_server(_record(request, payload, current))
+    await request.app[REGISTRY].changed()
     return respond(server_view(record))
 
 
-@admin
+@admin_route
 async def delete_server(request: web.Request) -> web.Response:
     server_id = request.match_info["server"]
-    try:
-        if not await request.app[STORE].delete_server(server_id):
-            raise NotFound(f"virtual server '{server_id}' does not exist")
-        await request.app[REGISTRY].changed()
-    except StoreError as exc:
-        return _failure(exc)
+    if not await request.app[STORE].delete_server(server_id):
+        raise NotFound(f"virtual server '{server_id}' does not exist")
+    await request.app[REGISTRY].changed()
     return web.Response(status=204)
 
 
