@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any
 
 import structlog
@@ -159,33 +159,16 @@ class UpstreamService:
                 f"upstream '{upstream.name}' has prompt names MCP does not allow: "
                 f"{', '.join(bad[:10])}"
             )
+        # Discovery's records carry every field of the definitions, plus their owner.
         return Features(
             resources=list(
                 {
-                    r.uri: ResourceRecord(
-                        uri=r.uri,
-                        upstream=upstream.name,
-                        name=r.name,
-                        description=r.description,
-                        title=r.title,
-                        mime_type=r.mime_type,
-                        size=r.size,
-                        annotations=r.annotations,
-                    )
-                    for r in resources
+                    r.uri: ResourceRecord(upstream=upstream.name, **asdict(r)) for r in resources
                 }.values()
             ),
             templates=list(
                 {
-                    t.uri_template: ResourceTemplateRecord(
-                        uri_template=t.uri_template,
-                        upstream=upstream.name,
-                        name=t.name,
-                        description=t.description,
-                        title=t.title,
-                        mime_type=t.mime_type,
-                        annotations=t.annotations,
-                    )
+                    t.uri_template: ResourceTemplateRecord(upstream=upstream.name, **asdict(t))
                     for t in templates
                 }.values()
             ),
