@@ -52,6 +52,8 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 CONNECT_TIMEOUT = 2.0
+POOL_SIZE = 256
+"""Connections per worker; more requests than this wait for one instead of failing."""
 """Seconds to open a connection; capped by `TOOL_TIMEOUT` when that is shorter."""
 START_TIMEOUT = 3.0
 """Seconds `start()` waits for the first PING, so an unreachable Redis fails fast."""
@@ -134,8 +136,13 @@ class RedisCache:
             if retries
             else Retry(NoBackoff(), 0)
         )
-        return aioredis.Redis.from_url(
+        # A blocking pool: at 200 concurrent requests per worker a plain pool runs out and
+        # fails at once ("Too many connections"); this one waits for a free connection,
+        # within the operation's own time limit.
+        pool = aioredis.BlockingConnectionPool.from_url(
             self.redis_url,
+            max_connections=POOL_SIZE,
+            timeout=self.timeout,
             socket_timeout=self.timeout,
             socket_connect_timeout=min(CONNECT_TIMEOUT, self.timeout),
             socket_keepalive=True,
@@ -143,6 +150,7 @@ class RedisCache:
             client_name=self.client_name,
             retry=retry,
         )
+        return aioredis.Redis.from_pool(pool)
 
     async def start(self) -> None:
         if self._client is not None:
