@@ -28,6 +28,8 @@ TOOL_CALLS = Histogram(
 
 
 def multiprocess_dir() -> str | None:
+    # prometheus_client's own variable, read by that library at import time; the gateway
+    # only follows its lead, so it is not one of the gateway's settings.
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 

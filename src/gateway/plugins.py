@@ -7,7 +7,6 @@ Built-in plugins come through this distribution's own entry points, like any oth
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
@@ -54,13 +53,13 @@ class Registrar(Generic[S]):
             ) from None
 
 
-def build_plugin_manager(blocked: Iterable[str] = ()) -> pluggy.PluginManager:
+def build_plugin_manager(blocked: Iterable[str] = (), trace: bool = False) -> pluggy.PluginManager:
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     for name in blocked:
         pm.set_blocked(name)
     pm.load_setuptools_entrypoints(hookspecs.PROJECT)
-    if os.environ.get("PLUGINS_TRACE"):
+    if trace:
         pm.trace.root.setwriter(print)
         pm.enable_tracing()
     return pm
@@ -80,7 +79,7 @@ class Plugins:
 
     @classmethod
     def load(cls, settings: Settings) -> Plugins:
-        return cls(build_plugin_manager(settings.plugins_blocked))
+        return cls(build_plugin_manager(settings.plugins_blocked, settings.plugins_trace))
 
     def cache_for(self, settings: Settings) -> CacheSpec:
         return self.caches.select("CACHE_TYPE", settings.cache_type)

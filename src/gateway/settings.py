@@ -105,6 +105,7 @@ class Settings:
     log_level: str = "info"
     log_format: str = "auto"
     plugins_blocked: tuple[str, ...] = ()
+    plugins_trace: bool = False
     allowed_origins: tuple[str, ...] = ()
     gunicorn_workers: int = field(default_factory=_cpu_workers)
     gunicorn_timeout: int = 60
@@ -157,6 +158,7 @@ _PARSERS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "LOG_LEVEL": ("log_level", lambda n, r: _choice(n, r, _LOG_LEVELS)),
     "LOG_FORMAT": ("log_format", lambda n, r: _choice(n, r, ("auto", "json", "console"))),
     "PLUGINS_BLOCKED": ("plugins_blocked", lambda n, r: _list(r)),
+    "PLUGINS_TRACE": ("plugins_trace", _bool),
     "ALLOWED_ORIGINS": ("allowed_origins", lambda n, r: _list(r)),
     "GUNICORN_WORKERS": ("gunicorn_workers", lambda n, r: _int(n, r, 1)),
     "GUNICORN_TIMEOUT": ("gunicorn_timeout", lambda n, r: _int(n, r, 1)),
