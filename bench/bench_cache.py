@@ -40,17 +40,21 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import orjson
 import psycopg2
-from bench_mcp import DEFAULT_REDIS_URL, CpuPerCall, cpu_seconds, forget_keys, redis_answers
 from common import (
+    DEFAULT_REDIS_URL,
     POLL_INTERVAL,
     UPSTREAM_NAME,
     BenchError,
+    CpuPerCall,
     Gateway,
     HeyResult,
     Reply,
     Target,
+    cpu_seconds,
+    forget_keys,
     hey,
     http,
+    redis_answers,
     register,
     run_benchmark,
     running_gateway,

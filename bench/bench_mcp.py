@@ -23,28 +23,30 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-import socket
 import statistics
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import orjson
 from common import (
+    DEFAULT_REDIS_URL,
     GATEWAY_TOOL,
     PROTOCOL_VERSION,
     TOOL,
     BenchError,
+    CpuPerCall,
     Run,
     Target,
     check_echo,
+    cpu_seconds,
+    forget_keys,
     hey,
     open_session,
     print_completeness,
     print_runs,
+    redis_answers,
     register,
     run_benchmark,
     running_gateway,
@@ -55,21 +57,6 @@ from common import (
 )
 
 ROUNDS = 2
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-
-
-def redis_answers(url: str) -> bool:
-    """A PING on a raw socket: enough to tell a listening Redis from nothing at all, without
-    making the benchmark depend on a client library."""
-    parts = urlsplit(url)
-    try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379), 2) as s:
-            s.sendall(b"PING\r\n")
-            # A password-protected server answers -NOAUTH, which still proves it is Redis;
-            # the gateway then authenticates with what the URL carries.
-            return s.recv(64).startswith((b"+PONG", b"-NOAUTH"))
-    except OSError:
-        return False
 
 
 @contextmanager
@@ -88,39 +75,6 @@ def cache_settings(options: argparse.Namespace) -> Iterator[dict[str, str]]:
         yield {"REDIS_URL": options.redis_url, "CACHE_PREFIX": prefix}
     finally:
         forget_keys(options.redis_url, prefix)
-
-
-def forget_keys(url: str, prefix: str) -> None:
-    """Delete the keys this run left (sessions live an hour otherwise)."""
-    import redis  # the gateway's own dependency for CACHE_TYPE=redis
-
-    client = redis.Redis.from_url(url, socket_timeout=5)
-    try:
-        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-        for start in range(0, len(keys), 1000):
-            client.delete(*keys[start : start + 1000])
-    except redis.RedisError as exc:
-        print(f"bench_mcp: could not delete keys {prefix}:* ({exc})", file=sys.stderr)
-    finally:
-        client.close()
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """User plus system CPU time the processes have used so far."""
-    ticks = 0
-    for pid in pids:
-        # The command name in parentheses may hold spaces; the counters follow its ")".
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-@dataclass(frozen=True)
-class CpuPerCall:
-    """Milliseconds of CPU per call in one run, taken from /proc around it."""
-
-    gateway_ms: float
-    upstream_ms: float
 
 
 def report(runs: list[Run], cpu: list[CpuPerCall], requests: int) -> bool:

@@ -12,6 +12,7 @@ import re
 import secrets
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from email.message import Message
 from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -536,3 +538,55 @@ def run_benchmark(prog: str, body: Callable[[Path], bool], needs_hey: bool = Tru
         return 130
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+# --- Redis and CPU helpers shared by the benchmarks ---
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def redis_answers(url: str) -> bool:
+    """A PING on a raw socket: enough to tell a listening Redis from nothing at all, without
+    making the benchmark depend on a client library."""
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379), 2) as s:
+            s.sendall(b"PING\r\n")
+            # A password-protected server answers -NOAUTH, which still proves it is Redis;
+            # the gateway then authenticates with what the URL carries.
+            return s.recv(64).startswith((b"+PONG", b"-NOAUTH"))
+    except OSError:
+        return False
+
+
+def forget_keys(url: str, prefix: str) -> None:
+    """Delete the keys this run left (sessions live an hour otherwise)."""
+    import redis  # the gateway's own dependency for CACHE_TYPE=redis
+
+    client = redis.Redis.from_url(url, socket_timeout=5)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        for start in range(0, len(keys), 1000):
+            client.delete(*keys[start : start + 1000])
+    except redis.RedisError as exc:
+        print(f"bench: could not delete keys {prefix}:* ({exc})", file=sys.stderr)
+    finally:
+        client.close()
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User plus system CPU time the processes have used so far."""
+    ticks = 0
+    for pid in pids:
+        # The command name in parentheses may hold spaces; the counters follow its ")".
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class CpuPerCall:
+    """Milliseconds of CPU per call in one run, taken from /proc around it."""
+
+    gateway_ms: float
+    upstream_ms: float
