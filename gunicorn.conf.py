@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 
+from gateway.eventloop import worker_class as _worker_class
 from gateway.logconfig import logging_dict
 from gateway.plugins import Plugins
 from gateway.settings import SettingsError, load_settings
@@ -16,12 +17,15 @@ try:
     _settings = load_settings()
     _plugins = Plugins.load(_settings)
     _plugins.check(_settings)
+    _worker = _worker_class(_settings)
 except SettingsError as _exc:
     print(f"aio-mcp-gateway: configuration error: {_exc}", file=sys.stderr, flush=True)
     sys.exit(2)
 
 wsgi_app = "gateway.app:create_app"
-worker_class = "aiohttp.GunicornWebWorker"
+# EVENT_LOOP: uvloop (when installed, the default) serves the same requests with less CPU
+# per request than asyncio's own loop; EVENT_LOOP=asyncio turns it off.
+worker_class = _worker
 
 bind = [
     f"[{_settings.host}]:{_settings.port}"

@@ -14,10 +14,12 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from aiohttp import web
 
     from gateway.app import create_app
+    from gateway.eventloop import new_event_loop
 
     host = args.host or settings.host
     port = args.port or settings.port
-    web.run_app(create_app(settings), host=host, port=port, access_log=None, print=None)
+    loop = new_event_loop(settings)
+    web.run_app(create_app(settings), host=host, port=port, access_log=None, print=None, loop=loop)
     return 0
 
 

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from gateway import __version__
 from gateway.access import public
+from gateway.eventloop import running_loop_name
 from gateway.keys import CACHE, LEADER, REGISTRY, SETTINGS, STORE
 
 _CHECK_TIMEOUT = 2.0
@@ -50,6 +51,7 @@ async def version(request: web.Request) -> web.Response:
             "cache": settings.cache_type,
             "store": "postgresql" if settings.is_postgres else "sqlite",
             "worker": os.getpid(),
+            "event_loop": running_loop_name(),
             "leader": request.app[LEADER].is_leader,
             "catalogue": {"version": catalogue.version, "tools": len(catalogue.tools)},
         }

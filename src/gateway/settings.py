@@ -107,6 +107,7 @@ class Settings:
     plugins_blocked: tuple[str, ...] = ()
     plugins_trace: bool = False
     allowed_origins: tuple[str, ...] = ()
+    event_loop: str = "auto"
     gunicorn_workers: int = field(default_factory=_cpu_workers)
     gunicorn_timeout: int = 60
     gunicorn_graceful_timeout: int = 30
@@ -160,6 +161,7 @@ _PARSERS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "PLUGINS_BLOCKED": ("plugins_blocked", lambda n, r: _list(r)),
     "PLUGINS_TRACE": ("plugins_trace", _bool),
     "ALLOWED_ORIGINS": ("allowed_origins", lambda n, r: _list(r)),
+    "EVENT_LOOP": ("event_loop", lambda n, r: _choice(n, r, ("auto", "uvloop", "asyncio"))),
     "GUNICORN_WORKERS": ("gunicorn_workers", lambda n, r: _int(n, r, 1)),
     "GUNICORN_TIMEOUT": ("gunicorn_timeout", lambda n, r: _int(n, r, 1)),
     "GUNICORN_GRACEFUL_TIMEOUT": ("gunicorn_graceful_timeout", lambda n, r: _int(n, r, 1)),
