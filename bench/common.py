@@ -355,6 +355,8 @@ class HeyResult:
     statuses: dict[int, int]
     errors: int
     """Requests that got no HTTP answer at all (refused, reset, timed out)."""
+    total_bytes: int = 0
+    """Response body bytes of the whole run, as hey reports them ("Total data")."""
 
     @property
     def non_200(self) -> int:
@@ -362,6 +364,7 @@ class HeyResult:
 
 
 _RPS = re.compile(r"Requests/sec:\s+([0-9.]+)")
+_TOTAL = re.compile(r"Total data:\s+(\d+) bytes")
 _STATUS = re.compile(r"\[(\d+)\]\s+(\d+) responses")
 _ERROR = re.compile(r"^\s*\[(\d+)\]\s", re.MULTILINE)
 
@@ -383,6 +386,7 @@ def parse_hey(output: str) -> HeyResult:
         p99_ms=_percentile_ms(summary, 99),
         statuses={int(code): int(n) for code, n in _STATUS.findall(summary)},
         errors=sum(int(n) for n in _ERROR.findall(errors)),
+        total_bytes=int(total.group(1)) if (total := _TOTAL.search(summary)) else 0,
     )
 
 
