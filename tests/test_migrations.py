@@ -12,6 +12,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
+from gateway.contracts import PromptDef, ResourceDef
 from gateway.store import Features, PromptRecord, ResourceRecord, ServerRecord, open_store
 from gateway.store.migrations import CREATE_SCHEMA_MIGRATIONS, MIGRATIONS
 from tests.test_store import raw_rows
@@ -23,7 +24,7 @@ PROCESSES = 4
 STARTER = """
 import asyncio, sys, time
 from gateway.store import open_store
-from gateway.store.base import ENCRYPTION_KEY_SECRET
+from gateway.store.connections import ENCRYPTION_KEY_SECRET
 
 async def main(url: str, start_at: float) -> None:
     await asyncio.sleep(max(0.0, start_at - time.time()))
@@ -162,12 +163,14 @@ async def test_an_older_database_is_brought_up_to_date_keeping_its_catalogue(
         await store.update_upstream(
             old,
             features=Features(
-                resources=[ResourceRecord(uri="file:///old", upstream="old", name="old")],
-                prompts=[PromptRecord(name="old__hi", upstream="old", original_name="hi")],
+                resources=[
+                    ResourceRecord(upstream="old", definition=ResourceDef("file:///old", "old"))
+                ],
+                prompts=[PromptRecord("old__hi", upstream="old", definition=PromptDef("hi"))],
             ),
         )
         await store.create_server(ServerRecord(id="s1", name="Old", tools=("old__echo",)))
-        assert [r.uri for r in await store.list_resources()] == ["file:///old"]
+        assert [r.definition.uri for r in await store.list_resources()] == ["file:///old"]
         assert await store.delete_upstream("old") is True
         assert (await store.list_resources(), await store.list_prompts()) == ([], [])
         assert [s.id for s in await store.list_servers()] == ["s1"]

@@ -4,6 +4,7 @@ secrets and how failures are reported."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import secrets
 import sqlite3
@@ -14,16 +15,19 @@ from typing import Any
 import psycopg2
 import pytest
 
+from gateway.contracts import ToolDef
 from gateway.store import (
     Conflict,
     NotFound,
+    Offered,
     Store,
     StoreError,
     ToolRecord,
     UpstreamRecord,
     open_store,
 )
-from gateway.store.base import ENCRYPTION_KEY_SECRET, SQLStore
+from gateway.store.base import SQLStore
+from gateway.store.connections import ENCRYPTION_KEY_SECRET
 from tests.conftest import free_port
 
 SECRET = "store-test-secret"
@@ -40,15 +44,24 @@ def upstream(name: str = "a", **changes: Any) -> UpstreamRecord:
     return UpstreamRecord(**fields)
 
 
+def changed(record: Offered, **changes: Any) -> Offered:
+    """`record` with changes to its own fields, or else to its definition's."""
+    own = {f.name for f in dataclasses.fields(record)}
+    inner = {key: value for key, value in changes.items() if key not in own}
+    mine = {key: value for key, value in changes.items() if key in own}
+    definition = dataclasses.replace(record.definition, **inner)
+    return dataclasses.replace(record, definition=definition, **mine)
+
+
 def tool(upstream_name: str, original: str, **changes: Any) -> ToolRecord:
-    fields: dict[str, Any] = {
-        "name": f"{upstream_name}__{original}",
-        "upstream": upstream_name,
-        "original_name": original,
-        "input_schema": {"type": "object", "properties": {"text": {"type": "string"}}},
-    }
-    fields.update(changes)
-    return ToolRecord(**fields)
+    definition = ToolDef(
+        name=original,
+        input_schema={"type": "object", "properties": {"text": {"type": "string"}}},
+    )
+    record = ToolRecord(
+        name=f"{upstream_name}__{original}", upstream=upstream_name, definition=definition
+    )
+    return changed(record, **changes)
 
 
 @pytest.fixture
@@ -221,7 +234,7 @@ async def test_update_upstream_keeps_settings_of_tools_whose_name_survives(store
     assert updated.updated_at >= created.updated_at
     echo = await store.get_tool("a__echo")
     assert echo is not None
-    assert (echo.description, echo.enabled, echo.cache_ttl, echo.rate_limit) == (
+    assert (echo.definition.description, echo.enabled, echo.cache_ttl, echo.rate_limit) == (
         "new text",
         False,
         30.0,

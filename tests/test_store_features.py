@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway.contracts import PromptDef, ResourceDef, ResourceTemplateDef
 from gateway.store import (
     Conflict,
     Features,
@@ -24,33 +25,24 @@ from gateway.store import (
     UpstreamRecord,
 )
 from gateway.store.base import SQLStore
-from tests.test_store import SECRET, opened, raw_rows, tool, upstream
+from tests.test_store import SECRET, changed, opened, raw_rows, tool, upstream
 
 
 def resource(owner: str, path: str, **changes: Any) -> ResourceRecord:
-    fields: dict[str, Any] = {"uri": f"file:///{owner}/{path}", "upstream": owner, "name": path}
-    fields.update(changes)
-    return ResourceRecord(**fields)
+    definition = ResourceDef(uri=f"file:///{owner}/{path}", name=path)
+    return changed(ResourceRecord(upstream=owner, definition=definition), **changes)
 
 
 def template(owner: str, variable: str, **changes: Any) -> ResourceTemplateRecord:
-    fields: dict[str, Any] = {
-        "uri_template": f"file:///{owner}/{{{variable}}}",
-        "upstream": owner,
-        "name": variable,
-    }
-    fields.update(changes)
-    return ResourceTemplateRecord(**fields)
+    definition = ResourceTemplateDef(uri_template=f"file:///{owner}/{{{variable}}}", name=variable)
+    return changed(ResourceTemplateRecord(upstream=owner, definition=definition), **changes)
 
 
 def prompt(owner: str, original: str, **changes: Any) -> PromptRecord:
-    fields: dict[str, Any] = {
-        "name": f"{owner}__{original}",
-        "upstream": owner,
-        "original_name": original,
-    }
-    fields.update(changes)
-    return PromptRecord(**fields)
+    record = PromptRecord(
+        name=f"{owner}__{original}", upstream=owner, definition=PromptDef(name=original)
+    )
+    return changed(record, **changes)
 
 
 def features(owner: str) -> Features:
@@ -81,8 +73,8 @@ async def owned_by(store: Store, owner: str) -> list[str]:
     data = await store.load_catalogue()
     return sorted(
         [t.name for t in data.tools if t.upstream == owner]
-        + [r.uri for r in data.resources if r.upstream == owner]
-        + [t.uri_template for t in data.templates if t.upstream == owner]
+        + [r.definition.uri for r in data.resources if r.upstream == owner]
+        + [t.definition.uri_template for t in data.templates if t.upstream == owner]
         + [p.name for p in data.prompts if p.upstream == owner]
     )
 
@@ -124,10 +116,10 @@ async def test_create_upstream_with_features_round_trips_every_field(store: Stor
         Features(resources=[readme, plain], templates=[path], prompts=[greet]),
     )
 
-    assert await store.get_resource(readme.uri) == readme
-    assert await store.get_resource(plain.uri) == plain
+    assert await store.get_resource(readme.definition.uri) == readme
+    assert await store.get_resource(plain.definition.uri) == plain
     assert await store.list_resources() == [plain, readme]
-    assert await store.get_resource_template(path.uri_template) == path
+    assert await store.get_resource_template(path.definition.uri_template) == path
     assert await store.list_resource_templates() == [path]
     assert await store.get_prompt("a__greet") == greet
     assert await store.list_prompts() == [greet]
@@ -329,15 +321,15 @@ async def test_update_upstream_keeps_enabled_flags_of_records_whose_key_survives
     )
 
     data = await store.load_catalogue()
-    assert [(r.uri, r.enabled, r.description) for r in data.resources] == [
+    assert [(r.definition.uri, r.enabled, r.definition.description) for r in data.resources] == [
         ("file:///a/fresh", True, ""),
         ("file:///a/kept", False, "new"),
     ]
-    assert [(t.uri_template, t.enabled, t.title) for t in data.templates] == [
+    assert [(t.definition.uri_template, t.enabled, t.definition.title) for t in data.templates] == [
         ("file:///a/{fresh}", False, None),
         ("file:///a/{kept}", False, "New"),
     ]
-    assert [(p.name, p.enabled, p.arguments) for p in data.prompts] == [
+    assert [(p.name, p.enabled, p.definition.arguments) for p in data.prompts] == [
         ("a__fresh", True, ()),
         ("a__kept", False, ({"name": "x"},)),
     ]

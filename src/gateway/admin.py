@@ -67,12 +67,12 @@ def tool_view(record: ToolRecord) -> dict[str, Any]:
     return {
         "name": record.name,
         "upstream": record.upstream,
-        "original_name": record.original_name,
-        "title": record.title,
-        "description": record.description,
-        "input_schema": record.input_schema,
-        "output_schema": record.output_schema,
-        "annotations": record.annotations,
+        "original_name": record.definition.name,
+        "title": record.definition.title,
+        "description": record.definition.description,
+        "input_schema": record.definition.input_schema,
+        "output_schema": record.definition.output_schema,
+        "annotations": record.definition.annotations,
         "enabled": record.enabled,
         "cache_ttl": record.cache_ttl,
         "rate_limit": record.rate_limit,
@@ -231,7 +231,7 @@ def prompt_view(record: PromptRecord) -> dict[str, Any]:
     return {
         **prompt_listing(record),
         "upstream": record.upstream,
-        "original_name": record.original_name,
+        "original_name": record.definition.name,
         "enabled": record.enabled,
     }
 
@@ -249,9 +249,11 @@ async def list_resources(request: web.Request) -> web.Response:
     templates = await store.list_resource_templates()
     return respond(
         {
-            "resources": [resource_view(r) for r in sorted(resources, key=lambda r: r.uri)],
+            "resources": [
+                resource_view(r) for r in sorted(resources, key=lambda r: r.definition.uri)
+            ],
             "resource_templates": [
-                template_view(t) for t in sorted(templates, key=lambda t: t.uri_template)
+                template_view(t) for t in sorted(templates, key=lambda t: t.definition.uri_template)
             ],
         }
     )

@@ -7,13 +7,15 @@ cursor pagination is stable across workers that hold the same catalogue version.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import orjson
 
+from gateway.contracts import PromptDef, ResourceDef, ResourceTemplateDef, ToolDef
 from gateway.schemas import Check, lazy_schema
 from gateway.store import (
     CatalogueData,
@@ -41,61 +43,46 @@ class Template:
     record: ResourceTemplateRecord
     pattern: re.Pattern[str]
 
+    @property
+    def uri_template(self) -> str:
+        return self.record.definition.uri_template
 
-def _drop_empty(listing: JSON) -> JSON:
-    return {k: v for k, v in listing.items() if v is not None and v != ""}
+
+@functools.cache
+def _camel(name: str) -> str:
+    """The MCP key of a definition's field: `mime_type` is `mimeType`."""
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def mcp_object(
+    definition: ToolDef | ResourceDef | ResourceTemplateDef | PromptDef, **gateway: Any
+) -> JSON:
+    """The MCP object of a backend's definition, with the fields the gateway sets itself
+    (a tool's or a prompt's `name`) replaced; empty fields are left out."""
+    listing: JSON = {}
+    for spec in fields(definition):
+        value = gateway.get(spec.name, getattr(definition, spec.name))
+        if value is None or value == "" or value == ():
+            continue
+        listing[_camel(spec.name)] = list(value) if isinstance(value, tuple) else value
+    return listing
 
 
 def tool_listing(record: ToolRecord) -> JSON:
-    listing: JSON = {
-        "name": record.name,
-        "title": record.title,
-        "description": record.description,
-        "inputSchema": record.input_schema,
-        "outputSchema": record.output_schema,
-        "annotations": record.annotations,
-    }
-    return _drop_empty(listing)
+    return mcp_object(record.definition, name=record.name)
 
 
 def resource_listing(record: ResourceRecord) -> JSON:
-    return _drop_empty(
-        {
-            "uri": record.uri,
-            "name": record.name,
-            "title": record.title,
-            "description": record.description,
-            "mimeType": record.mime_type,
-            "size": record.size,
-            "annotations": record.annotations,
-        }
-    )
+    return mcp_object(record.definition)
 
 
 def template_listing(record: ResourceTemplateRecord) -> JSON:
-    return _drop_empty(
-        {
-            "uriTemplate": record.uri_template,
-            "name": record.name,
-            "title": record.title,
-            "description": record.description,
-            "mimeType": record.mime_type,
-            "annotations": record.annotations,
-        }
-    )
+    return mcp_object(record.definition)
 
 
 def prompt_listing(record: PromptRecord) -> JSON:
-    listing = _drop_empty(
-        {
-            "name": record.name,
-            "title": record.title,
-            "description": record.description,
-        }
-    )
-    if record.arguments:
-        listing["arguments"] = list(record.arguments)
-    return listing
+    return mcp_object(record.definition, name=record.name)
 
 
 _EXPRESSION = re.compile(r"\{([+#./;?&]?)([^}]*)\}")
@@ -155,8 +142,10 @@ def _view(
     bundle_resources = server.resources if server else ()
     bundle_prompts = server.prompts if server else ()
     tool_map = {t.record.name: t for t in tools if keep(t.record.name, bundle_tools)}
-    resource_map = {r.uri: r for r in resources if keep(r.uri, bundle_resources)}
-    template_items = [t for t in templates if keep(t.record.uri_template, bundle_resources)]
+    resource_map = {
+        r.definition.uri: r for r in resources if keep(r.definition.uri, bundle_resources)
+    }
+    template_items = [t for t in templates if keep(t.uri_template, bundle_resources)]
     prompt_map = {p.name: p for p in prompts if keep(p.name, bundle_prompts)}
     return View(
         server=server,
@@ -171,7 +160,7 @@ def _view(
         templates=template_items,
         template_list=[
             template_listing(t.record)
-            for t in sorted(template_items, key=lambda t: t.record.uri_template)
+            for t in sorted(template_items, key=lambda t: t.uri_template)
             if t.record.enabled
         ],
         prompts=prompt_map,
@@ -221,13 +210,16 @@ class Catalogue:
         fresh: dict[tuple[str, bytes], Check] = {}
         tools: dict[str, Tool] = {}
         for record in data.tools:
-            key = (record.name, orjson.dumps(record.input_schema, option=orjson.OPT_SORT_KEYS))
-            check = checks.get(key) or lazy_schema(record.name, record.input_schema)
+            schema = record.definition.input_schema
+            key = (record.name, orjson.dumps(schema, option=orjson.OPT_SORT_KEYS))
+            check = checks.get(key) or lazy_schema(record.name, schema)
             fresh[key] = check
             tools[record.name] = Tool(record=record, check=check, listing=tool_listing(record))
         checks.clear()
         checks.update(fresh)
-        templates = [Template(t, template_pattern(t.uri_template)) for t in data.templates]
+        templates = [
+            Template(t, template_pattern(t.definition.uri_template)) for t in data.templates
+        ]
         parts = (tools.values(), data.resources, templates, data.prompts)
         return cls(
             version=data.version,

@@ -66,7 +66,7 @@ def _record(
         created_at=current.created_at,
     )
     everything = request.app[REGISTRY].catalogue.everything
-    templates = {t.record.uri_template for t in everything.templates}
+    templates = {t.uri_template for t in everything.templates}
     missing = (
         [f"tool '{t}'" for t in record.tools if t not in everything.tools]
         + [

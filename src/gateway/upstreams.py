@@ -4,8 +4,8 @@ and tell every worker. Also keeps the in-process (local) backends registered."""
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
-from dataclasses import asdict, replace
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import structlog
@@ -28,12 +28,14 @@ from gateway.store import (
     Conflict,
     Features,
     NotFound,
+    Offered,
     PromptRecord,
     ResourceRecord,
     ResourceTemplateRecord,
     Store,
     ToolRecord,
     UpstreamRecord,
+    as_discovered,
 )
 
 log = structlog.get_logger(__name__)
@@ -131,16 +133,7 @@ class UpstreamService:
                 raise InvalidUpstream(f"upstream '{upstream.name}' lists tool '{name}' twice")
             seen.add(name)
         return [
-            ToolRecord(
-                name=name,
-                upstream=upstream.name,
-                original_name=d.name,
-                input_schema=d.input_schema,
-                description=d.description,
-                title=d.title,
-                output_schema=d.output_schema,
-                annotations=d.annotations,
-            )
+            ToolRecord(name=name, upstream=upstream.name, definition=d)
             for name, d in zip(names, defs, strict=True)
         ]
 
@@ -159,28 +152,17 @@ class UpstreamService:
                 f"upstream '{upstream.name}' has prompt names MCP does not allow: "
                 f"{', '.join(bad[:10])}"
             )
-        # Discovery's records carry every field of the definitions, plus their owner.
+        # Discovery's records wrap the definitions, under their owner; a resource or template
+        # listed twice is stored once.
         return Features(
-            resources=list(
-                {
-                    r.uri: ResourceRecord(upstream=upstream.name, **asdict(r)) for r in resources
-                }.values()
-            ),
+            resources=list({r.uri: ResourceRecord(upstream.name, r) for r in resources}.values()),
             templates=list(
                 {
-                    t.uri_template: ResourceTemplateRecord(upstream=upstream.name, **asdict(t))
-                    for t in templates
+                    t.uri_template: ResourceTemplateRecord(upstream.name, t) for t in templates
                 }.values()
             ),
             prompts=[
-                PromptRecord(
-                    name=name,
-                    upstream=upstream.name,
-                    original_name=p.name,
-                    description=p.description,
-                    title=p.title,
-                    arguments=p.arguments,
-                )
+                PromptRecord(name=name, upstream=upstream.name, definition=p)
                 for name, p in zip(prompt_names, prompts, strict=True)
             ],
         )
@@ -266,13 +248,8 @@ class UpstreamService:
     async def _unchanged(self, name: str, tools: list[ToolRecord], features: Features) -> bool:
         """True when discovery found exactly what the store already holds for `name`."""
         store = self.store
-        stored_tools = [
-            replace(t, enabled=True, cache_ttl=None, rate_limit=None)
-            for t in await store.list_tools()
-            if t.upstream == name
-        ]
         return (
-            sorted(stored_tools, key=repr) == sorted(tools, key=repr)
+            _discovered(await store.list_tools(), name) == _discovered(tools, name)
             and _discovered(await store.list_resources(), name)
             == _discovered(features.resources, name)
             and _discovered(await store.list_resource_templates(), name)
@@ -335,11 +312,6 @@ class UpstreamService:
         return record
 
 
-def _discovered(records: Any, upstream: str) -> list[Any]:
+def _discovered(records: Iterable[Offered], upstream: str) -> list[Offered]:
     """Records of `upstream` as discovery makes them: operator settings reset, sorted."""
-    mine = [r for r in records if r.upstream == upstream]
-    reset = {"enabled": True}
-    return sorted(
-        (replace(r, **{k: v for k, v in reset.items() if hasattr(r, k)}) for r in mine),
-        key=repr,
-    )
+    return sorted((as_discovered(r) for r in records if r.upstream == upstream), key=repr)

@@ -245,8 +245,8 @@ class Methods:
                 if ctx.emit is None or full is None:
                     # Nothing to relay: the plain call (backends cancel upstream themselves
                     # when the caller goes away).
-                    return await backend.call_tool(tool.record.original_name, arguments, timeout)
-                params: JSON = {"name": tool.record.original_name, "arguments": arguments}
+                    return await backend.call_tool(tool.record.definition.name, arguments, timeout)
+                params: JSON = {"name": tool.record.definition.name, "arguments": arguments}
                 return await self.forward(full, "tools/call", params, ctx, meta, timeout)
         except BackendError as exc:
             outcome = "error"
@@ -377,7 +377,7 @@ class Methods:
         if not isinstance(arguments, dict):
             raise invalid("'arguments' must be an object")
         backend = self._full_backend(prompt.upstream)
-        forwarded = {"name": prompt.original_name, "arguments": arguments}
+        forwarded = {"name": prompt.definition.name, "arguments": arguments}
         return await self._pass(backend, "prompts/get", forwarded, ctx, params)
 
     # --- utilities -----------------------------------------------------------------------------
@@ -392,7 +392,7 @@ class Methods:
             prompt = ctx.view.prompts.get(str(ref.get("name")))
             if prompt is None or not prompt.enabled:
                 raise invalid(f"unknown prompt: {ref.get('name')}")
-            forwarded["ref"] = {**ref, "name": prompt.original_name}
+            forwarded["ref"] = {**ref, "name": prompt.definition.name}
             backend = self._full_backend(prompt.upstream)
         elif ref.get("type") == "ref/resource":
             owner = ctx.view.resource_owner(str(ref.get("uri")))

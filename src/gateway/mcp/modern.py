@@ -137,7 +137,7 @@ def _check_param_headers(request: web.Request, ep: Endpoint, params: JSON) -> No
     if tool is None:
         return
     arguments = params.get("arguments") or {}
-    properties = tool.record.input_schema.get("properties") or {}
+    properties = tool.record.definition.input_schema.get("properties") or {}
     for argument, schema in properties.items():
         header_name = schema.get("x-mcp-header") if isinstance(schema, dict) else None
         if not isinstance(header_name, str):

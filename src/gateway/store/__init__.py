@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import MISSING, dataclass, field, fields, replace
+from typing import Any, Protocol, TypeVar
 
-JSON = dict[str, Any]
+from gateway.contracts import PromptDef, ResourceDef, ResourceTemplateDef, ToolDef
+from gateway.store.rows import column
 
 
 class StoreError(Exception):
@@ -34,24 +35,26 @@ class UpstreamRecord:
     transport: str
     url: str
     prefix: str
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(
+        default_factory=dict, metadata=column("headers_enc", encrypted=True)
+    )
     """Decrypted header values; never put these in an API response."""
     builtin: bool = False
     created_at: float = 0.0
     updated_at: float = 0.0
 
 
+# What an upstream offers is stored as the definition its backend discovered, under the
+# gateway's name and owner. The record's own fields with defaults are the operator's
+# settings: discovery leaves them at their defaults and updates keep them.
+
+
 @dataclass(frozen=True, slots=True)
 class ToolRecord:
     name: str
-    """The gateway name: `<prefix><separator><original_name>`, or the original name."""
+    """The gateway name: `<prefix><separator><definition.name>`, or the definition's name."""
     upstream: str
-    original_name: str
-    input_schema: JSON
-    description: str = ""
-    title: str | None = None
-    output_schema: JSON | None = None
-    annotations: JSON | None = None
+    definition: ToolDef = field(metadata=column(renamed={"name": "original_name"}))
     enabled: bool = True
     cache_ttl: float | None = None
     rate_limit: int | None = None
@@ -61,39 +64,39 @@ class ToolRecord:
 class ResourceRecord:
     """A federated resource. Its URI is its identity at the gateway, unchanged."""
 
-    uri: str
     upstream: str
-    name: str
-    description: str = ""
-    title: str | None = None
-    mime_type: str | None = None
-    size: int | None = None
-    annotations: JSON | None = None
+    definition: ResourceDef
     enabled: bool = True
 
 
 @dataclass(frozen=True, slots=True)
 class ResourceTemplateRecord:
-    uri_template: str
     upstream: str
-    name: str
-    description: str = ""
-    title: str | None = None
-    mime_type: str | None = None
-    annotations: JSON | None = None
+    definition: ResourceTemplateDef
     enabled: bool = True
 
 
 @dataclass(frozen=True, slots=True)
 class PromptRecord:
     name: str
-    """The gateway name, made like a tool's: `<prefix><separator><original_name>`."""
+    """The gateway name, made like a tool's: `<prefix><separator><definition.name>`."""
     upstream: str
-    original_name: str
-    description: str = ""
-    title: str | None = None
-    arguments: tuple[JSON, ...] = ()
+    definition: PromptDef = field(metadata=column(renamed={"name": "original_name"}))
     enabled: bool = True
+
+
+Offered = TypeVar("Offered", ToolRecord, ResourceRecord, ResourceTemplateRecord, PromptRecord)
+"""A record an upstream offers, which goes with it."""
+
+
+def operator_settings(record_type: type[Offered]) -> dict[str, Any]:
+    """The settings of an offered record type, each with its default."""
+    return {f.name: f.default for f in fields(record_type) if f.default is not MISSING}
+
+
+def as_discovered(record: Offered) -> Offered:
+    """The record with its operator settings back at their defaults, as discovery makes it."""
+    return replace(record, **operator_settings(type(record)))
 
 
 @dataclass(frozen=True, slots=True)

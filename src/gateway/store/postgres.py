@@ -25,7 +25,8 @@ import psycopg2.extensions
 import structlog
 
 from gateway.store import Connection, StoreError
-from gateway.store.base import DuplicateKey, SQLStore, one_line
+from gateway.store.base import SQLStore
+from gateway.store.connections import DuplicateKey, one_line
 
 POOL_SIZE = 10
 TIMEOUT = 30.0

@@ -19,7 +19,8 @@ from typing import Any
 import aiosqlite
 
 from gateway.store import Connection, StoreError
-from gateway.store.base import DuplicateKey, SQLStore, one_line
+from gateway.store.base import SQLStore
+from gateway.store.connections import DuplicateKey, one_line
 
 BUSY_TIMEOUT = 10.0
 """Seconds a statement waits for another process's write lock before failing."""
