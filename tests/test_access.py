@@ -8,6 +8,7 @@ import time
 
 import jwt
 import pytest
+from structlog.testing import capture_logs
 
 from tests.conftest import TEST_SECRET, Client, GatewayFactory, make_token
 
@@ -92,6 +93,11 @@ async def test_probes_need_no_token(client: Client, path: str) -> None:
 async def test_auth_not_required_makes_requests_anonymous_and_admin_open(
     gateway: GatewayFactory,
 ) -> None:
-    client = await gateway(auth_required=False)
+    with capture_logs() as logs:
+        client = await gateway(auth_required=False)
+    assert any(
+        "AUTH_REQUIRED=false" in entry["event"] and entry["log_level"] == "warning"
+        for entry in logs
+    )
     assert (await client.post("/rpc", json=PING)).status == 200
     assert (await client.get("/upstreams")).status == 200

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -14,7 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 
 from gateway.contracts import AuthError, Principal
-from gateway.settings import Settings, SettingsError
+from gateway.settings import Settings, SettingsError, load_settings
 from gateway_plugins.auth_jwt import JwtAuthenticator, create_jwt_authenticator, create_token
 
 # PyJWT warns about HMAC keys shorter than the hash; 64 bytes suits HS256 to HS512.
@@ -224,15 +228,38 @@ async def test_cached_token_still_expires() -> None:
 # --- construction and create_token -------------------------------------------------------
 
 
-def test_factory_uses_the_configured_algorithm() -> None:
-    auth = create_jwt_authenticator(Settings(jwt_algorithm="HS512"), SECRET)
-    assert isinstance(auth, JwtAuthenticator)
-
-
-async def test_factory_algorithm_accepts_tokens_of_that_algorithm() -> None:
-    auth = create_jwt_authenticator(Settings(jwt_algorithm="HS384"), SECRET)
+async def test_factory_accepts_only_tokens_of_the_configured_algorithm() -> None:
+    settings = load_settings({"JWT_ALGORITHM": "hs384"}, env_file=None)
+    auth = create_jwt_authenticator(settings, SECRET)
     token = create_token(SECRET, "zoe", algorithm="HS384")
     assert (await auth.authenticate(request_with(f"Bearer {token}"))).subject == "zoe"
+    other = create_token(SECRET, "zoe", algorithm="HS256")
+    error = await rejection(auth, f"Bearer {other}")
+    assert error.message == "token algorithm is not allowed"
+
+
+async def test_factory_defaults_to_hs256() -> None:
+    auth = create_jwt_authenticator(Settings(), SECRET)
+    token = create_token(SECRET, "zoe", algorithm="HS256")
+    assert (await auth.authenticate(request_with(f"Bearer {token}"))).subject == "zoe"
+
+
+def test_token_create_command_prints_a_token_signed_as_configured(tmp_path: Path) -> None:
+    environ = {**os.environ, "JWT_SECRET_KEY": SECRET, "JWT_ALGORITHM": "HS512"}
+    command = ["token", "create", "--sub", "ops", "--scope", "admin tools", "--server", "s1"]
+    completed = subprocess.run(
+        [sys.executable, "-m", "gateway", *command, "--exp", "5"],
+        env=environ,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    payload = jwt.decode(completed.stdout.strip(), SECRET, algorithms=["HS512"])
+    assert (payload["sub"], payload["scope"], payload["servers"]) == ("ops", "admin tools", ["s1"])
+    assert 299 <= payload["exp"] - payload["iat"] <= 301
+    assert completed.stderr == ""
 
 
 def test_empty_secret_is_a_settings_error() -> None:

@@ -48,7 +48,7 @@ async def open_cache(
         cache_type=name,
         cache_prefix=default_prefix if prefix is None else prefix,
         database_url=database_url,
-        redis_url=redis_url,
+        plugin_values={"REDIS_URL": redis_url},
         auth_encryption_secret=ENCRYPTION_SECRET,
         tool_timeout=5.0,
     )

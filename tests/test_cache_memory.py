@@ -10,7 +10,7 @@ import pytest
 
 from gateway.contracts import Cache
 from gateway.plugins import Plugins
-from gateway.settings import Settings
+from gateway.settings import Settings, load_settings
 from gateway_plugins.cache_memory import SUBSCRIBER_QUEUE_SIZE, MemoryCache, create_memory_cache
 
 # The memory cache never touches the store its factory receives.
@@ -50,15 +50,22 @@ async def collect(cache: MemoryCache, channel: str, count: int) -> list[bytes]:
 def test_memory_cache_is_registered_as_an_unshared_cache() -> None:
     spec = Plugins.load(Settings()).caches.items["memory"]
     assert spec.shared is False
-    cache = spec.factory(Settings(memory_cache_max_items=7, cache_prefix="p"), NO_STORE)
+    cache = spec.factory(
+        Settings(cache_prefix="p", plugin_values={"MEMORY_CACHE_MAX_ITEMS": 7}), NO_STORE
+    )
     assert isinstance(cache, MemoryCache)
     assert isinstance(cache, Cache)
     assert cache.max_items == 7
 
 
 def test_factory_reads_bound_and_prefix_from_settings() -> None:
-    cache = create_memory_cache(Settings(memory_cache_max_items=3, cache_prefix="gw"), NO_STORE)
+    environ = {"MEMORY_CACHE_MAX_ITEMS": "3", "CACHE_PREFIX": "gw"}
+    cache = create_memory_cache(load_settings(environ, env_file=None), NO_STORE)
     assert (cache.max_items, cache.prefix) == (3, "gw:")
+
+
+def test_factory_defaults_to_100000_items() -> None:
+    assert create_memory_cache(Settings(), NO_STORE).max_items == 100_000
 
 
 async def test_set_then_get_returns_the_value_and_delete_removes_it(cache: MemoryCache) -> None:

@@ -20,7 +20,7 @@ from structlog.testing import capture_logs
 
 from gateway.contracts import Cache
 from gateway.plugins import Plugins
-from gateway.settings import Settings
+from gateway.settings import Settings, load_settings
 from gateway.testing.cache_conformance import listening, unique, wait_until_listening
 from gateway_plugins.cache_redis import RedisCache, RedisCacheError, create_redis_cache
 from tests.conftest import GatewayFactory, free_port
@@ -180,9 +180,12 @@ def test_redis_cache_is_registered_as_a_shared_cache() -> None:
 
 
 def test_factory_reads_url_prefix_and_timeout_from_settings() -> None:
-    settings = Settings(
-        redis_url="redis://cache.internal:6380/2", cache_prefix="gw", tool_timeout=7
-    )
+    environ = {
+        "REDIS_URL": "redis://cache.internal:6380/2",
+        "CACHE_PREFIX": "gw",
+        "TOOL_TIMEOUT": "7",
+    }
+    settings = load_settings(environ, env_file=None)
     cache = create_redis_cache(settings, NO_STORE)
     assert (cache.redis_url, cache.prefix, cache.client_name, cache.timeout) == (
         "redis://cache.internal:6380/2",
@@ -399,7 +402,7 @@ async def test_an_idle_subscription_outlives_the_socket_timeout_without_reconnec
 async def test_ready_answers_503_naming_redis_while_it_is_down(
     relay: Relay, gateway: GatewayFactory
 ) -> None:
-    client = await gateway(cache_type="redis", redis_url=relay.url)
+    client = await gateway(cache_type="redis", plugin_values={"REDIS_URL": relay.url})
     assert (await client.get("/ready")).status == 200
     await relay.sever()
     response = await client.get("/ready")

@@ -7,7 +7,6 @@ registry (with the backends). Teardown runs in reverse.
 from __future__ import annotations
 
 import contextlib
-import secrets
 import sys
 from collections.abc import AsyncIterator, Callable
 
@@ -15,6 +14,7 @@ import structlog
 from aiohttp import web
 
 from gateway import access, admin, health, jobs, metrics, rpc, servers
+from gateway.authsecret import JWT_SECRET_NAME, new_secret
 from gateway.cacheuse import CacheUse
 from gateway.contracts import Principal
 from gateway.keys import (
@@ -46,12 +46,7 @@ from gateway.upstreams import UpstreamService
 
 log = structlog.get_logger(__name__)
 
-JWT_SECRET_NAME = "jwt_secret"
 Ctx = Callable[[web.Application], AsyncIterator[None]]
-
-
-def new_secret() -> str:
-    return secrets.token_urlsafe(48)
 
 
 class StartupError(Exception):
@@ -65,6 +60,11 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         await store.start()
     except StoreError as exc:
         raise StartupError(f"cannot open the store at DATABASE_URL: {exc}") from None
+    if not settings.auth_encryption_secret:
+        log.warning(
+            "AUTH_ENCRYPTION_SECRET is not set; upstream credentials are encrypted "
+            "with a key kept in the store itself"
+        )
     app[STORE] = store
     yield
     await store.close()
@@ -94,6 +94,7 @@ async def _cache_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _auth_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     if not settings.auth_required:
+        log.warning("AUTH_REQUIRED=false: every request is anonymous and the admin API is open")
         yield
         return
     spec = app[PLUGINS].auth_for(settings)
@@ -167,7 +168,8 @@ async def create_app(settings: Settings | None = None) -> web.Application:
         plugins = Plugins.load(settings)
         plugins.check(settings)
     except SettingsError as exc:
-        print(f"aio-mcp-gateway: configuration error: {exc}", file=sys.stderr, flush=True)
+        for problem in exc.problems:
+            print(f"aio-mcp-gateway: configuration error: {problem}", file=sys.stderr, flush=True)
         sys.exit(3)
     app = build_app(settings, plugins, guard=_exit_on_startup_error)
     app.on_startup.append(_log_started)

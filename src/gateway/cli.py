@@ -1,13 +1,38 @@
-"""The `aio-mcp-gateway` command: `serve` for development, `token create`, `check`."""
+"""The `aio-mcp-gateway` command: `serve` for development, `check`, and the commands that
+plugins add (the jwt plugin's `token create`)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import sys
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass
+from typing import Any
 
 from gateway import __version__
+from gateway.plugins import Plugins
 from gateway.settings import Settings, SettingsError, load_settings
+
+Run = Callable[[argparse.Namespace, Settings], int | Coroutine[Any, Any, int]]
+"""A command: gets the parsed arguments and the settings, returns the exit status."""
+Subparsers = argparse._SubParsersAction  # argparse exports no public name for it
+
+
+@dataclass(frozen=True, slots=True)
+class CommandSpec:
+    """A subcommand of `aio-mcp-gateway` that a plugin adds (`gateway_register_commands`).
+
+    A command either runs (`run`, with `arguments` adding its options to its parser) or
+    groups `subcommands`, as `token` groups `token create`.
+    """
+
+    name: str
+    help: str
+    run: Run | None = None
+    """May be a coroutine function; the command line then runs it with `asyncio.run`."""
+    arguments: Callable[[argparse.ArgumentParser], object] | None = None
+    subcommands: tuple[CommandSpec, ...] = ()
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -15,43 +40,15 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
     from gateway.app import create_app
     from gateway.eventloop import new_event_loop
-    from gateway.logconfig import configure_logging
-    from gateway.startup import log_startup_warnings
 
     host = args.host or settings.host
     port = args.port or settings.port
-    configure_logging(settings)
-    log_startup_warnings(settings)
     loop = new_event_loop(settings)
     web.run_app(create_app(settings), host=host, port=port, access_log=None, print=None, loop=loop)
     return 0
 
 
-async def _stored_secret(settings: Settings) -> str:
-    from gateway.app import JWT_SECRET_NAME, new_secret
-    from gateway.store import open_store
-
-    store = open_store(settings.database_url, settings.auth_encryption_secret)
-    await store.start()
-    try:
-        return await store.get_or_create_secret(JWT_SECRET_NAME, new_secret)
-    finally:
-        await store.close()
-
-
-def _token(args: argparse.Namespace, settings: Settings) -> int:
-    from gateway_plugins.auth_jwt import create_token
-
-    secret = settings.jwt_secret_key or asyncio.run(_stored_secret(settings))
-    scopes = [s for scope in args.scope for s in scope.split()]
-    print(create_token(secret, args.sub, scopes, args.exp, settings.jwt_algorithm, args.server))
-    return 0
-
-
-def _check(args: argparse.Namespace, settings: Settings) -> int:
-    from gateway.plugins import Plugins
-
-    plugins = Plugins.load(settings)
+def _check(plugins: Plugins, settings: Settings) -> int:
     plugins.check(settings)
     print(
         f"settings ok; caches: {', '.join(plugins.caches.names())}; "
@@ -60,7 +57,24 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def parser() -> argparse.ArgumentParser:
+def _add_command(sub: Subparsers[argparse.ArgumentParser], spec: CommandSpec) -> None:
+    if spec.name in sub.choices:
+        raise SettingsError(f"a plugin adds the command {spec.name!r}, which the gateway has")
+    command = sub.add_parser(spec.name, help=spec.help)
+    if spec.arguments is not None:
+        spec.arguments(command)
+    if spec.subcommands:
+        nested = command.add_subparsers(dest=f"{spec.name}_command", required=True)
+        for subcommand in spec.subcommands:
+            _add_command(nested, subcommand)
+    elif spec.run is not None:
+        command.set_defaults(run=spec.run)
+    else:
+        raise SettingsError(f"the plugin command {spec.name!r} has neither run nor subcommands")
+
+
+def parser(plugins: Plugins | None = None) -> argparse.ArgumentParser:
+    """The command line; without `plugins`, only the gateway's own commands."""
     p = argparse.ArgumentParser(prog="aio-mcp-gateway", description=__doc__)
     p.add_argument("--version", action="version", version=f"aio-mcp-gateway {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -70,34 +84,36 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (default: PORT)")
     serve.set_defaults(run=_serve)
 
-    token = sub.add_parser("token", help="JWT tokens")
-    token_sub = token.add_subparsers(dest="token_command", required=True)
-    create = token_sub.add_parser("create", help="print a token signed with the gateway's secret")
-    create.add_argument("--sub", required=True, help="the subject (who the token is for)")
-    create.add_argument(
-        "--scope", action="append", default=[], help="a scope to grant, e.g. admin (repeatable)"
-    )
-    create.add_argument("--exp", type=float, default=60.0, help="minutes until it expires")
-    create.add_argument(
-        "--server",
-        action="append",
-        default=[],
-        help="restrict the token to this virtual server (repeatable)",
-    )
-    create.set_defaults(run=_token)
-
     check = sub.add_parser("check", help="validate settings and list installed plugins")
-    check.set_defaults(run=_check)
+    check.set_defaults(
+        run=lambda args, settings: _check(plugins or Plugins.load(settings), settings)
+    )
+
+    for spec in plugins.commands.items.values() if plugins is not None else ():
+        _add_command(sub, spec)
     return p
 
 
+def _run(run: Run, args: argparse.Namespace, settings: Settings) -> int:
+    status = run(args, settings)
+    return status if isinstance(status, int) else asyncio.run(status)
+
+
+def _asks_for_help(argv: Iterable[str] | None) -> bool:
+    return not {"-h", "--help", "--version"}.isdisjoint(sys.argv[1:] if argv is None else argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
     try:
+        # Plugins add commands, and which plugins load is a setting: settings come first.
         settings = load_settings()
-        return int(args.run(args, settings))
+        args = parser(Plugins.load(settings)).parse_args(argv)
+        return _run(args.run, args, settings)
     except SettingsError as exc:
-        print(f"aio-mcp-gateway: configuration error: {exc}", file=sys.stderr)
+        if _asks_for_help(argv):
+            parser().parse_args(argv)  # help and version need no settings
+        for problem in exc.problems:
+            print(f"aio-mcp-gateway: configuration error: {problem}", file=sys.stderr)
         return 2
     except Exception as exc:  # one line for the operator, not a traceback
         print(f"aio-mcp-gateway: {exc}", file=sys.stderr)

@@ -2,23 +2,28 @@
 
 Core code asks this module for implementations by name and never calls `pm.hook.*` itself.
 Built-in plugins come through this distribution's own entry points, like any other plugin;
-`PLUGINS_BLOCKED` names entry points that must not load.
+`PLUGINS_BLOCKED` names entry points that must not load. A plugin that pluggy refuses (a
+misspelt hook, an argument no spec has) stops start-up with a one-line `SettingsError`.
+Plugin authors import `gateway.plugin`, not this module.
 """
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import pluggy
 
 from gateway import hookspecs
 from gateway.contracts import AuthSpec, BackendSpec, CacheSpec
-from gateway.settings import Settings, SettingsError
+from gateway.settings import Settings, SettingsError, SettingSpec
 
 if TYPE_CHECKING:
     from aiohttp import web
+
+    from gateway.cli import CommandSpec
 
 
 class _Named(Protocol):
@@ -58,24 +63,49 @@ def build_plugin_manager(blocked: Iterable[str] = (), trace: bool = False) -> pl
     pm.add_hookspecs(hookspecs)
     for name in blocked:
         pm.set_blocked(name)
-    pm.load_setuptools_entrypoints(hookspecs.PROJECT)
+    try:
+        pm.load_setuptools_entrypoints(hookspecs.PROJECT)
+    except pluggy.PluginValidationError as exc:
+        plugin = getattr(exc.plugin, "__name__", repr(exc.plugin))
+        reason = "; ".join(line.strip() for line in str(exc).splitlines())
+        raise SettingsError(f"plugin {plugin!r} cannot load: {reason}") from None
     if trace:
         pm.trace.root.setwriter(print)
         pm.enable_tracing()
     return pm
 
 
+def check_hooks(pm: pluggy.PluginManager) -> None:
+    """Raise `SettingsError` naming the plugin and the hook when a plugin implements a hook
+    that has no spec, which is a misspelt name: pluggy would otherwise never call it."""
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        name = pm.get_name(exc.plugin)
+        unknown = [c.name for c in pm.get_hookcallers(exc.plugin) or () if c.spec is None]
+        hook = unknown[0] if unknown else "?"
+        known = [n for n in vars(hookspecs) if n.startswith("gateway_")]
+        close = difflib.get_close_matches(hook, known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else f"; hooks: {', '.join(known)}"
+        raise SettingsError(f"plugin {name!r} implements unknown hook {hook!r}{hint}") from None
+
+
 class Plugins:
     """Typed facade: one method per hook."""
 
     def __init__(self, pm: pluggy.PluginManager) -> None:
+        check_hooks(pm)
         self.pm = pm
         self.caches: Registrar[CacheSpec] = Registrar("cache")
         self.auth: Registrar[AuthSpec] = Registrar("auth")
         self.backends: Registrar[BackendSpec] = Registrar("backend")
+        self.declared_settings: Registrar[SettingSpec[Any]] = Registrar("setting")
+        self.commands: Registrar[CommandSpec] = Registrar("command")
         pm.hook.gateway_register_caches(register=self.caches)
         pm.hook.gateway_register_auth(register=self.auth)
         pm.hook.gateway_register_backends(register=self.backends)
+        pm.hook.gateway_register_settings(register=self.declared_settings)
+        pm.hook.gateway_register_commands(register=self.commands)
 
     @classmethod
     def load(cls, settings: Settings) -> Plugins:

@@ -152,10 +152,8 @@ class Registry:
             await self.upstream_listener(upstream, method, params)
 
     async def _close_later(self, backend: Backend) -> None:
-        try:
-            await asyncio.sleep(self.settings.tool_timeout)
-        finally:  # also when `close()` cancels the wait: the gateway is stopping
-            await backend.close()
+        await asyncio.sleep(self.settings.tool_timeout)
+        await backend.close()
 
     async def _poll(self) -> None:
         while True:

@@ -1,24 +1,35 @@
 """The only reader of the environment and `.env`: builds one frozen `Settings`.
 
-The environment wins over `.env` in the working directory. A bad value raises
-`SettingsError` with one line naming the variable and what it accepts.
+The environment wins over `.env` in the working directory. Plugins declare their own
+settings (`SettingSpec`, through `gateway_register_settings`); they are read here too, in
+the same pass. Every bad value is reported, one line each naming the variable and what it
+accepts, in one `SettingsError`.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from types import MappingProxyType
+from typing import Any, Generic, TypeVar, cast
 
 from dotenv import dotenv_values
 
 T = TypeVar("T")
 
 
+Parser = Callable[[str, str], T]
+"""Turns (variable, raw text) into a value, or raises `SettingsError` with one line."""
+
+
 class SettingsError(ValueError):
-    """A setting has a value the gateway cannot use."""
+    """Settings the gateway cannot use: one line per problem."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
 
 
 def _bool(name: str, raw: str) -> bool:
@@ -51,10 +62,12 @@ def _float(name: str, raw: str, minimum: float = 0.0) -> float:
 
 
 def _choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
+    """The choice `raw` names, in any letter case, spelt as in `choices`."""
     value = raw.strip().lower()
-    if value not in choices:
-        raise SettingsError(f"{name}={raw!r} is not one of: {', '.join(choices)}")
-    return value
+    for choice in choices:
+        if choice.lower() == value:
+            return choice
+    raise SettingsError(f"{name}={raw!r} is not one of: {', '.join(choices)}")
 
 
 def _list(raw: str) -> tuple[str, ...]:
@@ -71,6 +84,44 @@ def _database_url(name: str, raw: str) -> str:
     return value
 
 
+# --- parsers for plugins' settings ----------------------------------------------------------
+
+
+def text(name: str, raw: str) -> str:
+    return raw.strip()
+
+
+def boolean(name: str, raw: str) -> bool:
+    return _bool(name, raw)
+
+
+def integer(minimum: int = 0) -> Parser[int]:
+    return lambda name, raw: _int(name, raw, minimum)
+
+
+def number(above: float = 0.0) -> Parser[float]:
+    return lambda name, raw: _float(name, raw, above)
+
+
+def choice(*choices: str) -> Parser[str]:
+    return lambda name, raw: _choice(name, raw, choices)
+
+
+@dataclass(frozen=True, slots=True)
+class SettingSpec(Generic[T]):
+    """A setting a plugin declares: one environment variable, read and checked at start.
+
+    The plugin reads its value with `settings.plugin_value(spec)`.
+    """
+
+    name: str
+    """The environment variable, e.g. `REDIS_URL`."""
+    default: T
+    parse: Parser[T]
+    help: str = ""
+    """One line for `.env.example` and the README."""
+
+
 def _cpu_workers() -> int:
     return max(2, (os.cpu_count() or 1) * 2)
 
@@ -84,12 +135,9 @@ class Settings:
     database_url: str = "sqlite:///./gateway.db"
     cache_type: str = "database"
     cache_prefix: str = "mcpgw"
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    memory_cache_max_items: int = 100_000
     auth_required: bool = True
     auth_type: str = "jwt"
     jwt_secret_key: str = ""
-    jwt_algorithm: str = "HS256"
     auth_encryption_secret: str = ""
     tool_timeout: float = 30.0
     tool_name_separator: str = "__"
@@ -117,6 +165,15 @@ class Settings:
     gunicorn_preload_app: bool = False
     gunicorn_backlog: int = 2048
     gunicorn_access_log: bool = False
+    plugin_values: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    """The plugins' own settings by variable name; read one with `plugin_value`."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "plugin_values", MappingProxyType(dict(self.plugin_values)))
+
+    def plugin_value(self, spec: SettingSpec[T]) -> T:
+        """The value of a plugin's setting: as loaded, else the spec's default."""
+        return cast(T, self.plugin_values.get(spec.name, spec.default))
 
     @property
     def is_postgres(self) -> bool:
@@ -129,7 +186,6 @@ class Settings:
 
 
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-_ALGORITHMS = ("HS256", "HS384", "HS512")
 
 # Each entry: environment variable -> (field, parser). Parsers get (name, raw).
 _PARSERS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
@@ -138,12 +194,9 @@ _PARSERS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "DATABASE_URL": ("database_url", _database_url),
     "CACHE_TYPE": ("cache_type", lambda n, r: r.strip().lower()),
     "CACHE_PREFIX": ("cache_prefix", lambda n, r: r.strip()),
-    "REDIS_URL": ("redis_url", lambda n, r: r.strip()),
-    "MEMORY_CACHE_MAX_ITEMS": ("memory_cache_max_items", lambda n, r: _int(n, r, 1)),
     "AUTH_REQUIRED": ("auth_required", _bool),
     "AUTH_TYPE": ("auth_type", lambda n, r: r.strip().lower()),
     "JWT_SECRET_KEY": ("jwt_secret_key", lambda n, r: r),
-    "JWT_ALGORITHM": ("jwt_algorithm", lambda n, r: _algorithm(n, r)),
     "AUTH_ENCRYPTION_SECRET": ("auth_encryption_secret", lambda n, r: r),
     "TOOL_TIMEOUT": ("tool_timeout", _float),
     "TOOL_NAME_SEPARATOR": ("tool_name_separator", lambda n, r: _separator(n, r)),
@@ -176,13 +229,6 @@ _PARSERS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
 ENVIRONMENT_VARIABLES = tuple(_PARSERS)
 
 
-def _algorithm(name: str, raw: str) -> str:
-    value = raw.strip().upper()
-    if value not in _ALGORITHMS:
-        raise SettingsError(f"{name}={raw!r} is not one of: {', '.join(_ALGORITHMS)}")
-    return value
-
-
 def _separator(name: str, raw: str) -> str:
     value = raw.strip()
     if not value or any(not (c.isalnum() or c in "_-.") for c in value):
@@ -191,16 +237,57 @@ def _separator(name: str, raw: str) -> str:
 
 
 def load_settings(
-    environ: Mapping[str, str] | None = None, env_file: Path | str | None = ".env"
+    environ: Mapping[str, str] | None = None,
+    env_file: Path | str | None = ".env",
+    declared: Iterable[SettingSpec[Any]] | None = None,
 ) -> Settings:
-    """Read settings from `.env` (if present) overlaid by the environment."""
+    """Read settings from `.env` (if present) overlaid by the environment.
+
+    `declared` are the plugins' own settings; by default, those that the plugins these
+    settings load declare. Raises one `SettingsError` listing every bad value.
+    """
     values: dict[str, str] = {}
     if env_file is not None and Path(env_file).is_file():
         values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
     values.update(os.environ if environ is None else environ)
-    parsed: dict[str, Any] = {}
-    for variable, (field_name, parser) in _PARSERS.items():
+    problems: list[str] = []
+    unset = object()
+
+    def parse(variable: str, parser: Parser[Any]) -> Any:
         raw = values.get(variable)
-        if raw is not None and raw.strip() != "":
-            parsed[field_name] = parser(variable, raw)
-    return Settings(**parsed)
+        if raw is None or raw.strip() == "":
+            return unset
+        try:
+            return parser(variable, raw)
+        except SettingsError as exc:
+            problems.extend(exc.problems)
+            return unset
+
+    parsed = {
+        field_name: value
+        for variable, (field_name, parser) in _PARSERS.items()
+        if (value := parse(variable, parser)) is not unset
+    }
+    settings = Settings(**parsed)
+    plugin_values: dict[str, Any] = {}
+    for spec in _declared_by_plugins(settings, problems) if declared is None else declared:
+        if spec.name in _PARSERS:
+            problems.append(f"{spec.name} is a setting of the gateway itself; a plugin declares it")
+            continue
+        value = parse(spec.name, spec.parse)
+        plugin_values[spec.name] = spec.default if value is unset else value
+    if problems:
+        raise SettingsError(*problems)
+    return settings.replace(plugin_values=plugin_values)
+
+
+def _declared_by_plugins(settings: Settings, problems: list[str]) -> list[SettingSpec[Any]]:
+    # Imported here because the plugin manager needs `Settings` from this module.
+    from gateway.plugins import Plugins, build_plugin_manager
+
+    try:
+        plugins = Plugins(build_plugin_manager(settings.plugins_blocked))
+    except SettingsError as exc:
+        problems.extend(exc.problems)
+        return []
+    return list(plugins.declared_settings.items.values())

@@ -1,4 +1,5 @@
-"""The `jwt` authenticator: bearer tokens verified by aiohttp-jwt, plus `create_token`.
+"""The `jwt` authenticator: bearer tokens verified by aiohttp-jwt, plus `create_token` and
+the `aio-mcp-gateway token create` command, and the `JWT_ALGORITHM` setting.
 
 aiohttp-jwt does the header parsing and signature checks; this module turns its HTTP
 exceptions into `AuthError`s with readable messages, insists on an `exp` claim, keeps a
@@ -8,24 +9,35 @@ rejected token (the core logs one line per denied request instead).
 
 from __future__ import annotations
 
+import argparse
 import logging
 import math
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jwt
 from aiohttp import hdrs, web
 from aiohttp_jwt import JWTMiddleware
 
-from gateway.contracts import AuthError, AuthSpec, Principal
-from gateway.hookspecs import hookimpl
-from gateway.settings import SettingsError
+from gateway.plugin import (
+    AuthError,
+    AuthSpec,
+    CommandSpec,
+    Principal,
+    Registrar,
+    Settings,
+    SettingsError,
+    SettingSpec,
+    auth_secret,
+    choice,
+    hookimpl,
+)
 
-if TYPE_CHECKING:
-    from gateway.plugins import Registrar
-    from gateway.settings import Settings
+ALGORITHM = SettingSpec(
+    "JWT_ALGORITHM", "HS256", choice("HS256", "HS384", "HS512"), "HS256, HS384 or HS512."
+)
 
 # Verifying an HMAC signature costs more than the rest of a small request; at thousands
 # of requests per second from a few clients, remembering recent tokens pays for itself.
@@ -224,7 +236,43 @@ def create_token(
 
 
 def create_jwt_authenticator(settings: Settings, secret: str) -> JwtAuthenticator:
-    return JwtAuthenticator(secret, settings.jwt_algorithm)
+    return JwtAuthenticator(secret, settings.plugin_value(ALGORITHM))
+
+
+def _token_create_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sub", required=True, help="the subject (who the token is for)")
+    parser.add_argument(
+        "--scope", action="append", default=[], help="a scope to grant, e.g. admin (repeatable)"
+    )
+    parser.add_argument("--exp", type=float, default=60.0, help="minutes until it expires")
+    parser.add_argument(
+        "--server",
+        action="append",
+        default=[],
+        help="restrict the token to this virtual server (repeatable)",
+    )
+
+
+async def _token_create(args: argparse.Namespace, settings: Settings) -> int:
+    secret = await auth_secret(settings)
+    scopes = [s for scope in args.scope for s in scope.split()]
+    algorithm = settings.plugin_value(ALGORITHM)
+    print(create_token(secret, args.sub, scopes, args.exp, algorithm, args.server))
+    return 0
+
+
+TOKEN_COMMAND = CommandSpec(
+    name="token",
+    help="JWT tokens",
+    subcommands=(
+        CommandSpec(
+            name="create",
+            help="print a token signed with the gateway's secret",
+            run=_token_create,
+            arguments=_token_create_arguments,
+        ),
+    ),
+)
 
 
 @hookimpl(trylast=True)
@@ -236,3 +284,13 @@ def gateway_register_auth(register: Registrar[AuthSpec]) -> None:
             description="Bearer JWTs signed with JWT_SECRET_KEY (HS256/384/512), via aiohttp-jwt.",
         )
     )
+
+
+@hookimpl(trylast=True)
+def gateway_register_settings(register: Registrar[SettingSpec[Any]]) -> None:
+    register.add(ALGORITHM)
+
+
+@hookimpl(trylast=True)
+def gateway_register_commands(register: Registrar[CommandSpec]) -> None:
+    register.add(TOKEN_COMMAND)

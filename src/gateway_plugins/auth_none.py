@@ -8,14 +8,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from gateway.contracts import AuthSpec, Principal
-from gateway.hookspecs import hookimpl
+from gateway.plugin import AuthSpec, Principal, Registrar, Settings, hookimpl
 
 if TYPE_CHECKING:
     from aiohttp import web
-
-    from gateway.plugins import Registrar
-    from gateway.settings import Settings
 
 ANONYMOUS = Principal(subject="anonymous", anonymous=True)
 

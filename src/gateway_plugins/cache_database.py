@@ -21,18 +21,10 @@ import hashlib
 import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import TYPE_CHECKING
 
 import structlog
 
-from gateway.contracts import CacheSpec
-from gateway.hookspecs import hookimpl
-from gateway.store import StoreError
-
-if TYPE_CHECKING:
-    from gateway.plugins import Registrar
-    from gateway.settings import Settings
-    from gateway.store import Store
+from gateway.plugin import CacheSpec, Registrar, Settings, Store, StoreError, hookimpl
 
 PURGE_INTERVAL = 60.0
 """Seconds between deletions of expired entries and old messages."""

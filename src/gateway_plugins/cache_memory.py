@@ -11,15 +11,16 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING
+from typing import Any
 
-from gateway.contracts import CacheSpec
-from gateway.hookspecs import hookimpl
+from gateway.plugin import CacheSpec, Registrar, Settings, SettingSpec, Store, hookimpl, integer
 
-if TYPE_CHECKING:
-    from gateway.plugins import Registrar
-    from gateway.settings import Settings
-    from gateway.store import Store
+MAX_ITEMS = SettingSpec(
+    "MEMORY_CACHE_MAX_ITEMS",
+    100_000,
+    integer(minimum=1),
+    "Most entries the memory cache keeps per worker (least recently used go first).",
+)
 
 # A subscriber that stops reading must not grow memory without bound; past this many
 # unread messages the oldest are dropped, as a fire-and-forget pub/sub may do.
@@ -146,7 +147,12 @@ class MemoryCache:
 
 def create_memory_cache(settings: Settings, store: Store) -> MemoryCache:
     """Cache factory; the memory cache keeps nothing in the store."""
-    return MemoryCache(settings.memory_cache_max_items, settings.cache_prefix)
+    return MemoryCache(settings.plugin_value(MAX_ITEMS), settings.cache_prefix)
+
+
+@hookimpl(trylast=True)
+def gateway_register_settings(register: Registrar[SettingSpec[Any]]) -> None:
+    register.add(MAX_ITEMS)
 
 
 @hookimpl(trylast=True)

@@ -31,7 +31,7 @@ import asyncio
 import math
 import re
 from collections.abc import AsyncIterator, Awaitable
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
@@ -41,15 +41,16 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
-from gateway.contracts import CacheSpec
-from gateway.hookspecs import hookimpl
-
-if TYPE_CHECKING:
-    from gateway.plugins import Registrar
-    from gateway.settings import Settings
-    from gateway.store import Store
+from gateway.plugin import CacheSpec, Registrar, Settings, SettingSpec, Store, hookimpl, text
 
 T = TypeVar("T")
+
+REDIS_URL = SettingSpec(
+    "REDIS_URL",
+    "redis://127.0.0.1:6379/0",
+    text,
+    "Where the redis cache lives: redis://[:password@]host:port/db, rediss://, unix://.",
+)
 
 CONNECT_TIMEOUT = 2.0
 POOL_SIZE = 256
@@ -302,7 +303,14 @@ class RedisCache:
 
 def create_redis_cache(settings: Settings, store: Store) -> RedisCache:
     """Cache factory: the cache lives in Redis at `REDIS_URL`, not in the store."""
-    return RedisCache(settings.redis_url, settings.cache_prefix, settings.tool_timeout)
+    return RedisCache(
+        settings.plugin_value(REDIS_URL), settings.cache_prefix, settings.tool_timeout
+    )
+
+
+@hookimpl(trylast=True)
+def gateway_register_settings(register: Registrar[SettingSpec[Any]]) -> None:
+    register.add(REDIS_URL)
 
 
 @hookimpl(trylast=True)

@@ -5,10 +5,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from gateway.contracts import BackendError, BackendSpec, ToolDef, UpstreamConfig
-from gateway.hookspecs import hookimpl
-from gateway.plugins import Registrar
-from gateway.settings import Settings
+from gateway.plugin import (
+    BackendError,
+    BackendSpec,
+    Registrar,
+    Settings,
+    ToolDef,
+    UpstreamConfig,
+    hookimpl,
+)
 
 SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "additionalProperties": False}
 

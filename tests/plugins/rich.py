@@ -16,19 +16,19 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from gateway.contracts import (
+from gateway.plugin import (
     BackendSpec,
     Notify,
     PromptDef,
+    Registrar,
     ResourceDef,
     ResourceTemplateDef,
+    Settings,
     ToolDef,
     UpstreamConfig,
     UpstreamError,
+    hookimpl,
 )
-from gateway.hookspecs import hookimpl
-from gateway.plugins import Registrar
-from gateway.settings import Settings
 
 JSON = dict[str, Any]
 

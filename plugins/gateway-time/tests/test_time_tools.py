@@ -9,8 +9,7 @@ from typing import Any
 import jsonschema
 import orjson
 import pytest
-from gateway.contracts import BackendError, BackendSpec, UpstreamConfig
-from gateway.settings import Settings
+from gateway.plugin import BackendError, BackendSpec, Settings, UpstreamConfig
 
 from gateway_time import gateway_register_backends, tools
 from gateway_time.backend import TimeBackend

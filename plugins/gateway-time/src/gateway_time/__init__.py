@@ -3,20 +3,14 @@
 The gateway loads this module through the `aio_mcp_gateway` entry point declared in
 `pyproject.toml` and calls the hooks marked `@hookimpl` below. This one registers a local
 backend: the gateway then adds one upstream for it, with no prefix, so its tools appear as
-`get_system_time` and `convert_time`.
+`get_system_time` and `convert_time`. Everything a plugin needs comes from `gateway.plugin`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from gateway.contracts import BackendSpec
-from gateway.hookspecs import hookimpl
+from gateway.plugin import BackendSpec, Registrar, hookimpl
 
 from gateway_time.backend import TimeBackend, create_time_backend
-
-if TYPE_CHECKING:
-    from gateway.plugins import Registrar
 
 __all__ = ["TimeBackend", "gateway_register_backends"]
 

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
-from gateway.contracts import JSON, BackendError, ToolDef, UpstreamConfig
+from gateway.plugin import JSON, BackendError, Settings, ToolDef, UpstreamConfig
 
 from gateway_time import tools
-
-if TYPE_CHECKING:
-    from gateway.settings import Settings
 
 _HANDLERS: dict[str, Callable[[object], JSON]] = {
     tools.GET_SYSTEM_TIME.name: tools.get_system_time,

@@ -15,7 +15,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, available_timezones
 
 import orjson
-from gateway.contracts import ToolDef
+from gateway.plugin import ToolDef
 
 JSON = dict[str, Any]
 Clock = Callable[[tzinfo], datetime]

@@ -1,0 +1,160 @@
+"""The plugin API of aio-mcp-gateway: everything a plugin imports comes from this module.
+
+Writing a plugin
+================
+
+A plugin is a Python package with an entry point in the `aio_mcp_gateway` group; the key
+is the plugin's name (what `PLUGINS_BLOCKED` lists), the value the module holding its
+hooks::
+
+    [project.entry-points.aio_mcp_gateway]
+    time = "gateway_time"
+
+In that module, functions named after a hook and marked `@hookimpl` are called at start.
+A hook name that matches no hook stops start-up with one line naming the plugin and the
+hook, so a misspelt name never goes unnoticed. `plugins/gateway-time` in the repository
+is a complete, tested example package.
+
+Hooks
+-----
+
+Registrar hooks receive `register` (a `Registrar`) and call `register.add(spec)`. The
+first registration of a name wins and the built-ins register last (`trylast=True`), so a
+plugin replaces a built-in by registering the same name. Hooks are synchronous and only
+register factories; the objects those build do their async work in `start()` and
+`close()`, which the gateway runs from one `cleanup_ctx`.
+
+- `gateway_register_caches(register)`: add a `CacheSpec(name, factory, description,
+  shared)`. `factory(settings, store)` returns a `Cache`. `CACHE_TYPE` selects one by name.
+- `gateway_register_auth(register)`: add an `AuthSpec(name, factory, description)`.
+  `factory(settings, secret)` returns an `Authenticator`, whose `authenticate(request)`
+  returns a `Principal` or raises `AuthError`. `AUTH_TYPE` selects one by name.
+- `gateway_register_backends(register)`: add a `BackendSpec(name, transport, factory,
+  description, local)`. `factory(upstream, settings)` returns a `Backend` (or a
+  `FullBackend`, which speaks the whole protocol). An upstream's `transport` selects it;
+  with `local=True` the gateway registers one upstream for it at start, without a prefix.
+- `gateway_register_settings(register)`: add a `SettingSpec(name, default, parse, help)`
+  per environment variable the plugin reads. The gateway reads it with its own settings,
+  from the environment and `.env`, and a bad value stops start-up with one line. The
+  plugin reads the value with `settings.plugin_value(spec)`. Parsers for `parse`:
+  `text`, `boolean`, `integer(minimum)`, `number(above)`, `choice(*choices)`, or any
+  function `(variable, raw) -> value` that raises `SettingsError` with one line.
+- `gateway_register_commands(register)`: add a `CommandSpec(name, help, run, arguments,
+  subcommands)`: a subcommand of `aio-mcp-gateway`. `arguments(parser)` adds options to
+  its `argparse` parser; `run(args, settings)` returns the exit status (it may be a
+  coroutine function). The jwt plugin adds `token create` this way; `auth_secret(settings)`
+  gives such a command the secret the authenticators get.
+- `gateway_configure_app(app, settings)`: add routes, middlewares or cleanup contexts to
+  the aiohttp application before it starts. Mark a route `@public` or `@admin`; routes
+  are otherwise for any authenticated caller.
+
+A small plugin::
+
+    from gateway.plugin import CacheSpec, Registrar, SettingSpec, hookimpl, integer
+
+    SIZE = SettingSpec("TINY_CACHE_SIZE", 100, integer(minimum=1), "entries per worker")
+
+    @hookimpl
+    def gateway_register_settings(register: Registrar[SettingSpec[int]]) -> None:
+        register.add(SIZE)
+
+    @hookimpl
+    def gateway_register_caches(register: Registrar[CacheSpec]) -> None:
+        register.add(CacheSpec(name="tiny", factory=lambda settings, store:
+                               TinyCache(settings.plugin_value(SIZE)), shared=False))
+
+Testing
+-------
+
+Register a plugin object directly in a test: `pm = build_plugin_manager()`,
+`pm.register(plugin, name="...")`, then `Plugins(pm)`. A cache plugin can run the
+gateway's cache conformance suite, which installs as the pytest plugin
+`gateway.testing.cache_conformance`. `PLUGINS_TRACE=true` prints every hook call.
+"""
+
+from __future__ import annotations
+
+from gateway.access import admin, public
+from gateway.authsecret import auth_secret
+from gateway.cli import CommandSpec, Run
+from gateway.contracts import (
+    JSON,
+    Authenticator,
+    AuthError,
+    AuthFactory,
+    AuthSpec,
+    Backend,
+    BackendError,
+    BackendFactory,
+    BackendSpec,
+    Cache,
+    CacheFactory,
+    CacheSpec,
+    FullBackend,
+    Notify,
+    Principal,
+    PromptDef,
+    ResourceDef,
+    ResourceTemplateDef,
+    ToolDef,
+    UpstreamConfig,
+    UpstreamError,
+)
+from gateway.hookspecs import hookimpl
+from gateway.plugins import Plugins, Registrar, build_plugin_manager
+from gateway.settings import (
+    Parser,
+    Settings,
+    SettingsError,
+    SettingSpec,
+    boolean,
+    choice,
+    integer,
+    number,
+    text,
+)
+from gateway.store import Store, StoreError
+
+__all__ = [
+    "JSON",
+    "AuthError",
+    "AuthFactory",
+    "AuthSpec",
+    "Authenticator",
+    "Backend",
+    "BackendError",
+    "BackendFactory",
+    "BackendSpec",
+    "Cache",
+    "CacheFactory",
+    "CacheSpec",
+    "CommandSpec",
+    "FullBackend",
+    "Notify",
+    "Parser",
+    "Plugins",
+    "Principal",
+    "PromptDef",
+    "Registrar",
+    "ResourceDef",
+    "ResourceTemplateDef",
+    "Run",
+    "SettingSpec",
+    "Settings",
+    "SettingsError",
+    "Store",
+    "StoreError",
+    "ToolDef",
+    "UpstreamConfig",
+    "UpstreamError",
+    "admin",
+    "auth_secret",
+    "boolean",
+    "build_plugin_manager",
+    "choice",
+    "hookimpl",
+    "integer",
+    "number",
+    "public",
+    "text",
+]
