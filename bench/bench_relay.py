@@ -158,14 +158,17 @@ def running_relay(relay: Relay) -> Iterator[Relay]:
         relay.stop()
 
 
-def worker_loops(url: str, pids: list[int]) -> dict[int, str]:
-    """Each worker's event loop, asking on fresh connections until every pid answered."""
+def worker_loops(url: str, workers: int) -> dict[int, str]:
+    """Each worker's event loop, asking on fresh connections until `workers` pids answered:
+    gunicorn answers as soon as its first worker is up, and the others follow."""
     loops: dict[int, str] = {}
-    for _ in range(20 * len(pids)):
+
+    def all_answered() -> bool:
         body = http("GET", url).json()
         loops[int(body["worker"])] = str(body["event_loop"])
-        if set(pids) <= set(loops):
-            break
+        return len(loops) >= workers
+
+    wait_until(all_answered, 30, f"{workers} workers to answer {url}")
     return loops
 
 
@@ -337,11 +340,11 @@ def benchmark(options: argparse.Namespace, workdir: Path) -> bool:
         register(gateway, upstream)
         user = gateway.bearer("bench")
         wait_until_callable(gateway, user, timeout=30)
-        loop = one_loop("gateway", worker_loops(f"{gateway.url}/version", gateway.worker_pids()))
+        loop = one_loop("gateway", worker_loops(f"{gateway.url}/version", options.workers))
         relay_session = open_session(upstream.url, client="bench-relay")
         relay = Relay(workdir, options.workers, loop, relay_session, upstream.url)
         with running_relay(relay):
-            relay_loop = one_loop("relay", worker_loops(f"{relay.url}/loop", relay.worker_pids()))
+            relay_loop = one_loop("relay", worker_loops(f"{relay.url}/loop", options.workers))
             if relay_loop != loop:
                 raise BenchError(f"the relay runs on {relay_loop}, the gateway on {loop}")
             return measure(options, workdir, upstream, gateway, relay, loop)
@@ -386,6 +389,8 @@ def measure(
         "relay": relay.worker_pids(),
         "gateway": gateway.worker_pids(),
     }
+    if any(len(pids) != options.workers for pids in list(workers.values())[1:]):
+        raise BenchError(f"cannot read every worker's CPU time: worker pids {workers}")
     upstream_pid = [upstream.process.pid]
     per_call = 1000 / options.requests
     runs: list[Measured] = []

@@ -1,4 +1,4 @@
-"""The `mcp-http` backend against real upstream processes: our aiohttp server in JSON and
+"""The `streamable-http` backend against real upstream processes: our aiohttp server in JSON and
 SSE modes, the official SDK's server, and a few deliberately broken loopback servers.
 Covers the whole `FullBackend`: catalogues, any request with its progress and log
 notifications, cancellation, and the listening stream for the upstream's own notifications."""
@@ -28,12 +28,7 @@ from gateway.contracts import (
 )
 from gateway.plugins import Registrar
 from gateway.settings import Settings
-from gateway_plugins.backend_mcp_http import (
-    McpHttpBackend,
-    SseEvent,
-    SseParser,
-    gateway_register_backends,
-)
+from gateway_plugins.backend_mcp_http import McpHttpBackend, gateway_register_backends
 from tests.upstreams.fixtures import Recorder, eventually, stat_is
 from tests.upstreams.processes import RunningUpstream, free_port
 
@@ -66,10 +61,10 @@ async def backend_for(
 # --- registration --------------------------------------------------------------------------
 
 
-def test_plugin_registers_mcp_http_for_streamable_http_transport() -> None:
+def test_plugin_registers_the_streamable_http_backend_under_its_transport_name() -> None:
     register: Registrar[BackendSpec] = Registrar("backend")
     gateway_register_backends(register)
-    spec = register.select("transport", "mcp-http")
+    spec = register.select("transport", "streamable-http")
     assert spec.transport == "streamable-http"
     assert spec.description
     backend = spec.factory(
@@ -427,38 +422,6 @@ async def test_sse_with_cr_line_endings_and_other_events_is_parsed(
     async with backend_for(url) as backend:
         result = await backend.call_tool("x", {}, timeout=5)
     assert result == {"content": [{"type": "text", "text": "a\nb"}], "isError": False}
-
-
-# --- the SSE parser ------------------------------------------------------------------------
-
-
-def feed_all(parser: SseParser, *chunks: bytes) -> list[SseEvent]:
-    return [event for chunk in chunks for event in parser.feed(chunk)]
-
-
-@pytest.mark.parametrize("eol", [b"\n", b"\r\n", b"\r"])
-def test_sse_parser_accepts_every_line_ending_split_anywhere(eol: bytes) -> None:
-    stream = eol.join([b"event: update", b"data: one", b"data:two", b"", b""])
-    for cut in range(len(stream) + 1):
-        events = feed_all(SseParser(), stream[:cut], stream[cut:])
-        assert events == [SseEvent("update", b"one\ntwo")], cut
-
-
-def test_sse_parser_skips_comments_and_events_without_data() -> None:
-    parser = SseParser()
-    events = feed_all(parser, b": keep-alive\n\nevent: ping\n\nid: 7\ndata: x\n\n")
-    assert events == [SseEvent("message", b"x")]
-    assert parser.last_event_id == "7"
-
-
-def test_sse_parser_ignores_a_leading_bom_and_an_unfinished_event() -> None:
-    events = feed_all(SseParser(), b"\xef\xbb", b"\xbfdata: a\n\n", b"data: b\n")
-    assert events == [SseEvent("message", b"a")]
-
-
-def test_sse_parser_keeps_field_values_with_colons_and_no_space() -> None:
-    events = feed_all(SseParser(), b'data:{"a": "b:c"}\n\n')
-    assert events == [SseEvent("message", b'{"a": "b:c"}')]
 
 
 # --- the official SDK's server -------------------------------------------------------------

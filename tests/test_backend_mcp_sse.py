@@ -1,4 +1,4 @@
-"""The `mcp-sse` backend (the 2024-11-05 HTTP+SSE transport) against real upstream
+"""The `sse` backend (the 2024-11-05 HTTP+SSE transport) against real upstream
 processes: our aiohttp server with `--legacy-sse`, the official SDK's SSE server, and a few
 deliberately odd loopback servers. End to end: tools, resources, prompts, completion,
 progress routed by token, log messages, cancellation, the listener, dropped streams."""
@@ -56,10 +56,10 @@ async def backend_for(
 # --- registration --------------------------------------------------------------------------
 
 
-def test_plugin_registers_mcp_sse_for_the_sse_transport() -> None:
+def test_plugin_registers_the_sse_backend_under_its_transport_name() -> None:
     register: Registrar[BackendSpec] = Registrar("backend")
     gateway_register_backends(register)
-    spec = register.select("transport", "mcp-sse")
+    spec = register.select("transport", "sse")
     assert spec.transport == "sse"
     assert spec.description
     backend = spec.factory(UpstreamConfig("u", "sse", "http://127.0.0.1:1/sse"), Settings())

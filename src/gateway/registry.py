@@ -152,8 +152,10 @@ class Registry:
             await self.upstream_listener(upstream, method, params)
 
     async def _close_later(self, backend: Backend) -> None:
-        await asyncio.sleep(self.settings.tool_timeout)
-        await backend.close()
+        try:
+            await asyncio.sleep(self.settings.tool_timeout)
+        finally:  # also when `close()` cancels the wait: the gateway is stopping
+            await backend.close()
 
     async def _poll(self) -> None:
         while True:

@@ -118,15 +118,20 @@ class UpstreamService:
             raise InvalidUpstream("'prefix' must be up to 64 characters of letters, digits, _ - .")
         return record
 
-    def _tools(self, upstream: UpstreamRecord, defs: list[ToolDef]) -> list[ToolRecord]:
+    def _names(self, upstream: UpstreamRecord, kind: str, originals: list[str]) -> list[str]:
+        """The gateway names of an upstream's tools or prompts, which MCP must accept."""
         sep = self.settings.tool_name_separator
-        names = [gateway_name(upstream.prefix, sep, d.name) for d in defs]
+        names = [gateway_name(upstream.prefix, sep, original) for original in originals]
         bad = invalid_tool_names(names)
         if bad:
             raise InvalidUpstream(
-                f"upstream '{upstream.name}' has tool names MCP does not allow "
+                f"upstream '{upstream.name}' has {kind} names MCP does not allow "
                 f"(1-128 of A-Z a-z 0-9 _ - .): {', '.join(bad[:10])}"
             )
+        return names
+
+    def _tools(self, upstream: UpstreamRecord, defs: list[ToolDef]) -> list[ToolRecord]:
+        names = self._names(upstream, "tool", [d.name for d in defs])
         seen: set[str] = set()
         for name in names:
             if name in seen:
@@ -144,14 +149,7 @@ class UpstreamService:
         templates: list[ResourceTemplateDef],
         prompts: list[PromptDef],
     ) -> Features:
-        sep = self.settings.tool_name_separator
-        prompt_names = [gateway_name(upstream.prefix, sep, p.name) for p in prompts]
-        bad = invalid_tool_names(prompt_names)
-        if bad:
-            raise InvalidUpstream(
-                f"upstream '{upstream.name}' has prompt names MCP does not allow: "
-                f"{', '.join(bad[:10])}"
-            )
+        prompt_names = self._names(upstream, "prompt", [p.name for p in prompts])
         # Discovery's records wrap the definitions, under their owner; a resource or template
         # listed twice is stored once.
         return Features(

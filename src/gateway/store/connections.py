@@ -11,12 +11,16 @@ import asyncio
 import contextlib
 import secrets
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, Generic, TypeVar
 
 from gateway.store import Conflict, Connection, StoreError
 from gateway.store.crypto import HeaderCipher
 from gateway.store.migrations import migrate
+
+Raw = TypeVar("Raw")
+"""A driver's own connection type."""
 
 ENCRYPTION_KEY_SECRET = "encryption_key"
 """The stored secret that encrypts headers when `AUTH_ENCRYPTION_SECRET` is empty."""
@@ -34,6 +38,25 @@ def one_line(exc: BaseException) -> str:
     """The first line of a driver message, or the exception's class when it has none."""
     text = str(exc).strip()
     return text.splitlines()[0].strip() if text else type(exc).__name__
+
+
+class DriverConnection(ABC, Generic[Raw]):
+    """A driver's connection seen through the `Connection` protocol, reporting its errors
+    through the store that opened it."""
+
+    def __init__(self, raw: Raw, store: SQLBase) -> None:
+        self._raw = raw
+        self._store = store
+
+    @abstractmethod
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int: ...
+
+    @abstractmethod
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
 
 
 class SQLBase(ABC):

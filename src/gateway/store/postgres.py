@@ -26,7 +26,7 @@ import structlog
 
 from gateway.store import Connection, StoreError
 from gateway.store.base import SQLStore
-from gateway.store.connections import DuplicateKey, one_line
+from gateway.store.connections import DriverConnection, DuplicateKey, one_line
 
 POOL_SIZE = 10
 TIMEOUT = 30.0
@@ -70,22 +70,14 @@ def describe_url(database_url: str) -> str:
     return f"{host}:{port}{parts.path}"
 
 
-class PostgresConnection:
+class PostgresConnection(DriverConnection[aiopg.Connection]):
     """One aiopg connection seen through the `Connection` protocol."""
-
-    def __init__(self, raw: aiopg.Connection, store: PostgresStore) -> None:
-        self._raw = raw
-        self._store = store
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         with self._store.translate_errors():
             async with self._raw.cursor() as cursor:
                 await cursor.execute(*_statement(sql, params))
                 return int(cursor.rowcount)
-
-    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
-        rows = await self.fetchall(sql, params)
-        return rows[0] if rows else None
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._store.translate_errors():

@@ -186,9 +186,6 @@ class Rows(Generic[R]):
         self.select = f"SELECT {names} FROM {table}"
         self.insert = f"INSERT INTO {table} ({names}) VALUES ({marks})"
 
-    def column(self, name: str) -> Column:
-        return self._by_name[name]
-
     def value(self, record: R, column: str) -> Any:
         """The value of one column's field, as the record holds it."""
         return self._by_name[column].get(record)

@@ -20,7 +20,7 @@ import aiosqlite
 
 from gateway.store import Connection, StoreError
 from gateway.store.base import SQLStore
-from gateway.store.connections import DuplicateKey, one_line
+from gateway.store.connections import DriverConnection, DuplicateKey, one_line
 
 BUSY_TIMEOUT = 10.0
 """Seconds a statement waits for another process's write lock before failing."""
@@ -59,12 +59,8 @@ def _probe(path: str) -> None:
     sqlite3.connect(path).close()
 
 
-class SQLiteConnection:
+class SQLiteConnection(DriverConnection[aiosqlite.Connection]):
     """One aiosqlite connection seen through the `Connection` protocol."""
-
-    def __init__(self, raw: aiosqlite.Connection, store: SQLiteStore) -> None:
-        self._raw = raw
-        self._store = store
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         with self._store.translate_errors():
@@ -73,10 +69,6 @@ class SQLiteConnection:
                 return int(cursor.rowcount)
             finally:
                 await cursor.close()
-
-    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
-        rows = await self.fetchall(sql, params)
-        return rows[0] if rows else None
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._store.translate_errors():

@@ -1,0 +1,165 @@
+"""What the two HTTP transports share: one aiohttp session per backend with a keep-alive
+pool, messages POSTed with the upstream's answer checked, event streams opened and read,
+and aiohttp's failures as one-line `BackendError`s naming the upstream."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import aiohttp
+import orjson
+import structlog
+
+from gateway.contracts import JSON, BackendError, UpstreamConfig
+from gateway.mcpclient.client import McpClient
+from gateway.mcpclient.link import Link, MessageRefused, SessionExpired
+from gateway.mcpclient.sse import SseEvent
+from gateway.mcpclient.wire import json_messages, one_line
+
+if TYPE_CHECKING:
+    from gateway.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+# Below the 5 s idle timeout of uvicorn and Node.js, so the pool drops an idle connection
+# before the upstream does, instead of racing it and failing a call on a dead socket.
+KEEPALIVE_SECONDS = 4.0
+
+
+def json_dumps(obj: Any) -> str:
+    return orjson.dumps(obj).decode()
+
+
+def new_http_session() -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(
+        limit=1024, limit_per_host=256, keepalive_timeout=KEEPALIVE_SECONDS
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        json_serialize=json_dumps,
+        # The caller's asyncio.timeout bounds each exchange; aiohttp's 5-minute default
+        # would only add a second, inconsistent limit (and end listening streams).
+        timeout=aiohttp.ClientTimeout(total=None),
+    )
+
+
+class HttpStatusError(MessageRefused):
+    """The upstream answered an HTTP error status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+async def http_error(upstream: str, resp: aiohttp.ClientResponse, what: str) -> HttpStatusError:
+    detail = ""
+    try:
+        body = orjson.loads(await resp.read())
+        if isinstance(body, dict) and isinstance(body.get("error"), dict):
+            detail = f": {one_line(str(body['error'].get('message', '')))}"
+    except (orjson.JSONDecodeError, aiohttp.ClientError):
+        pass
+    return HttpStatusError(
+        f"upstream {upstream!r} answered HTTP {resp.status} {resp.reason or ''}".rstrip()
+        + f" to {what}{detail}",
+        resp.status,
+    )
+
+
+def client_error(upstream: str, url: object, method: str, exc: aiohttp.ClientError) -> BackendError:
+    where = f"upstream {upstream!r}"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        reason = os.strerror(exc.errno) if exc.errno else one_line(str(exc))
+        message = f"{where} could not be reached at {url}: {reason}"
+    elif isinstance(exc, aiohttp.ServerDisconnectedError):
+        message = f"{where} closed the connection before answering {method}"
+    elif isinstance(exc, aiohttp.ClientOSError):
+        reason = os.strerror(exc.errno) if exc.errno else one_line(str(exc))
+        message = f"{where} connection failed during {method}: {reason}"
+    elif isinstance(exc, aiohttp.ClientPayloadError):
+        message = f"{where} sent a truncated reply to {method}"
+    elif isinstance(exc, aiohttp.InvalidURL):
+        message = f"{where} has an invalid URL {str(url)!r}"
+    else:
+        message = f"{where} failed during {method}: {type(exc).__name__}: {one_line(str(exc))}"
+    return BackendError(message)
+
+
+class HttpLink(Link):
+    """A link whose messages are POSTed to `url` with `headers`."""
+
+    def __init__(self, upstream: str, url: str, headers: Mapping[str, str]) -> None:
+        super().__init__(upstream)
+        self.url = url
+        self.headers = dict(headers)
+
+
+H = TypeVar("H", bound=HttpLink)
+
+
+class HttpClient(McpClient[H]):
+    """An `McpClient` over HTTP, for the transports to build on."""
+
+    def __init__(self, upstream: UpstreamConfig, settings: Settings) -> None:
+        super().__init__(upstream, settings)
+        self._http: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        await super().start()
+        self._http = new_http_session()
+
+    async def close(self) -> None:
+        await super().close()
+        http, self._http = self._http, None
+        if http is not None:
+            await http.close()
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            raise BackendError(f"upstream {self.name!r}: not started or already closed")
+        return self._http
+
+    def _failure(self, exc: Exception, what: str) -> BackendError | None:
+        if isinstance(exc, aiohttp.ClientError):
+            return client_error(self.name, self.url, what, exc)
+        return None
+
+    @asynccontextmanager
+    async def _posting(self, link: H, message: JSON) -> AsyncIterator[aiohttp.ClientResponse]:
+        """POST `message` on `link`; the response, once the upstream has accepted it."""
+        what = str(message.get("method", "a reply"))
+        if link.lost is not None:
+            raise BackendError(f"upstream {self.name!r} {link.lost}")
+        body = orjson.dumps(message)
+        async with self._client().post(link.url, data=body, headers=link.headers) as resp:
+            if resp.status == 404 and link.session_id is not None:
+                raise SessionExpired(self.name, what)
+            if resp.status >= 300:
+                raise await http_error(self.name, resp, what)
+            yield resp
+
+    async def _check_stream(self, resp: aiohttp.ClientResponse) -> None:
+        """Raise unless `resp` is the event stream a GET asked for."""
+        if resp.status >= 300:
+            raise await http_error(self.name, resp, "GET (event stream)")
+        if resp.content_type != "text/event-stream":
+            raise BackendError(
+                f"upstream {self.name!r} answered GET (event stream) with {resp.content_type}"
+            )
+
+    async def _receive_event(self, link: H, event: SseEvent) -> None:
+        """An event on a stream that no request owns: garbage there is logged, not fatal."""
+        # Other event types carry no JSON-RPC; an event with empty data only primes a
+        # resumable stream.
+        if event.event != "message" or not event.data.strip():
+            return
+        try:
+            decoded = orjson.loads(event.data)
+        except orjson.JSONDecodeError:
+            log.info("upstream sent invalid JSON on its event stream", upstream=self.name)
+            return
+        for message in json_messages(decoded):
+            await self._receive(link, message)

@@ -1,0 +1,100 @@
+"""JSON-RPC as an MCP client sends and reads it: envelopes, decoding replies, turning an
+error reply into `UpstreamError` and anything unusable into `BackendError`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from gateway import __version__
+from gateway.contracts import JSON, BackendError, UpstreamError
+from gateway.jsonrpc import METHOD_NOT_FOUND
+
+SUPPORTED_PROTOCOL_VERSIONS = frozenset({"2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"})
+CLIENT_INFO: JSON = {"name": "aio-mcp-gateway", "version": __version__}
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def request(request_id: int, method: str, params: JSON | None) -> JSON:
+    message: JSON = {"jsonrpc": "2.0", "id": request_id, "method": method}
+    if params is not None:
+        message["params"] = params
+    return message
+
+
+def notification(method: str, params: JSON | None) -> JSON:
+    message: JSON = {"jsonrpc": "2.0", "method": method}
+    if params is not None:
+        message["params"] = params
+    return message
+
+
+def server_request_reply(message: JSON) -> JSON:
+    """Our answer to a request the server sends us: we answer `ping` and decline the rest,
+    having declared no client capabilities (sampling, roots, elicitation)."""
+    reply: JSON = {"jsonrpc": "2.0", "id": message.get("id")}
+    if message.get("method") == "ping":
+        reply["result"] = {}
+    else:
+        reply["error"] = {"code": METHOD_NOT_FOUND, "message": "Method not found"}
+    return reply
+
+
+def decode_json(upstream: str, raw: bytes, method: str) -> Any:
+    if not raw.strip():
+        raise BackendError(f"upstream {upstream!r} sent an empty reply to {method}")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise BackendError(
+            f"upstream {upstream!r} sent invalid JSON in reply to {method}"
+        ) from None
+
+
+def json_messages(decoded: Any) -> list[JSON]:
+    """The JSON-RPC messages in a decoded body; a pre-2025-06-18 server may batch them."""
+    messages = decoded if isinstance(decoded, list) else [decoded]
+    return [message for message in messages if isinstance(message, dict)]
+
+
+def is_response(message: JSON) -> bool:
+    return "method" not in message and ("result" in message or "error" in message)
+
+
+def params_of(message: JSON) -> JSON:
+    params = message.get("params")
+    return params if isinstance(params, dict) else {}
+
+
+def rpc_result(upstream: str, reply: JSON, method: str) -> JSON:
+    """The `result` of a JSON-RPC response; its `error` raises `UpstreamError`."""
+    error = reply.get("error")
+    if error is not None:
+        code = error.get("code") if isinstance(error, dict) else None
+        if not isinstance(code, int) or isinstance(code, bool):
+            raise BackendError(
+                f"upstream {upstream!r} sent a malformed error for {method}: {one_line(str(error))}"
+            )
+        raise UpstreamError(upstream, code, str(error.get("message", "")), error.get("data"))
+    result = reply.get("result")
+    if not isinstance(result, dict):
+        raise BackendError(f"upstream {upstream!r} sent a non-object result for {method}")
+    return result
+
+
+def progress_token(params: JSON | None) -> Any:
+    meta = params.get("_meta") if params else None
+    return meta.get("progressToken") if isinstance(meta, dict) else None
+
+
+def with_progress_token(params: JSON | None, token: Any) -> JSON:
+    """A copy of `params` asking for progress under `token`; the caller's dict is untouched."""
+    params = dict(params or {})
+    meta = params.get("_meta")
+    params["_meta"] = {**(meta if isinstance(meta, dict) else {}), "progressToken": token}
+    return params
