@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
+from gateway.cli import main
 from gateway.contracts import (
     JSON,
     Backend,
@@ -72,6 +73,14 @@ def test_plugin_registers_the_streamable_http_backend_under_its_transport_name()
     )
     assert isinstance(backend, Backend)
     assert isinstance(backend, FullBackend)
+
+
+def test_check_lists_the_built_in_backends_by_the_transports_upstreams_name(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["check"]) == 0
+    listed = capsys.readouterr().out.strip().rpartition("; backends: ")[2].split(", ")
+    assert {"streamable-http", "sse"} <= set(listed)
 
 
 # --- discovery -----------------------------------------------------------------------------
