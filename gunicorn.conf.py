@@ -12,6 +12,7 @@ from gateway.eventloop import worker_class as _worker_class
 from gateway.logconfig import logging_dict
 from gateway.plugins import Plugins
 from gateway.settings import SettingsError, load_settings
+from gateway.startup import startup_warnings
 
 try:
     _settings = load_settings()
@@ -80,15 +81,9 @@ loglevel = _settings.log_level
 
 
 def on_starting(server: object) -> None:
-    """Warn once when each worker would get a cache of its own."""
-    cache = _plugins.cache_for(_settings)
-    if not cache.shared and workers > 1:
-        server.log.warning(  # type: ignore[attr-defined]
-            f"CACHE_TYPE={cache.name} lives in each worker: with {workers} workers, cached "
-            "results, rate limits, sessions and leader election are per worker, and catalogue "
-            "changes reach other workers only through the store poll "
-            "(CATALOGUE_POLL_INTERVAL). Use CACHE_TYPE=database or redis to share them."
-        )
+    """Say the start-up warnings once for the whole server, not once per worker."""
+    for warning in startup_warnings(_settings, _plugins, workers):
+        server.log.warning(warning)  # type: ignore[attr-defined]
 
 
 def child_exit(server: object, worker: object) -> None:

@@ -60,11 +60,6 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         await store.start()
     except StoreError as exc:
         raise StartupError(f"cannot open the store at DATABASE_URL: {exc}") from None
-    if not settings.auth_encryption_secret:
-        log.warning(
-            "AUTH_ENCRYPTION_SECRET is not set; upstream credentials are encrypted "
-            "with a key kept in the store itself"
-        )
     app[STORE] = store
     yield
     await store.close()
@@ -94,7 +89,6 @@ async def _cache_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _auth_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     if not settings.auth_required:
-        log.warning("AUTH_REQUIRED=false: every request is anonymous and the admin API is open")
         yield
         return
     spec = app[PLUGINS].auth_for(settings)

@@ -40,9 +40,13 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
     from gateway.app import create_app
     from gateway.eventloop import new_event_loop
+    from gateway.logconfig import configure_logging
+    from gateway.startup import log_startup_warnings
 
     host = args.host or settings.host
     port = args.port or settings.port
+    configure_logging(settings)
+    log_startup_warnings(settings)
     loop = new_event_loop(settings)
     web.run_app(create_app(settings), host=host, port=port, access_log=None, print=None, loop=loop)
     return 0
