@@ -21,7 +21,7 @@ from aiohttp import ClientResponse, ClientSession, web
 
 from gateway.app import build_app
 from gateway.keys import REGISTRY, SESSIONS
-from gateway.mcp.hub import HUB
+from gateway.keys import HUB
 from gateway.plugins import Plugins, build_plugin_manager
 from gateway.sessions import SessionStore
 from gateway.settings import Settings

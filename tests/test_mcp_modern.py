@@ -13,7 +13,7 @@ from aiohttp import ClientResponse
 from multidict import CIMultiDict
 
 from gateway.keys import REGISTRY
-from gateway.mcp.hub import HUB
+from gateway.keys import HUB
 from gateway.settings import Settings
 from tests.conftest import Client, GatewayFactory
 from tests.plugins import faulty, rich

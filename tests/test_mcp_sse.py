@@ -13,7 +13,7 @@ import pytest
 from aiohttp import ClientResponse
 
 from gateway.keys import SESSIONS
-from gateway.mcp.hub import HUB
+from gateway.keys import HUB
 from tests.conftest import Client, GatewayFactory, make_token
 from tests.plugins import faulty, rich
 from tests.plugins.rich import CHANGELOG, README

@@ -1,7 +1,9 @@
 """The application factory, and the gunicorn target: `gateway.app:create_app`.
 
-Resources are owned by `cleanup_ctx` entries, in order: store, cache, authenticator,
-registry (with the backends). Teardown runs in reverse.
+Every long-lived part is built here, by the `cleanup_ctx` entries of `RESOURCES`, in the
+order they are listed: store, cache (and what lives in it), authenticator, hub, registry
+(with the backends), upstream management (with the notifier and the leader's jobs), and
+the dispatcher. Each is handed what it needs; teardown runs in reverse.
 """
 
 from __future__ import annotations
@@ -20,21 +22,32 @@ from gateway.contracts import Principal
 from gateway.keys import (
     AUTHENTICATOR,
     CACHE,
+    DISPATCHER,
+    EVENTS,
+    HUB,
     LEADER,
     LEADER_USE,
     LIMITS,
+    NOTIFIER,
     PLUGINS,
     REGISTRY,
     RESULTS,
     SESSIONS,
     SETTINGS,
     STORE,
+    TASKS,
     UPSTREAMS,
 )
 from gateway.leader import LeaderElection
 from gateway.limits import RateLimiter
 from gateway.logconfig import configure_logging
 from gateway.mcp import legacy_sse, streamable
+from gateway.mcp.dispatch import Dispatcher
+from gateway.mcp.hub import Hub
+from gateway.mcp.methods import Methods
+from gateway.mcp.notifications import Notifier
+from gateway.mcp.streams import EventLog
+from gateway.mcp.upstream_calls import UpstreamCalls
 from gateway.middlewares import json_errors, request_id
 from gateway.plugins import Plugins
 from gateway.registry import Registry
@@ -42,6 +55,7 @@ from gateway.results import ResultCache
 from gateway.sessions import SessionStore
 from gateway.settings import Settings, SettingsError, load_settings
 from gateway.store import StoreError, open_store
+from gateway.tasks import BackgroundTasks
 from gateway.upstreams import UpstreamService
 
 log = structlog.get_logger(__name__)
@@ -66,6 +80,7 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _cache_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The cache, and what lives in it: results, rate limits, sessions, events, leases."""
     settings = app[SETTINGS]
     spec = app[PLUGINS].cache_for(settings)
     cache = spec.factory(settings, app[STORE])
@@ -81,6 +96,7 @@ async def _cache_ctx(app: web.Application) -> AsyncIterator[None]:
     app[RESULTS] = ResultCache(use("results"))
     app[LIMITS] = RateLimiter(use("limits"))
     app[SESSIONS] = SessionStore(use("sessions"), settings.session_ttl)
+    app[EVENTS] = EventLog(use("events"))
     app[LEADER_USE] = use("leader")
     yield
     await cache.close()
@@ -102,24 +118,80 @@ async def _auth_ctx(app: web.Application) -> AsyncIterator[None]:
     await authenticator.close()
 
 
+async def _hub_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Where messages for clients meet the streams that carry them, across workers."""
+    hub = Hub(app[CACHE], app[SESSIONS])
+    await hub.start()
+    app[HUB] = hub
+    yield
+    await hub.close()
+
+
 async def _registry_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The catalogue and backends; catalogue changes go to the hub's streams."""
     settings = app[SETTINGS]
-    registry = Registry(settings, app[PLUGINS], app[STORE], app[CACHE])
+    registry = Registry(
+        settings, app[PLUGINS], app[STORE], app[CACHE], on_change=app[HUB].catalogue_changed
+    )
     await registry.start()
     app[REGISTRY] = registry
-    app[UPSTREAMS] = UpstreamService(settings, app[PLUGINS], app[STORE], registry)
-    await app[UPSTREAMS].sync_local_backends()
+    yield
+    await registry.close()
+
+
+async def _upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Upstream management, the notifier acting on upstreams' own notifications, and the
+    leader's periodic jobs (health checks, refreshes)."""
+    settings = app[SETTINGS]
+    registry = app[REGISTRY]
+    upstreams = UpstreamService(settings, app[PLUGINS], app[STORE], registry)
+    await upstreams.sync_local_backends()
+    app[UPSTREAMS] = upstreams
+    notifier = Notifier(app[HUB], registry.notes, upstreams.refresh)
+    await notifier.start()
+    app[NOTIFIER] = notifier
     election = LeaderElection(app[LEADER_USE], settings.leader_ttl)
-    jobs.schedule(election, registry, app[UPSTREAMS], app[LEADER_USE], settings)
+    jobs.schedule(election, registry, upstreams, app[LEADER_USE], settings)
     await election.start()
     app[LEADER] = election
     yield
     await election.close()
-    await registry.close()
+    await notifier.close()
+
+
+async def _dispatch_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The one dispatcher every transport calls, and the tasks transports leave running."""
+    settings = app[SETTINGS]
+    calls = UpstreamCalls(settings, app[REGISTRY], app[RESULTS], app[LIMITS])
+    methods = Methods(app[REGISTRY], app[SESSIONS], calls)
+    app[DISPATCHER] = Dispatcher(
+        methods, app[LIMITS], settings.rate_limit_per_minute, app[HUB], app[SESSIONS]
+    )
+    tasks = BackgroundTasks()
+    app[TASKS] = tasks
+    yield
+    await tasks.close()
+
+
+RESOURCES: tuple[Ctx, ...] = (
+    _store_ctx,
+    _cache_ctx,
+    _auth_ctx,
+    _hub_ctx,
+    _registry_ctx,
+    _upstreams_ctx,
+    _dispatch_ctx,
+)
+"""Every long-lived part, in the order it is built; teardown runs in reverse."""
 
 
 async def _authenticate(request: web.Request) -> Principal:
     return await request.app[AUTHENTICATOR].authenticate(request)
+
+
+async def _end_streams(app: web.Application) -> None:
+    """Close client streams first, so shutdown need not wait for clients to leave."""
+    await app[HUB].close_streams()
 
 
 def build_app(
@@ -138,14 +210,15 @@ def build_app(
     )
     app[SETTINGS] = settings
     app[PLUGINS] = plugins
-    app.cleanup_ctx.extend(guard(ctx) for ctx in (_store_ctx, _cache_ctx, _auth_ctx, _registry_ctx))
+    app.cleanup_ctx.extend(guard(ctx) for ctx in RESOURCES)
+    app.on_shutdown.append(_end_streams)
+    app.router.add_routes(rpc.routes)
+    app.router.add_routes(streamable.routes)
+    app.router.add_routes(legacy_sse.routes)
     health.install(app)
-    rpc.install(app)
     admin.install(app)
     servers.install(app)
     metrics.install(app)
-    streamable.install(app)
-    legacy_sse.install(app)
     plugins.configure_app(app, settings)
     return app
 

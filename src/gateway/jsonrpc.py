@@ -20,6 +20,10 @@ Id = str | int | None
 class RPCError(Exception):
     """An error that becomes a JSON-RPC error object."""
 
+    status: int | None = None
+    """The HTTP status to answer with where HTTP carries the error alone; None: the
+    transport's usual one."""
+
     def __init__(self, code: int, message: str, data: Any = None, request_id: Id = None) -> None:
         super().__init__(message)
         self.code = code
@@ -53,6 +57,11 @@ def parse(body: bytes) -> Request:
         message = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise RPCError(PARSE_ERROR, f"Parse error: {exc}") from None
+    return parse_value(message)
+
+
+def parse_value(message: Any) -> Request:
+    """`parse` for a value already decoded from JSON (one member of a batch, say)."""
     if isinstance(message, list):
         raise RPCError(INVALID_REQUEST, "Invalid Request: batch requests are not supported")
     if not isinstance(message, dict):
@@ -82,5 +91,9 @@ def result(request_id: Id, value: Any) -> bytes:
     return orjson.dumps({"jsonrpc": "2.0", "id": request_id, "result": value})
 
 
+def error_message(request_id: Id, exc: RPCError) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": request_id, "error": exc.to_dict()}
+
+
 def error(request_id: Id, exc: RPCError) -> bytes:
-    return orjson.dumps({"jsonrpc": "2.0", "id": request_id, "error": exc.to_dict()})
+    return orjson.dumps(error_message(request_id, exc))

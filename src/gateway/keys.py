@@ -8,23 +8,33 @@ from gateway.cacheuse import CacheUse
 from gateway.contracts import Authenticator, Cache
 from gateway.leader import LeaderElection
 from gateway.limits import RateLimiter
+from gateway.mcp.dispatch import Dispatcher
+from gateway.mcp.hub import Hub
+from gateway.mcp.notifications import Notifier
+from gateway.mcp.streams import EventLog
 from gateway.plugins import Plugins
 from gateway.registry import Registry
 from gateway.results import ResultCache
 from gateway.sessions import SessionStore
 from gateway.settings import Settings
 from gateway.store import Store
+from gateway.tasks import BackgroundTasks
 from gateway.upstreams import UpstreamService
 
 SETTINGS = web.AppKey("settings", Settings)
 PLUGINS = web.AppKey("plugins", Plugins)
 STORE = web.AppKey("store", Store)
 CACHE = web.AppKey("cache", Cache)
-AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
-REGISTRY = web.AppKey("registry", Registry)
-UPSTREAMS = web.AppKey("upstreams", UpstreamService)
 RESULTS = web.AppKey("results", ResultCache)
 LIMITS = web.AppKey("limits", RateLimiter)
-LEADER = web.AppKey("leader", LeaderElection)
 SESSIONS = web.AppKey("sessions", SessionStore)
 LEADER_USE = web.AppKey("leader_use", CacheUse)
+EVENTS = web.AppKey("events", EventLog)
+AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
+HUB = web.AppKey("hub", Hub)
+REGISTRY = web.AppKey("registry", Registry)
+UPSTREAMS = web.AppKey("upstreams", UpstreamService)
+NOTIFIER = web.AppKey("notifier", Notifier)
+LEADER = web.AppKey("leader", LeaderElection)
+DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+TASKS = web.AppKey("tasks", BackgroundTasks)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -42,8 +43,29 @@ def _config(upstream: UpstreamRecord) -> UpstreamConfig:
     )
 
 
+CatalogueListener = Callable[[Catalogue, Catalogue], Awaitable[None]]
+NOTES_MAX = 1_000
+"""Upstream notifications waiting for the notifier; past this many, new ones are dropped."""
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamNote:
+    """A notification an upstream sent on its own (not about a client's request)."""
+
+    upstream: str
+    method: str
+    params: JSON
+
+
 class Registry:
-    def __init__(self, settings: Settings, plugins: Plugins, store: Store, cache: Cache) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        plugins: Plugins,
+        store: Store,
+        cache: Cache,
+        on_change: CatalogueListener,
+    ) -> None:
         self.settings = settings
         self.plugins = plugins
         self.store = store
@@ -57,10 +79,10 @@ class Registry:
         self._checks: dict[tuple[str, bytes], Check] = {}
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
-        self.listeners: list[Callable[[Catalogue, Catalogue], Awaitable[None]]] = []
+        self.on_change = on_change
         """Called with (old, new) after every reload."""
-        self.upstream_listener: Callable[[str, str, JSON], Awaitable[None]] | None = None
-        """Receives (upstream, method, params) for notifications upstreams send."""
+        self.notes: asyncio.Queue[UpstreamNote] = asyncio.Queue(NOTES_MAX)
+        """Notifications upstreams send on their own, for whoever acts on them."""
 
     async def start(self) -> None:
         await self.reload(force=True)
@@ -112,11 +134,10 @@ class Registry:
                 upstreams=len(data.upstreams),
                 tools=len(data.tools),
             )
-        for listener in self.listeners:
-            try:
-                await listener(old, self.catalogue)
-            except Exception as exc:
-                log.warning("catalogue listener failed", error=str(exc))
+        try:
+            await self.on_change(old, self.catalogue)
+        except Exception as exc:
+            log.warning("catalogue listener failed", error=str(exc))
 
     async def _sync_backends(self, upstreams: list[UpstreamRecord]) -> None:
         wanted = {u.name: _config(u) for u in upstreams}
@@ -148,8 +169,10 @@ class Registry:
             self._configs[name] = config
 
     async def _upstream_note(self, upstream: str, method: str, params: JSON) -> None:
-        if self.upstream_listener is not None:
-            await self.upstream_listener(upstream, method, params)
+        try:
+            self.notes.put_nowait(UpstreamNote(upstream, method, params))
+        except asyncio.QueueFull:
+            log.warning("upstream notification dropped", upstream=upstream, notification=method)
 
     async def _close_later(self, backend: Backend) -> None:
         try:

@@ -104,6 +104,23 @@ class SessionStore:
                 return held[1]  # a slow or absent cache does not end a live session
             raise
 
+    async def find(
+        self, session_id: str, subject: str, server: str | None, transport: str
+    ) -> SessionRecord | None:
+        """The session, renewed, if it exists and belongs to this caller, endpoint and
+        transport; None otherwise. Raises `CacheUnavailable` when it cannot be read."""
+        session = await self.get(session_id)
+        if session is None or (session.subject, session.server, session.transport) != (
+            subject,
+            server,
+            transport,
+        ):
+            return None
+        try:
+            return await self.touch(session)
+        except CacheUnavailable:
+            return session
+
     async def _load(self, session_id: str) -> SessionRecord | None:
         raw = await self.use.run(self.use.cache.get(self.key(session_id)))
         if raw is None:

@@ -11,13 +11,11 @@ Catalogue changes need no channel: every worker reloads and notifies its own str
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import orjson
 import structlog
-from aiohttp import web
 
 from gateway.catalogue import Catalogue, changed_kinds
 from gateway.contracts import Cache
@@ -62,15 +60,16 @@ class Hub:
         """Streams by session id; listen streams (no session) live under their own key."""
         self.inflight: dict[tuple[str, str], asyncio.Task[Any]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._listen())
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        tasks = [*self._background, *([self._task] if self._task else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.close_streams()
 
     async def close_streams(self) -> None:
@@ -128,6 +127,13 @@ class Hub:
             return
         await self.publish({"kind": "deliver", "session": session_id, "message": message})
 
+    async def end_session(self, session_id: str) -> None:
+        """Forget a session everywhere and close its streams on every worker. Raises
+        `CacheUnavailable` when the session store cannot be written."""
+        await self.sessions.delete(session_id)
+        await self.publish({"kind": "session-closed", "session": session_id})
+        log.info("mcp session closed", session=session_id[:8])
+
     async def cancel(self, session_id: str, request_id: object) -> None:
         key = (session_id, orjson.dumps(request_id).decode())
         task = self.inflight.get(key)
@@ -137,7 +143,17 @@ class Hub:
         await self.publish({"kind": "cancel", "session": session_id, "id": request_id})
 
     async def catalogue_changed(self, old: Catalogue, new: Catalogue) -> None:
-        """Tell each local stream what changed in the view it serves."""
+        """Tell each local stream what changed in the view it serves, in the background:
+        the write that caused the change should not wait for every stream."""
+        if old.version >= 0:
+            self._spawn(self._fan_out(old, new))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _fan_out(self, old: Catalogue, new: Catalogue) -> None:
         changes: dict[str | None, list[str]] = {}
         sent = 0
         for streams in list(self.streams.values()):
@@ -194,6 +210,3 @@ async def _quietly(operation: Awaitable[None]) -> None:
         await operation
     except (ConnectionError, RuntimeError) as exc:
         log.debug("stream write failed", error=str(exc))
-
-
-HUB = web.AppKey("hub", Hub)

@@ -1,52 +1,60 @@
-"""Turning changes into notifications for clients.
+"""Acting on what upstreams say on their own, from the registry's queue of notes.
 
-- The catalogue changed (any worker reloaded): tell this worker's open streams which
-  lists changed.
 - An upstream said its tools, resources or prompts changed: re-discover it (once at a
-  time per upstream); the resulting catalogue change then reaches every client.
+  time per upstream); the resulting catalogue change then reaches every client through
+  the registry's `on_change` (the hub).
 - An upstream said a resource was updated: publish it, so every worker's subscribers hear.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import structlog
 
-from gateway.catalogue import Catalogue
 from gateway.mcp.hub import Hub
-from gateway.registry import Registry
-from gateway.upstreams import UpstreamService
+from gateway.registry import UpstreamNote
 
 log = structlog.get_logger(__name__)
 
-JSON = dict[str, Any]
+Refresh = Callable[[str], Awaitable[object]]
 
 
 class Notifier:
-    def __init__(self, hub: Hub, registry: Registry, upstreams: UpstreamService) -> None:
+    def __init__(self, hub: Hub, notes: asyncio.Queue[UpstreamNote], refresh: Refresh) -> None:
         self.hub = hub
-        self.upstreams = upstreams
+        self.notes = notes
+        self.refresh = refresh
         self._refreshing: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
-        self._fanouts: set[asyncio.Task[None]] = set()
-        registry.listeners.append(self.catalogue_changed)
-        registry.upstream_listener = self.upstream_said
+        self._task: asyncio.Task[None] | None = None
 
-    async def catalogue_changed(self, old: Catalogue, new: Catalogue) -> None:
-        if old.version >= 0:
-            # In the background: the write that caused it should not wait for every stream.
-            task = asyncio.create_task(self.hub.catalogue_changed(old, new))
-            self._fanouts.add(task)
-            task.add_done_callback(self._fanouts.discard)
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._consume())
 
-    async def upstream_said(self, upstream: str, method: str, params: JSON) -> None:
-        if method.endswith("/list_changed"):
-            log.info("upstream list changed", upstream=upstream, notification=method)
-            self._refresh(upstream)
-        elif method == "notifications/resources/updated" and isinstance(params.get("uri"), str):
-            await self.hub.publish({"kind": "resource-updated", "uri": params["uri"]})
+    async def close(self) -> None:
+        tasks = [*self._refreshing.values(), *([self._task] if self._task else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _consume(self) -> None:
+        while True:
+            note = await self.notes.get()
+            try:
+                await self.upstream_said(note)
+            except Exception as exc:
+                log.warning("upstream notification not handled", error=str(exc))
+
+    async def upstream_said(self, note: UpstreamNote) -> None:
+        if note.method.endswith("/list_changed"):
+            log.info("upstream list changed", upstream=note.upstream, notification=note.method)
+            self._refresh(note.upstream)
+        elif note.method == "notifications/resources/updated" and isinstance(
+            note.params.get("uri"), str
+        ):
+            await self.hub.publish({"kind": "resource-updated", "uri": note.params["uri"]})
 
     def _refresh(self, upstream: str) -> None:
         if upstream in self._refreshing:
@@ -59,7 +67,7 @@ class Notifier:
             while True:
                 self._again.discard(upstream)
                 try:
-                    await self.upstreams.refresh(upstream)
+                    await self.refresh(upstream)
                 except Exception as exc:
                     log.warning(
                         "refresh after list_changed failed", upstream=upstream, error=str(exc)
@@ -68,8 +76,3 @@ class Notifier:
                     return
         finally:
             self._refreshing.pop(upstream, None)
-
-    async def close(self) -> None:
-        for task in list(self._refreshing.values()):
-            task.cancel()
-        await asyncio.gather(*self._refreshing.values(), return_exceptions=True)

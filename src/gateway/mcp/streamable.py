@@ -10,88 +10,77 @@ A request carrying a 2026-07-28 `MCP-Protocol-Version` goes to `modern.py`.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-import structlog
 from aiohttp import web
 
 from gateway import jsonrpc
-from gateway.cacheuse import CacheUnavailable, CacheUse
+from gateway.cacheuse import CacheUnavailable
 from gateway.jsonrpc import RPCError
-from gateway.keys import CACHE, REGISTRY, SESSIONS, SETTINGS, UPSTREAMS
-from gateway.limits import RateLimited
+from gateway.keys import DISPATCHER, EVENTS, HUB, SESSIONS
 from gateway.mcp import modern, sse, versions
-from gateway.mcp.common import Endpoint, endpoint, owned, rpc_error
-from gateway.mcp.hub import HUB, Hub
-from gateway.mcp.notifications import Notifier
-from gateway.mcp.streams import EventLog, SessionStream
-from gateway.rpc import BodyTooLarge, read_body
+from gateway.mcp.context import Context, Endpoint, Era, Refused
+from gateway.mcp.dispatch import Dispatcher, parse_message
+from gateway.mcp.framing import (
+    BodyTooLarge,
+    accepts,
+    endpoint,
+    read_body,
+    refusal,
+    respond,
+    rpc_error,
+    stream_reply,
+)
+from gateway.mcp.streams import SessionStream
 from gateway.sessions import SessionRecord
 
-log = structlog.get_logger(__name__)
-
 JSON = dict[str, Any]
+TRANSPORT = "streamable-http"
 SESSION_HEADER = "Mcp-Session-Id"
 VERSION_HEADER = "MCP-Protocol-Version"
-EVENTS = web.AppKey("events", EventLog)
+_STORE_DOWN = Refused(503, "Session store unavailable")
 
 
-def accepts(request: web.Request, kind: str) -> bool:
-    accept = request.headers.get("Accept", "*/*")
-    return kind in accept or "*/*" in accept
-
-
-def _is_request(message: JSON) -> bool:
-    return "method" in message and "id" in message
-
-
-def _validate(message: Any) -> JSON:
-    if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
-        raise RPCError(jsonrpc.INVALID_REQUEST, "Invalid Request: not a JSON-RPC 2.0 message")
-    if "method" in message and "id" in message and message["id"] is None:
-        raise RPCError(jsonrpc.INVALID_REQUEST, "Invalid Request: MCP request ids must not be null")
-    if "method" in message:
-        request = jsonrpc.parse(orjson.dumps(message))
-        return {
-            "jsonrpc": "2.0",
-            "method": request.method,
-            "params": request.params,
-            **({} if request.is_notification else {"id": request.id}),
-        }
-    if "id" in message and ("result" in message or "error" in message):
-        return message
-    raise RPCError(
-        jsonrpc.INVALID_REQUEST, "Invalid Request: not a request, notification or response"
+def _context(ep: Endpoint, session: SessionRecord | None) -> Context:
+    return Context(
+        endpoint=ep,
+        view=ep.view,
+        era=Era.HANDSHAKE,
+        version=session.protocol_version if session else versions.LATEST_HANDSHAKE,
+        transport=TRANSPORT,
+        session=session,
+        log_level=session.log_level if session else None,
     )
 
 
-async def _session(request: web.Request, ep: Endpoint) -> SessionRecord | web.Response:
+async def _session(request: web.Request, ep: Endpoint) -> SessionRecord:
     session_id = request.headers.get(SESSION_HEADER)
     if not session_id:
-        return rpc_error(
-            400,
-            jsonrpc.INVALID_REQUEST,
-            f"Bad Request: {SESSION_HEADER} header is required; send initialize first",
+        raise Refused(
+            400, f"Bad Request: {SESSION_HEADER} header is required; send initialize first"
         )
     try:
-        session = await request.app[SESSIONS].get(session_id)
+        session = await request.app[SESSIONS].find(
+            session_id, ep.caller.subject, ep.server, TRANSPORT
+        )
     except CacheUnavailable:
-        return rpc_error(503, jsonrpc.INTERNAL_ERROR, "Session store unavailable")
-    if session is None or not owned(session, ep, "streamable-http"):
-        return rpc_error(404, jsonrpc.INVALID_REQUEST, "Not Found: unknown or expired session")
-    try:
-        return await request.app[SESSIONS].touch(session)
-    except CacheUnavailable:
-        return session
+        raise _STORE_DOWN from None
+    if session is None:
+        raise Refused(404, "Not Found: unknown or expired session")
+    return session
+
+
+def _session_error(exc: Refused) -> web.Response:
+    code = jsonrpc.INTERNAL_ERROR if exc.status == 503 else jsonrpc.INVALID_REQUEST
+    return rpc_error(exc.status, code, exc.message)
 
 
 async def post(request: web.Request) -> web.StreamResponse:
-    ep = endpoint(request)
-    if isinstance(ep, web.Response):
-        return ep
+    try:
+        ep = endpoint(request)
+    except Refused as exc:
+        return refusal(exc)
     header_version = request.headers.get(VERSION_HEADER)
     if header_version in versions.MODERN_VERSIONS:
         return await modern.post(request, ep)
@@ -115,7 +104,7 @@ async def post(request: web.Request) -> web.StreamResponse:
     except orjson.JSONDecodeError as exc:
         return rpc_error(400, jsonrpc.PARSE_ERROR, f"Parse error: {exc}")
     if header_version is not None and header_version not in versions.SUPPORTED_VERSIONS:
-        if _modern_body(body):
+        if modern.is_modern_body(body):
             # The one answer SDK auto-mode clients act on: what we support instead.
             return rpc_error(
                 400,
@@ -131,15 +120,16 @@ async def post(request: web.Request) -> web.StreamResponse:
         )
     if isinstance(body, dict) and body.get("method") == "initialize" and "id" in body:
         return await _initialize(request, ep, body)
-    if _modern_body(body):
+    if modern.is_modern_body(body):
         return rpc_error(
             400,
             modern.HEADER_MISMATCH,
             f"{VERSION_HEADER} header is required with a 2026-07-28 request",
         )
-    session = await _session(request, ep)
-    if isinstance(session, web.Response):
-        return session
+    try:
+        session = await _session(request, ep)
+    except Refused as exc:
+        return _session_error(exc)
     if header_version is not None and header_version != session.protocol_version:
         return rpc_error(
             400,
@@ -147,6 +137,12 @@ async def post(request: web.Request) -> web.StreamResponse:
             f"Bad Request: {VERSION_HEADER} {header_version} differs from the "
             f"session's {session.protocol_version}",
         )
+    return await _messages(request, ep, session, body)
+
+
+async def _messages(
+    request: web.Request, ep: Endpoint, session: SessionRecord, body: Any
+) -> web.StreamResponse:
     batch = isinstance(body, list)
     if batch and not versions.allows_batches(session.protocol_version):
         return rpc_error(
@@ -155,182 +151,73 @@ async def post(request: web.Request) -> web.StreamResponse:
             "Invalid Request: batches are not supported in protocol version "
             f"{session.protocol_version}",
         )
-    messages = body if batch else [body]
-    if not messages:
+    items = body if batch else [body]
+    if not items:
         return rpc_error(400, jsonrpc.INVALID_REQUEST, "Invalid Request: empty batch")
     try:
-        parsed = [_validate(m) for m in messages]
+        parsed = [m for m in (parse_message(item) for item in items) if m is not None]
     except RPCError as exc:
         return rpc_error(400, exc.code, exc.message)
-    if any(m.get("method") == "initialize" for m in parsed):
+    if any(m.method == "initialize" for m in parsed):
         return rpc_error(
             400,
             jsonrpc.INVALID_REQUEST,
             "Invalid Request: initialize must be sent alone, without a session",
         )
-    hub = request.app[HUB]
+    dispatcher = request.app[DISPATCHER]
     for message in parsed:
-        if not _is_request(message):
-            await _notification(request, session, message, hub)
-    requests = [m for m in parsed if _is_request(m)]
+        if message.is_notification:
+            await dispatcher.notification(message, _context(ep, session))
+    requests = [m for m in parsed if not m.is_notification]
     if not requests:
         return web.Response(status=202)
-    wants_stream = accepts(request, "text/event-stream") and any(_streams(m) for m in requests)
-    if wants_stream and not batch:
-        return await _answer_stream(request, ep, session, requests[0], hub)
-    answers = [await _answer(ep, session, m, hub, None) for m in requests]
-    payload = answers if batch else answers[0]
+    if not batch and accepts(request, "text/event-stream") and _streams(dispatcher, requests[0]):
+        headers = {SESSION_HEADER: session.id}
+        return await stream_reply(request, _context(ep, session), requests[0], headers)
+    replies = [(await dispatcher.request(m, _context(ep, session))).message() for m in requests]
     return web.Response(
-        body=orjson.dumps(payload),
+        body=orjson.dumps(replies if batch else replies[0]),
         content_type="application/json",
         headers={SESSION_HEADER: session.id},
     )
 
 
-def _modern_body(body: Any) -> bool:
-    """A 2026-07-28 request: its `_meta` carries the protocol version."""
-    params = body.get("params") if isinstance(body, dict) else None
-    meta = params.get("_meta") if isinstance(params, dict) else None
-    return isinstance(meta, dict) and versions.META_VERSION in meta
-
-
-def _streams(message: JSON) -> bool:
+def _streams(dispatcher: Dispatcher, message: jsonrpc.Request) -> bool:
     """Requests whose answer may be preceded by progress or log notifications."""
-    meta = message.get("params", {}).get("_meta")
-    return message["method"] in {"tools/call", "prompts/get", "resources/read"} and (
-        isinstance(meta, dict) and "progressToken" in meta
-    )
+    spec = dispatcher.table.get(message.method)
+    meta = message.params.get("_meta")
+    return bool(spec and spec.target) and isinstance(meta, dict) and "progressToken" in meta
 
 
-async def _notification(
-    request: web.Request, session: SessionRecord, message: JSON, hub: Hub
-) -> None:
-    method = message.get("method")
-    if method == "notifications/initialized" and not session.initialized:
-        try:
-            await request.app[SESSIONS].update(session, initialized=True)
-        except CacheUnavailable:
-            pass
-    elif method == "notifications/cancelled":
-        params = message.get("params") or {}
-        if "requestId" in params:
-            await hub.cancel(session.id, params["requestId"])
-
-
-async def _answer(ep: Endpoint, session: SessionRecord, message: JSON, hub: Hub, emit: Any) -> JSON:
-    """Run one request as a cancellable task; return its response object."""
-    ctx = ep.context(
-        session.protocol_version, session=session, emit=emit, log_level=session.log_level
-    )
-    methods = ep.methods
-    request_id = message["id"]
-
-    async def run() -> Any:
-        await methods.limits.hit(
-            f"caller:{ep.caller_key}", "this caller", methods.settings.rate_limit_per_minute
-        )
-        if message["method"] == "server/discover":
-            raise RPCError(jsonrpc.METHOD_NOT_FOUND, "Method not found: server/discover")
-        return await methods.handle(message["method"], message["params"], ctx)
-
-    task = asyncio.ensure_future(run())
-    untrack = hub.track(session.id, request_id, task)
+async def _initialize(request: web.Request, ep: Endpoint, body: JSON) -> web.Response:
     try:
-        value = await task
-    except asyncio.CancelledError:
-        if task.cancelled() and not _current_cancelling():
-            return {
-                "jsonrpc": "2.0",
-                "id": request_id,
-                "error": {"code": -32800, "message": "Request cancelled"},
-            }
-        raise
-    except RateLimited as exc:
-        return {"jsonrpc": "2.0", "id": request_id, "error": exc.to_dict()}
-    except RPCError as exc:
-        return {"jsonrpc": "2.0", "id": request_id, "error": exc.to_dict()}
-    except Exception:
-        log.exception("mcp method failed", method=message["method"])
-        return {
-            "jsonrpc": "2.0",
-            "id": request_id,
-            "error": {"code": jsonrpc.INTERNAL_ERROR, "message": "Internal error"},
-        }
-    finally:
-        untrack()
-    return {"jsonrpc": "2.0", "id": request_id, "result": value}
-
-
-def _current_cancelling() -> bool:
-    task = asyncio.current_task()
-    return bool(task is not None and task.cancelling())
-
-
-async def _answer_stream(
-    request: web.Request, ep: Endpoint, session: SessionRecord, message: JSON, hub: Hub
-) -> web.StreamResponse:
-    stream = await sse.EventStream.open(request, {SESSION_HEADER: session.id})
-
-    async def emit(note: JSON) -> None:
-        await stream.send(sse.message_event(note))
-
-    try:
-        response = await _answer(ep, session, message, hub, emit)
-        await stream.send(sse.message_event(response))
-    except (ConnectionError, RuntimeError):
-        pass
-    finally:
-        await stream.close()
-    return stream.response
-
-
-async def _initialize(request: web.Request, ep: Endpoint, message: JSON) -> web.Response:
-    try:
-        parsed = _validate(message)
+        message = parse_message(body)
     except RPCError as exc:
         return rpc_error(400, exc.code, exc.message)
-    ctx = ep.context(versions.LATEST_HANDSHAKE)
-    result = await ep.methods.initialize(parsed["params"], ctx)
-    params = parsed["params"]
-    try:
-        session = await request.app[SESSIONS].create(
-            protocol_version=result["protocolVersion"],
-            subject=ep.caller.subject,
-            server=ep.server,
-            client_info=params.get("clientInfo")
-            if isinstance(params.get("clientInfo"), dict)
-            else {},
-            client_capabilities=params.get("capabilities")
-            if isinstance(params.get("capabilities"), dict)
-            else {},
-        )
-    except CacheUnavailable:
-        return rpc_error(503, jsonrpc.INTERNAL_ERROR, "Session store unavailable")
-    log.info(
-        "mcp session opened",
-        session=session.id[:8],
-        version=session.protocol_version,
-        server=ep.server,
-    )
-    body = jsonrpc.result(parsed["id"], result)
-    return web.Response(
-        body=body, content_type="application/json", headers={SESSION_HEADER: session.id}
-    )
+    assert message is not None
+    ctx = _context(ep, None)
+    reply = await request.app[DISPATCHER].request(message, ctx)
+    if reply.error is not None or ctx.session is None:
+        status = (reply.error.status if reply.error else None) or 400
+        return respond(reply.body(), status)
+    return respond(reply.body(), headers={SESSION_HEADER: ctx.session.id})
 
 
 async def get(request: web.Request) -> web.StreamResponse:
-    ep = endpoint(request)
-    if isinstance(ep, web.Response):
-        return ep
+    try:
+        ep = endpoint(request)
+    except Refused as exc:
+        return refusal(exc)
     if request.headers.get(VERSION_HEADER) in versions.MODERN_VERSIONS:
         return web.Response(status=405, headers={"Allow": "POST"})
     if not accepts(request, "text/event-stream"):
         return rpc_error(
             406, jsonrpc.INVALID_REQUEST, "Not Acceptable: the GET stream is text/event-stream"
         )
-    session = await _session(request, ep)
-    if isinstance(session, web.Response):
-        return session
+    try:
+        session = await _session(request, ep)
+    except Refused as exc:
+        return _session_error(exc)
     hub = request.app[HUB]
     stream = await sse.EventStream.open(request, {SESSION_HEADER: session.id})
     client = SessionStream(
@@ -349,43 +236,28 @@ async def get(request: web.Request) -> web.StreamResponse:
 
 
 async def delete(request: web.Request) -> web.Response:
-    ep = endpoint(request)
-    if isinstance(ep, web.Response):
-        return ep
+    try:
+        ep = endpoint(request)
+    except Refused as exc:
+        return refusal(exc)
     if request.headers.get(VERSION_HEADER) in versions.MODERN_VERSIONS:
         return web.Response(status=405, headers={"Allow": "POST"})
-    session = await _session(request, ep)
-    if isinstance(session, web.Response):
-        return session
     try:
-        await request.app[SESSIONS].delete(session.id)
+        session = await _session(request, ep)
+        await request.app[HUB].end_session(session.id)
+    except Refused as exc:
+        return _session_error(exc)
     except CacheUnavailable:
-        return rpc_error(503, jsonrpc.INTERNAL_ERROR, "Session store unavailable")
-    await request.app[HUB].publish({"kind": "session-closed", "session": session.id})
-    log.info("mcp session closed", session=session.id[:8])
+        return _session_error(_STORE_DOWN)
     return web.Response(status=204)
 
 
-def install(app: web.Application) -> None:
-    async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
-        settings = app[SETTINGS]
-        hub = Hub(app[CACHE], app[SESSIONS])
-        await hub.start()
-        app[HUB] = hub
-        app[EVENTS] = EventLog(
-            CacheUse(app[CACHE], settings.cache_type, "events", settings.cache_timeout)
-        )
-        notifier = Notifier(hub, app[REGISTRY], app[UPSTREAMS])
-        yield
-        await notifier.close()
-        await hub.close()
-
-    async def end_streams(app: web.Application) -> None:
-        await app[HUB].close_streams()
-
-    app.cleanup_ctx.append(hub_ctx)
-    app.on_shutdown.append(end_streams)
-    for prefix in ("", "/servers/{server}"):
-        app.router.add_post(f"{prefix}/mcp", post)
-        app.router.add_get(f"{prefix}/mcp", get)
-        app.router.add_delete(f"{prefix}/mcp", delete)
+routes = [
+    route
+    for prefix in ("", "/servers/{server}")
+    for route in (
+        web.post(f"{prefix}/mcp", post),
+        web.get(f"{prefix}/mcp", get),
+        web.delete(f"{prefix}/mcp", delete),
+    )
+]

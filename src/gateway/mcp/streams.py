@@ -165,17 +165,6 @@ class ListenStream(ClientStream):
         self.flags = flags
         self.closed = asyncio.Event()
 
-    @staticmethod
-    def honoured(requested: JSON) -> JSON:
-        honoured: JSON = {}
-        for flag in ("toolsListChanged", "promptsListChanged", "resourcesListChanged"):
-            if requested.get(flag) is True:
-                honoured[flag] = True
-        uris = requested.get("resourceSubscriptions")
-        if isinstance(uris, list) and all(isinstance(u, str) for u in uris) and uris:
-            honoured["resourceSubscriptions"] = uris
-        return honoured
-
     async def send(self, method: str, params: JSON | None = None) -> None:
         if self.closed.is_set():
             return

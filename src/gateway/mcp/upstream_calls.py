@@ -1,0 +1,172 @@
+"""Calling upstreams on a client's behalf: tool calls (with limits, the result cache, a
+time budget and metrics) and forwarded requests, relaying what the upstream says about
+the request (progress under the client's own token, log messages at the client's level)
+back to the client's stream."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import time
+from typing import Any
+
+import structlog
+
+from gateway import jsonrpc
+from gateway.catalogue import Tool
+from gateway.contracts import BackendError, FullBackend, UpstreamError
+from gateway.jsonrpc import RPCError
+from gateway.limits import RateLimiter
+from gateway.mcp import versions
+from gateway.mcp.context import Context
+from gateway.metrics import TOOL_CALLS
+from gateway.registry import Registry
+from gateway.results import ResultCache, result_key
+from gateway.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+JSON = dict[str, Any]
+RESOURCE_NOT_FOUND = -32002
+
+_tokens = itertools.count(1)
+_TOKEN_PREFIX = f"gw-{os.getpid()}-"
+
+
+def error_result(message: str) -> JSON:
+    return {"content": [{"type": "text", "text": message}], "isError": True}
+
+
+async def upstream_capabilities(backend: FullBackend) -> JSON:
+    try:
+        await backend.connect()
+    except BackendError:
+        return {}
+    return backend.capabilities
+
+
+class UpstreamCalls:
+    def __init__(
+        self, settings: Settings, registry: Registry, results: ResultCache, limits: RateLimiter
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.results = results
+        self.limits = limits
+
+    def full_backend(self, upstream: str) -> FullBackend:
+        backend = self.registry.full_backends.get(upstream)
+        if backend is None:
+            raise RPCError(
+                jsonrpc.INTERNAL_ERROR, f"upstream '{upstream}' cannot serve this request"
+            )
+        return backend
+
+    async def call_tool(
+        self, tool: Tool, arguments: JSON, ctx: Context, meta: JSON | None = None
+    ) -> JSON:
+        """Check the arguments and limits, then answer from the result cache or upstream."""
+        name = tool.record.name
+        problem = tool.check(arguments)
+        if problem is not None:
+            raise RPCError(jsonrpc.INVALID_PARAMS, f"Invalid arguments for {name}: {problem}")
+        record = tool.record
+        await self.limits.hit(
+            f"tool:{name}",
+            f"tool '{name}'",
+            record.rate_limit or self.settings.tool_rate_limit_per_minute,
+        )
+        if not record.cache_ttl:
+            return await self._call_upstream(tool, arguments, ctx, meta)
+        key = result_key(name, arguments, ctx.caller.subject)
+        cached = await self.results.get(key)
+        if cached is not None:
+            return cached
+        result = await self._call_upstream(tool, arguments, ctx, meta)
+        return await self.results.put(key, result, record.cache_ttl)
+
+    async def _call_upstream(
+        self, tool: Tool, arguments: JSON, ctx: Context, meta: JSON | None
+    ) -> JSON:
+        upstream = tool.record.upstream
+        backend = self.registry.backends.get(upstream)
+        if backend is None:
+            return error_result(f"upstream '{upstream}' has no backend in this gateway")
+        timeout = self.settings.tool_timeout
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            async with asyncio.timeout(timeout):
+                full = self.registry.full_backends.get(upstream)
+                if ctx.emit is None or full is None:
+                    # Nothing to relay: the plain call (backends cancel upstream themselves
+                    # when the caller goes away).
+                    return await backend.call_tool(tool.record.definition.name, arguments, timeout)
+                params: JSON = {"name": tool.record.definition.name, "arguments": arguments}
+                return await self.forward(full, "tools/call", params, ctx, meta, timeout)
+        except BackendError as exc:
+            outcome = "error"
+            log.warning(
+                "upstream call failed", tool=tool.record.name, upstream=upstream, error=str(exc)
+            )
+            return error_result(str(exc))
+        except TimeoutError:
+            outcome = "timeout"
+            log.warning("upstream call timed out", tool=tool.record.name, upstream=upstream)
+            return error_result(f"upstream '{upstream}' did not answer within {timeout:g}s")
+        finally:
+            TOOL_CALLS.labels(upstream, outcome).observe(time.perf_counter() - started)
+
+    async def forward(
+        self,
+        backend: FullBackend,
+        method: str,
+        params: JSON,
+        ctx: Context,
+        meta: JSON | None,
+        timeout: float | None = None,
+    ) -> JSON:
+        """Send a request upstream, relaying its progress (under the client's own token) and
+        log messages (at the client's level) to the client's stream."""
+        client_token = (meta or {}).get("progressToken")
+        relay = None
+        if ctx.emit is not None:
+            emit = ctx.emit
+            if client_token is not None:
+                params = {**params, "_meta": {"progressToken": f"{_TOKEN_PREFIX}{next(_tokens)}"}}
+
+            async def relay(note_method: str, note: JSON) -> None:
+                if note_method == "notifications/progress":
+                    if client_token is None:
+                        return
+                    note = {**note, "progressToken": client_token}
+                elif note_method == "notifications/message":
+                    if ctx.modern and ctx.log_level is None:
+                        return  # 2026: no log messages without a per-request opt-in
+                    if not versions.log_level_allows(ctx.log_level, str(note.get("level"))):
+                        return
+                else:
+                    return
+                await emit({"jsonrpc": "2.0", "method": note_method, "params": note})
+
+        return await backend.request(method, params, timeout or self.settings.tool_timeout, relay)
+
+    async def passthrough(
+        self, backend: FullBackend, method: str, forwarded: JSON, ctx: Context, params: JSON
+    ) -> JSON:
+        """Forward a request and pass the upstream's JSON-RPC error on as the client's."""
+        meta = params.get("_meta")
+        try:
+            return await self.forward(
+                backend, method, forwarded, ctx, meta if isinstance(meta, dict) else None
+            )
+        except UpstreamError as exc:
+            code = exc.code
+            if code == RESOURCE_NOT_FOUND and ctx.modern:
+                code = jsonrpc.INVALID_PARAMS  # 2026 retired -32002
+            raise RPCError(code, exc.upstream_message, exc.data) from None
+        except BackendError as exc:
+            raise RPCError(jsonrpc.INTERNAL_ERROR, str(exc)) from None
+        except TimeoutError:
+            raise RPCError(jsonrpc.INTERNAL_ERROR, "upstream did not answer in time") from None
