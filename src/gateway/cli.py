@@ -1,5 +1,5 @@
-"""The `aio-mcp-gateway` command: `serve` for development, `check`, and the commands that
-plugins add (the jwt plugin's `token create`)."""
+"""The `aio-mcp-gateway` command: `serve` for development, `check`, `demo-upstream`, and
+the commands that plugins add (the jwt plugin's `token create`)."""
 
 from __future__ import annotations
 
@@ -77,6 +77,13 @@ def _add_command(sub: Subparsers[argparse.ArgumentParser], spec: CommandSpec) ->
         raise SettingsError(f"the plugin command {spec.name!r} has neither run nor subcommands")
 
 
+def _demo_upstream(args: argparse.Namespace, settings: Settings) -> int:
+    from gateway.demo import run
+
+    run(args.host, args.port)
+    return 0
+
+
 def parser(plugins: Plugins | None = None) -> argparse.ArgumentParser:
     """The command line; without `plugins`, only the gateway's own commands."""
     p = argparse.ArgumentParser(prog="aio-mcp-gateway", description=__doc__)
@@ -92,6 +99,11 @@ def parser(plugins: Plugins | None = None) -> argparse.ArgumentParser:
     check.set_defaults(
         run=lambda args, settings: _check(plugins or Plugins.load(settings), settings)
     )
+
+    demo = sub.add_parser("demo-upstream", help="run a small MCP server to try the gateway with")
+    demo.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
+    demo.add_argument("--port", type=int, default=9000, help="port (default: 9000)")
+    demo.set_defaults(run=_demo_upstream)
 
     for spec in plugins.commands.items.values() if plugins is not None else ():
         _add_command(sub, spec)
