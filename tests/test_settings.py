@@ -161,6 +161,13 @@ def test_check_command_reports_every_bad_setting_one_line_each(tmp_path: Path) -
     ]
 
 
+def test_version_and_help_answer_even_when_a_setting_is_bad(tmp_path: Path) -> None:
+    completed = run_python(tmp_path, {"PORT": "http"}, "-m", "gateway", "--version")
+    assert (completed.returncode, completed.stdout.split()[0]) == (0, "aio-mcp-gateway")
+    completed = run_python(tmp_path, {"PORT": "http"}, "-m", "gateway", "--help")
+    assert completed.returncode == 0 and "check" in completed.stdout
+
+
 def test_settings_of_a_blocked_plugin_are_not_read() -> None:
     environ = {"PLUGINS_BLOCKED": "cache_memory", "MEMORY_CACHE_MAX_ITEMS": "0"}
     settings = load_settings(environ, env_file=None)
