@@ -139,9 +139,10 @@ class McpHttpBackend(HttpClient[_SessionLink]):
                         await self._finish_stream(resp)
                     if call.reply.done():
                         return
-        raise BackendError(
-            f"upstream {self.name!r} ended its event stream without answering {call.method}"
-        )
+        if not call.reply.done():
+            raise BackendError(
+                f"upstream {self.name!r} ended its event stream without answering {call.method}"
+            )
 
     async def _finish_stream(self, resp: aiohttp.ClientResponse) -> None:
         # A stream read to its end lets the connection go back to the pool; servers end it

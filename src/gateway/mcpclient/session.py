@@ -253,6 +253,9 @@ class McpSession(ABC, Generic[L]):
             capabilities = result.get("capabilities")
             link.initialised(str(version), capabilities if isinstance(capabilities, dict) else {})
             await self._post(link, notification("notifications/initialized", None), None)
+            if not self._running:
+                # Closed meanwhile: the link would outlive the backend.
+                raise BackendError(f"upstream {self.name!r}: not started or already closed")
             return link
         except BaseException:
             self._discard(link, "was abandoned")
