@@ -324,15 +324,77 @@ async def test_posted_response_is_accepted_with_202(client: Client, session: str
     assert await response.read() == b""
 
 
-async def test_request_without_session_returns_400(client: Client) -> None:
+async def test_request_without_session_returns_400_when_sessions_are_required(
+    gateway: GatewayFactory, user_headers: dict[str, str]
+) -> None:
+    client = await gateway(plugins=[rich, faulty], mcp_sessions="required")
     response = await client.post(
         "/mcp",
         json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
-        headers={"Accept": ACCEPT_BOTH},
+        headers={"Accept": ACCEPT_BOTH, **user_headers},
     )
     assert response.status == 400
     body = await response.json()
     assert body["error"]["code"] == -32600
+    assert "Mcp-Session-Id" not in response.headers
+
+
+async def test_requests_without_session_are_served_by_default(client: Client) -> None:
+    listed = await client.post(
+        "/mcp",
+        json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+        headers={"Accept": ACCEPT_BOTH},
+    )
+    assert listed.status == 200
+    assert "Mcp-Session-Id" not in listed.headers
+    assert "rich_echo" in {t["name"] for t in (await listed.json())["result"]["tools"]}
+    called = await client.post(
+        "/mcp",
+        json={
+            "jsonrpc": "2.0",
+            "id": 2,
+            "method": "tools/call",
+            "params": {"name": "rich_echo", "arguments": {"text": "hi"}},
+        },
+        headers={"Accept": ACCEPT_BOTH},
+    )
+    assert (await called.json())["result"]["content"][0]["text"] == "hi"
+
+
+async def test_notification_without_session_gets_202(client: Client) -> None:
+    response = await client.post(
+        "/mcp",
+        json={"jsonrpc": "2.0", "method": "notifications/initialized"},
+        headers={"Accept": ACCEPT_BOTH},
+    )
+    assert response.status == 202
+
+
+@pytest.mark.parametrize(
+    ("method", "params"),
+    [("logging/setLevel", {"level": "info"}), ("resources/subscribe", {"uri": "rich://a"})],
+)
+async def test_methods_that_need_a_session_refuse_without_one(
+    client: Client, method: str, params: JSON
+) -> None:
+    response = await client.post(
+        "/mcp",
+        json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params},
+        headers={"Accept": ACCEPT_BOTH},
+    )
+    body = await response.json()
+    assert body["error"]["code"] in {-32600, -32601}
+    assert "session" in body["error"]["message"] or "not found" in body["error"]["message"]
+
+
+async def test_initialize_without_protocol_version_returns_32602(client: Client) -> None:
+    response = await client.post(
+        "/mcp",
+        json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"capabilities": {}}},
+        headers={"Accept": ACCEPT_BOTH},
+    )
+    assert response.status == 400
+    assert (await response.json())["error"]["code"] == -32602
     assert "Mcp-Session-Id" not in response.headers
 
 

@@ -150,6 +150,7 @@ class Settings:
     upstream_health_interval: float = 30.0
     upstream_refresh_interval: float = 300.0
     session_ttl: float = 3600.0
+    mcp_sessions: str = "optional"
     log_level: str = "info"
     log_format: str = "auto"
     plugins_blocked: tuple[str, ...] = ()
@@ -209,6 +210,7 @@ _PARSERS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "UPSTREAM_HEALTH_INTERVAL": ("upstream_health_interval", _float),
     "UPSTREAM_REFRESH_INTERVAL": ("upstream_refresh_interval", _float),
     "SESSION_TTL": ("session_ttl", _float),
+    "MCP_SESSIONS": ("mcp_sessions", lambda n, r: _choice(n, r, ("optional", "required"))),
     "LOG_LEVEL": ("log_level", lambda n, r: _choice(n, r, _LOG_LEVELS)),
     "LOG_FORMAT": ("log_format", lambda n, r: _choice(n, r, ("auto", "json", "console"))),
     "PLUGINS_BLOCKED": ("plugins_blocked", lambda n, r: _list(r)),

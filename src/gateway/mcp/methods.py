@@ -106,8 +106,11 @@ class Methods:
         return result
 
     async def initialize(self, params: JSON, ctx: Context) -> JSON:
+        requested = params.get("protocolVersion")
+        if not isinstance(requested, str):
+            raise invalid("'protocolVersion' is required and must be a string")
         result: JSON = {
-            "protocolVersion": versions.negotiate(params.get("protocolVersion")),
+            "protocolVersion": versions.negotiate(requested),
             "capabilities": CAPABILITIES,
             "serverInfo": SERVER_INFO,
         }

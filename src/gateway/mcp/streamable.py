@@ -18,7 +18,7 @@ from aiohttp import web
 from gateway import jsonrpc
 from gateway.cacheuse import CacheUnavailable
 from gateway.jsonrpc import RPCError
-from gateway.keys import DISPATCHER, EVENTS, HUB, SESSIONS
+from gateway.keys import DISPATCHER, EVENTS, HUB, SESSIONS, SETTINGS
 from gateway.mcp import modern, sse, versions
 from gateway.mcp.context import Context, Endpoint, Era, Refused
 from gateway.mcp.dispatch import Dispatcher, parse_message
@@ -42,12 +42,12 @@ VERSION_HEADER = "MCP-Protocol-Version"
 _STORE_DOWN = Refused(503, "Session store unavailable")
 
 
-def _context(ep: Endpoint, session: SessionRecord | None) -> Context:
+def _context(ep: Endpoint, session: SessionRecord | None, version: str) -> Context:
     return Context(
         endpoint=ep,
         view=ep.view,
         era=Era.HANDSHAKE,
-        version=session.protocol_version if session else versions.LATEST_HANDSHAKE,
+        version=session.protocol_version if session else version,
         transport=TRANSPORT,
         session=session,
         log_level=session.log_level if session else None,
@@ -126,30 +126,37 @@ async def post(request: web.Request) -> web.StreamResponse:
             modern.HEADER_MISMATCH,
             f"{VERSION_HEADER} header is required with a 2026-07-28 request",
         )
-    try:
-        session = await _session(request, ep)
-    except Refused as exc:
-        return _session_error(exc)
-    if header_version is not None and header_version != session.protocol_version:
-        return rpc_error(
-            400,
-            jsonrpc.INVALID_REQUEST,
-            f"Bad Request: {VERSION_HEADER} {header_version} differs from the "
-            f"session's {session.protocol_version}",
-        )
-    return await _messages(request, ep, session, body)
+    version = header_version or versions.ASSUMED_WITHOUT_HEADER
+    if SESSION_HEADER in request.headers or request.app[SETTINGS].mcp_sessions == "required":
+        try:
+            session: SessionRecord | None = await _session(request, ep)
+        except Refused as exc:
+            return _session_error(exc)
+        assert session is not None
+        if header_version is not None and header_version != session.protocol_version:
+            return rpc_error(
+                400,
+                jsonrpc.INVALID_REQUEST,
+                f"Bad Request: {VERSION_HEADER} {header_version} differs from the "
+                f"session's {session.protocol_version}",
+            )
+        version = session.protocol_version
+    else:
+        # MCP_SESSIONS=optional: served without a session, as the header's version (or the
+        # version the transport assumes without one); methods that need a session refuse.
+        session = None
+    return await _messages(request, ep, session, version, body)
 
 
 async def _messages(
-    request: web.Request, ep: Endpoint, session: SessionRecord, body: Any
+    request: web.Request, ep: Endpoint, session: SessionRecord | None, version: str, body: Any
 ) -> web.StreamResponse:
     batch = isinstance(body, list)
-    if batch and not versions.allows_batches(session.protocol_version):
+    if batch and not versions.allows_batches(version):
         return rpc_error(
             400,
             jsonrpc.INVALID_REQUEST,
-            "Invalid Request: batches are not supported in protocol version "
-            f"{session.protocol_version}",
+            f"Invalid Request: batches are not supported in protocol version {version}",
         )
     items = body if batch else [body]
     if not items:
@@ -167,19 +174,17 @@ async def _messages(
     dispatcher = request.app[DISPATCHER]
     for message in parsed:
         if message.is_notification:
-            await dispatcher.notification(message, _context(ep, session))
+            await dispatcher.notification(message, _context(ep, session, version))
     requests = [m for m in parsed if not m.is_notification]
     if not requests:
         return web.Response(status=202)
+    headers = {SESSION_HEADER: session.id} if session else {}
     if not batch and accepts(request, "text/event-stream") and _streams(dispatcher, requests[0]):
-        headers = {SESSION_HEADER: session.id}
-        return await stream_reply(request, _context(ep, session), requests[0], headers)
-    replies = [(await dispatcher.request(m, _context(ep, session))).message() for m in requests]
-    return web.Response(
-        body=orjson.dumps(replies if batch else replies[0]),
-        content_type="application/json",
-        headers={SESSION_HEADER: session.id},
-    )
+        return await stream_reply(request, _context(ep, session, version), requests[0], headers)
+    replies = [
+        (await dispatcher.request(m, _context(ep, session, version))).message() for m in requests
+    ]
+    return respond(orjson.dumps(replies if batch else replies[0]), headers=headers)
 
 
 def _streams(dispatcher: Dispatcher, message: jsonrpc.Request) -> bool:
@@ -195,7 +200,7 @@ async def _initialize(request: web.Request, ep: Endpoint, body: JSON) -> web.Res
     except RPCError as exc:
         return rpc_error(400, exc.code, exc.message)
     assert message is not None
-    ctx = _context(ep, None)
+    ctx = _context(ep, None, versions.LATEST_HANDSHAKE)
     reply = await request.app[DISPATCHER].request(message, ctx)
     if reply.error is not None or ctx.session is None:
         status = (reply.error.status if reply.error else None) or 400
