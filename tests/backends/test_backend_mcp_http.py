@@ -33,9 +33,6 @@ from gateway_plugins.backend_mcp_http import McpHttpBackend, gateway_register_ba
 from tests.upstreams.fixtures import Recorder, eventually, stat_is
 from tests.upstreams.processes import RunningUpstream, free_port
 
-# The top-level conftest may load these as well; pytest registers a plugin module once.
-pytest_plugins = ["tests.upstreams.fixtures"]
-
 UpstreamFactory = Callable[..., RunningUpstream]
 BASE_TOOLS = ["echo", "add", "sleep", "fail", "big", "progress", "log"]
 

@@ -30,8 +30,6 @@ from gateway_plugins.backend_mcp_sse import McpSseBackend, gateway_register_back
 from tests.upstreams.fixtures import Recorder, stat_is
 from tests.upstreams.processes import RunningUpstream, free_port
 
-pytest_plugins = ["tests.upstreams.fixtures"]
-
 UpstreamFactory = Callable[..., RunningUpstream]
 BASE_TOOLS = ["echo", "add", "sleep", "fail", "big", "progress", "log"]
 

@@ -23,7 +23,7 @@ import aiohttp
 import orjson
 
 from tests.conftest import TEST_SECRET, free_port, make_token
-from tests.gunicorn_process import GunicornGateway
+from tests.support.gunicorn_process import GunicornGateway
 
 ADMIN = {"Authorization": f"Bearer {make_token('root', ('admin',), minutes=30)}"}
 USER = {"Authorization": f"Bearer {make_token('user', minutes=30)}"}

@@ -24,18 +24,18 @@ from mcp import Client
 from mcp_types import ToolListChangedNotification
 
 from tests.conftest import free_port, with_search_path
-from tests.gunicorn_process import GunicornGateway
-from tests.test_interop_sdk import (
+from tests.interop.test_interop_sdk import (
     ADMIN,
     gateway_env,
     http_client_factory,
     register_upstream,
     sdk_client,
 )
+from tests.support.gunicorn_process import GunicornGateway
 from tests.upstreams.fixtures import eventually
 from tests.upstreams.processes import start_own, stop_upstream
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(90)]
 
 REQUESTS = 30
 WORKERS = 2

@@ -8,7 +8,8 @@ The same tests run on each variant:
 Losing a machine needs two instances; leader failover is shown on Redis.
 
 `CATALOGUE_POLL_INTERVAL` is 30 s everywhere, so only the cache's push can explain a change
-reaching another worker quickly. Measured latencies are printed (`pytest -s` shows them).
+reaching another worker within `PUSH_BOUND`. Measured latencies are printed (`pytest -s`
+shows them) but not asserted: a loaded machine must not fail the suite.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.cluster import (
+from tests.cluster.deployment import (
     METHOD_NOT_FOUND,
     RATE_LIMITED,
     Deployment,
@@ -46,10 +47,13 @@ from tests.cluster import (
 )
 from tests.upstreams.processes import RunningUpstream
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 
 TOOL = "own__echo"
 POLL_INTERVAL = "30"
+PUSH_BOUND = 5.0
+"""Seconds from a write's response until every worker serves it: generous for a loaded
+machine, yet far below `POLL_INTERVAL`, so only the cache's push can meet it."""
 
 
 @dataclass(frozen=True)
@@ -59,15 +63,11 @@ class Variant:
     store_fixture: str
     instances: int
     workers: int
-    push_within: float
-    """Seconds from a write's response to the first call elsewhere that sees it."""
-    everywhere_within: float
-    """Seconds from a write's response until every worker serves it."""
 
 
-REDIS_POSTGRES = Variant("redis-postgres", "redis", "postgres_url", 2, 2, 0.1, 0.5)
-DATABASE_POSTGRES = Variant("database-postgres", "database", "postgres_url", 2, 2, 1.0, 1.0)
-DATABASE_SQLITE = Variant("database-sqlite", "database", "sqlite_url", 1, 3, 1.0, 1.0)
+REDIS_POSTGRES = Variant("redis-postgres", "redis", "postgres_url", 2, 2)
+DATABASE_POSTGRES = Variant("database-postgres", "database", "postgres_url", 2, 2)
+DATABASE_SQLITE = Variant("database-sqlite", "database", "sqlite_url", 1, 3)
 VARIANTS = [REDIS_POSTGRES, DATABASE_POSTGRES, DATABASE_SQLITE]
 SEVERAL_INSTANCES = [v for v in VARIANTS if v.instances > 1]
 
@@ -128,13 +128,21 @@ async def registered(deployment: Deployment, upstream: RunningUpstream) -> int:
 async def everywhere(
     variant: Variant, since: float, url: str, check: Callable[[Reply], bool], what: str
 ) -> None:
-    """Just before `everywhere_within` of `since`, 20 calls side by side through `url`,
-    each on a connection of its own: `check` must hold for every reply."""
-    await asyncio.sleep(max(0.0, since + variant.everywhere_within - 0.1 - time.perf_counter()))
-    replies = await burst(call_tool(url, TOOL, echo(f"{what} {i}")) for i in range(20))
-    report(variant, f"{what}: burst of 20 answered after", time.perf_counter() - since)
-    failing = [reply for reply in replies if not check(reply)]
-    assert not failing, failing[:3]
+    """Within `PUSH_BOUND` of `since`, 20 calls side by side through `url`, each on a
+    connection of its own, for which `check` holds for every reply."""
+    failing: list[Reply] = []
+
+    async def all_see_it() -> bool:
+        nonlocal failing
+        replies = await burst(call_tool(url, TOOL, echo(f"{what} {i}")) for i in range(20))
+        failing = [reply for reply in replies if not check(reply)]
+        return not failing
+
+    try:
+        seconds = await first_success(all_see_it, since, give_up_after=PUSH_BOUND, every=0.1)
+    except AssertionError:
+        raise AssertionError(f"{what}: not seen by every worker: {failing[:3]}") from None
+    report(variant, f"{what}: a burst of 20 all saw it after", seconds)
 
 
 def refused(reply: Reply) -> bool:
@@ -151,22 +159,18 @@ async def propagation(
     url: str,
     check: Callable[[Reply], bool],
     what: str,
-) -> float:
-    """Make `write`, then call the tool through `url` every 10 ms until `check` holds.
-
-    Returns the seconds from the write's response to the first call that saw it; then, at
-    `everywhere_within`, a burst over every worker of `url` must see it too.
-    """
+) -> None:
+    """Make `write`, then call the tool through `url` every 10 ms until `check` holds; then
+    a burst over every worker of `url` must see it too, all within `PUSH_BOUND`."""
     await write
     answered = time.perf_counter()
 
     async def seen() -> bool:
         return check(await call_tool(url, TOOL, echo(what)))
 
-    latency = await first_success(seen, answered, give_up_after=10.0)
+    latency = await first_success(seen, answered, give_up_after=PUSH_BOUND)
     report(variant, f"{what}: first call that sees it", latency)
     await everywhere(variant, answered, url, check, what)
-    return latency
 
 
 async def test_catalogue_changes_through_one_instance_reach_every_worker_of_the_other(
@@ -176,20 +180,11 @@ async def test_catalogue_changes_through_one_instance_reach_every_worker_of_the_
     before = await deployment.catalogue_version()
     assert not (await call_tool(b, TOOL, echo("too early"))).ok
 
-    latencies = {
-        "registered through A, served through B": await propagation(
-            variant, register(a, own_upstream.url), b, succeeded, "registered"
-        ),
-        "disabled through B, refused through A": await propagation(
-            variant, patch_tool(b, TOOL, enabled=False), a, refused, "disabled"
-        ),
-        "enabled through A, served through B": await propagation(
-            variant, patch_tool(a, TOOL, enabled=True), b, succeeded, "enabled"
-        ),
-    }
-
-    slow = {what: f"{s * 1000:.0f} ms" for what, s in latencies.items() if s > variant.push_within}
-    assert not slow, f"slower than {variant.push_within * 1000:.0f} ms: {slow}"
+    # Registered through A, served through B; disabled through B, refused through A;
+    # enabled through A, served through B.
+    await propagation(variant, register(a, own_upstream.url), b, succeeded, "registered")
+    await propagation(variant, patch_tool(b, TOOL, enabled=False), a, refused, "disabled")
+    await propagation(variant, patch_tool(a, TOOL, enabled=True), b, succeeded, "enabled")
     await deployment.catalogue_version(newer_than=before)
 
 

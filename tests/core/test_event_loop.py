@@ -18,7 +18,7 @@ import pytest
 
 from gateway.settings import SettingsError, load_settings
 from tests.conftest import TEST_SECRET, free_port
-from tests.gunicorn_process import GunicornGateway, status_of
+from tests.support.gunicorn_process import GunicornGateway, status_of
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -58,6 +58,7 @@ def gunicorn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[G
         gateway.stop()
 
 
+@pytest.mark.cluster
 def test_gunicorn_workers_run_on_uvloop_by_default(
     tmp_path: Path, gunicorn: list[GunicornGateway]
 ) -> None:
@@ -69,6 +70,7 @@ def test_gunicorn_workers_run_on_uvloop_by_default(
     assert set(loops.values()) == {"uvloop"}, loops
 
 
+@pytest.mark.cluster
 def test_event_loop_asyncio_runs_gunicorn_workers_on_asyncio(
     tmp_path: Path, gunicorn: list[GunicornGateway]
 ) -> None:

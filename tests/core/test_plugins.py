@@ -29,7 +29,7 @@ from gateway.settings import load_settings
 from tests.conftest import GatewayFactory
 from tests.plugins import faulty, misspelt
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 HOOKS = sorted(name for name in dir(hookspecs) if name.startswith("gateway_"))
 
 

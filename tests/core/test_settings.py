@@ -22,7 +22,7 @@ from gateway.settings import (
 )
 from gateway_plugins import auth_jwt, cache_memory, cache_redis
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def declared_by_plugin() -> dict[str, list[SettingSpec[Any]]]:

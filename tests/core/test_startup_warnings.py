@@ -17,7 +17,7 @@ from gateway.plugins import Plugins
 from gateway.settings import Settings
 from gateway.startup import startup_warnings
 from tests.conftest import free_port
-from tests.gunicorn_process import GunicornGateway, status_of
+from tests.support.gunicorn_process import GunicornGateway, status_of
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -60,6 +60,7 @@ def test_a_per_worker_cache_needs_no_warning_with_one_worker() -> None:
     assert not any("CACHE_TYPE" in warning for warning in expected_warnings(1))
 
 
+@pytest.mark.cluster
 def test_gunicorn_says_each_warning_once_for_all_its_workers(tmp_path: Path) -> None:
     env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'gateway.db'}", **RISKY}
     gateway = GunicornGateway(env, free_port(), tmp_path, workers=WORKERS).start()

@@ -18,8 +18,7 @@ from mcp_types import TextContent, TextResourceContents
 
 from gateway_plugins.auth_jwt import create_token
 from tests.conftest import free_port
-from tests.gunicorn_process import GunicornGateway
-from tests.test_interop_sdk import (
+from tests.interop.test_interop_sdk import (
     USER,
     admin_post,
     gateway_env,
@@ -27,9 +26,10 @@ from tests.test_interop_sdk import (
     sdk_client,
     start_together,
 )
+from tests.support.gunicorn_process import GunicornGateway
 from tests.upstreams.processes import start_own, stop_upstream
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(60)]
 
 A_SECRET = "gateway-a-signs-with-this-secret-0123456789abcdef"
 A_TOKEN = create_token(A_SECRET, "gateway-b", [], 30)

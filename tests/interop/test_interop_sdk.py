@@ -39,11 +39,11 @@ from mcp_types import (
 )
 
 from tests.conftest import TEST_SECRET, free_port, make_token
-from tests.gunicorn_process import GunicornGateway
+from tests.support.gunicorn_process import GunicornGateway
 from tests.upstreams.fixtures import eventually
 from tests.upstreams.processes import RunningUpstream, start_own, stop_upstream
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(60)]
 
 T = TypeVar("T")
 

@@ -22,7 +22,7 @@ import orjson
 import pytest
 
 from tests.conftest import free_port
-from tests.gunicorn_process import REPO, GunicornGateway
+from tests.support.gunicorn_process import REPO, GunicornGateway
 from tests.upstreams.processes import accepts_connections
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]

@@ -15,7 +15,7 @@ import pytest
 from gateway.contracts import PromptDef, ResourceDef
 from gateway.store import Features, PromptRecord, ResourceRecord, ServerRecord, open_store
 from gateway.store.migrations import CREATE_SCHEMA_MIGRATIONS, MIGRATIONS
-from tests.test_store import raw_rows
+from tests.store.test_store import raw_rows
 
 PROCESSES = 4
 
@@ -72,6 +72,7 @@ def test_every_migration_renders_for_both_dialects() -> None:
             assert all("{" not in statement for statement in migration.sql(dialect))
 
 
+@pytest.mark.cluster
 def test_four_processes_migrating_one_sqlite_file_at_once_apply_each_version_once(
     sqlite_url: str, tmp_path: Path
 ) -> None:
@@ -83,6 +84,7 @@ def test_four_processes_migrating_one_sqlite_file_at_once_apply_each_version_onc
     assert raw_rows(sqlite_url, "PRAGMA journal_mode") == [("wal",)]
 
 
+@pytest.mark.cluster
 def test_four_processes_migrating_one_postgres_schema_at_once_apply_each_version_once(
     postgres_url: str, tmp_path: Path
 ) -> None:

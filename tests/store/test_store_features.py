@@ -25,7 +25,7 @@ from gateway.store import (
     UpstreamRecord,
 )
 from gateway.store.base import SQLStore
-from tests.test_store import SECRET, changed, opened, raw_rows, tool, upstream
+from tests.store.test_store import SECRET, changed, opened, raw_rows, tool, upstream
 
 
 def resource(owner: str, path: str, **changes: Any) -> ResourceRecord:

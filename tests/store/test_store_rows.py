@@ -25,7 +25,7 @@ from gateway.store import (
 from gateway.store.crypto import HeaderCipher
 from gateway.store.rows import Rows, column
 from gateway.store.tables import PROMPTS, RESOURCES, SERVERS, TEMPLATES, TOOLS, UPSTREAMS
-from tests.test_store import opened, raw_rows, upstream
+from tests.store.test_store import opened, raw_rows, upstream
 
 CIPHER = HeaderCipher("rows-test-secret")
 

@@ -20,8 +20,7 @@ import pytest
 from aiohttp import ClientResponse, ClientSession, web
 
 from gateway.app import build_app
-from gateway.keys import REGISTRY, SESSIONS
-from gateway.keys import HUB
+from gateway.keys import HUB, REGISTRY, SESSIONS
 from gateway.plugins import Plugins, build_plugin_manager
 from gateway.sessions import SessionStore
 from gateway.settings import Settings

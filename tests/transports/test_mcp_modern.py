@@ -12,13 +12,12 @@ import pytest
 from aiohttp import ClientResponse
 from multidict import CIMultiDict
 
-from gateway.keys import REGISTRY
-from gateway.keys import HUB
+from gateway.keys import HUB, REGISTRY
 from gateway.settings import Settings
 from tests.conftest import Client, GatewayFactory
 from tests.plugins import faulty, rich
 from tests.plugins.rich import CHANGELOG, MISSING_ITEM, README, RichBackend
-from tests.test_mcp_http import (
+from tests.transports.test_mcp_http import (
     ACCEPT_BOTH,
     EventReader,
     backend_of,

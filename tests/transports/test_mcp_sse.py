@@ -12,12 +12,11 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from aiohttp import ClientResponse
 
-from gateway.keys import SESSIONS
-from gateway.keys import HUB
+from gateway.keys import HUB, SESSIONS
 from tests.conftest import Client, GatewayFactory, make_token
 from tests.plugins import faulty, rich
 from tests.plugins.rich import CHANGELOG, README
-from tests.test_mcp_http import (
+from tests.transports.test_mcp_http import (
     EventReader,
     backend_of,
     eventually,

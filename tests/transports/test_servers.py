@@ -14,7 +14,7 @@ from gateway_plugins.auth_jwt import create_token
 from tests.conftest import TEST_SECRET, Client, GatewayFactory
 from tests.plugins import faulty, rich
 from tests.plugins.rich import CHANGELOG, ITEMS, README
-from tests.test_mcp_http import (
+from tests.transports.test_mcp_http import (
     ACCEPT_BOTH,
     EventReader,
     call,

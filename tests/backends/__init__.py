@@ -1,0 +1,1 @@
+"""Tests of the upstream backends and the MCP client package they share."""

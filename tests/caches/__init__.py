@@ -1,0 +1,1 @@
+"""Tests of the cache implementations and their shared conformance suite."""

@@ -1,0 +1,1 @@
+"""Multi-process tests: several gunicorn gateways sharing a store and a cache."""

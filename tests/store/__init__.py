@@ -1,0 +1,1 @@
+"""Tests of the SQL store: records, features, row mapping and migrations."""
