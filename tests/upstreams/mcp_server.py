@@ -20,6 +20,17 @@ Admin endpoints for tests:
                                       prompts) to every session that listens
   POST /admin/update-resource?uri=U   send notifications/resources/updated to subscribers
   POST /admin/add-tool?name=N         add a trivial tool at run time
+  POST /admin/ask?method=M            send request M (params: the JSON body, if any) to every
+                                      session that listens, on its own stream and related to
+                                      no request; answers {"answers": [reply, ...]}
+
+With `--asking-tools` it also serves tools that ask the client while they run, and return
+what it answered (the result as structuredContent and JSON text; an error result if the
+client lacks the capability or answered with an error): `sample` (sampling/createMessage),
+`elicit` (elicitation/create, with an enum field and defaults) and `roots` (roots/list).
+On Streamable HTTP the request goes out on the call's own reply stream; the 2024-11-05
+transport has only one stream, so there the request names its call in
+`params._meta.relatedRequestId`.
 
 It is stricter than the specification asks, so that a lax client fails here: a Streamable
 HTTP request must accept both JSON and SSE, and every request after `initialize` at protocol
@@ -70,6 +81,7 @@ class Options:
     require_headers: dict[str, str] = field(default_factory=dict)
     session_ttl: float | None = None
     extra_tools: int = 0
+    asking_tools: bool = False
 
 
 class RpcError(Exception):
@@ -98,6 +110,9 @@ class Session:
     log_level: str = "debug"
     subscriptions: set[str] = field(default_factory=set)
     in_flight: dict[bytes, asyncio.Task[JSON]] = field(default_factory=dict)
+    client_capabilities: JSON = field(default_factory=dict)
+    asked: dict[bytes, asyncio.Future[JSON]] = field(default_factory=dict)
+    """Our requests to the client, by id, waiting for its response."""
     stream: asyncio.Queue[bytes | None] | None = None
     listening: bool = False
     """True once the client has opened its GET stream: notifications are kept for it."""
@@ -290,6 +305,101 @@ async def call_log(arguments: JSON, call: Call) -> JSON:
     return text_result(f"logged {level}")
 
 
+async def ask_client(session: Session, send: Emit, method: str, params: JSON) -> JSON:
+    """Send `method` to the client and return its whole JSON-RPC response."""
+    request_id = f"ask-{uuid.uuid4().hex[:12]}"
+    future: asyncio.Future[JSON] = asyncio.get_running_loop().create_future()
+    session.asked[_key(request_id)] = future
+    try:
+        await send({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
+        return await future
+    finally:
+        del session.asked[_key(request_id)]
+
+
+# The client capability each of our requests needs.
+NEEDS = {
+    "sampling/createMessage": "sampling",
+    "elicitation/create": "elicitation",
+    "roots/list": "roots",
+}
+
+
+async def _ask_about(call: Call, method: str, params: JSON) -> JSON:
+    """Ask the client in relation to `call`; the tool's result is what it answered."""
+    capability = NEEDS[method]
+    if capability not in call.session.client_capabilities:
+        return text_result(f"the client did not declare the {capability} capability", is_error=True)
+    if call.session.legacy:
+        # One stream carries everything on this transport: name the call the request is about.
+        params = {**params, "_meta": {"relatedRequestId": call.request_id}}
+    reply = await ask_client(call.session, call.emit, method, params)
+    error = reply.get("error")
+    if isinstance(error, dict):
+        code, why = error.get("code"), error.get("message")
+        text = f"the client answered {method} with error {code}: {why}"
+        return text_result(text, {"error": error}, is_error=True)
+    result = reply.get("result")
+    if not isinstance(result, dict):
+        return text_result(f"the client sent no result object for {method}", is_error=True)
+    return text_result(orjson.dumps(result).decode(), result)
+
+
+ELICIT_SCHEMA: JSON = {
+    "type": "object",
+    "properties": {
+        "colour": {
+            "type": "string",
+            "title": "Colour",
+            "enum": ["red", "green", "blue"],
+            "default": "green",
+        },
+        "count": {"type": "integer", "title": "How many", "minimum": 1, "default": 3},
+    },
+    "required": ["colour"],
+}
+
+
+async def call_sample(arguments: JSON, call: Call) -> JSON:
+    prompt = arguments.get("prompt")
+    if not isinstance(prompt, str):
+        raise ValueError("argument 'prompt' must be a string")
+    message = {"role": "user", "content": {"type": "text", "text": prompt}}
+    params = {"messages": [message], "maxTokens": 100}
+    return await _ask_about(call, "sampling/createMessage", params)
+
+
+async def call_elicit(arguments: JSON, call: Call) -> JSON:
+    message = arguments.get("message", "Pick a colour.")
+    if not isinstance(message, str):
+        raise ValueError("argument 'message' must be a string")
+    params = {"message": message, "requestedSchema": ELICIT_SCHEMA}
+    return await _ask_about(call, "elicitation/create", params)
+
+
+async def call_roots(arguments: JSON, call: Call) -> JSON:
+    return await _ask_about(call, "roots/list", {})
+
+
+ASKING_TOOLS: list[JSON] = [
+    {
+        "name": "sample",
+        "description": "Ask the client to sample a message for `prompt`; return its answer.",
+        "inputSchema": _object({"prompt": {"type": "string"}}, ["prompt"]),
+    },
+    {
+        "name": "elicit",
+        "description": "Ask the client for a colour and a count (form elicitation).",
+        "inputSchema": _object({"message": {"type": "string"}}),
+    },
+    {
+        "name": "roots",
+        "description": "Ask the client for its roots; return them.",
+        "inputSchema": _object({}),
+    },
+]
+
+
 ToolHandler = Callable[[JSON, Call], Awaitable[JSON]]
 BASE_HANDLERS: dict[str, ToolHandler] = {
     "echo": call_echo,
@@ -299,6 +409,11 @@ BASE_HANDLERS: dict[str, ToolHandler] = {
     "big": call_big,
     "progress": call_progress,
     "log": call_log,
+}
+ASKING_HANDLERS: dict[str, ToolHandler] = {
+    "sample": call_sample,
+    "elicit": call_elicit,
+    "roots": call_roots,
 }
 
 
@@ -459,6 +574,9 @@ class McpTestServer:
         self.options = options
         self.tools = list(BASE_TOOLS)
         self.handlers = dict(BASE_HANDLERS)
+        if options.asking_tools:
+            self.tools += ASKING_TOOLS
+            self.handlers |= ASKING_HANDLERS
         for i in range(options.extra_tools):
             name = f"t{i}"
             self.tools.append(_trivial_tool(name, f"Trivial tool {i}."))
@@ -489,6 +607,8 @@ class McpTestServer:
             "sse_connections": 0,
             "sessions_deleted": 0,
             "sessions_expired": 0,
+            "client_answers": 0,
+            "stray_answers": 0,
         }
 
     def capabilities(self) -> JSON:
@@ -516,6 +636,7 @@ class McpTestServer:
         app.router.add_post("/admin/list-changed", self.list_changed)
         app.router.add_post("/admin/update-resource", self.update_resource)
         app.router.add_post("/admin/add-tool", self.add_tool)
+        app.router.add_post("/admin/ask", self.ask)
         app.router.add_get("/admin/stats", self.get_stats)
         app.on_shutdown.append(self._end_streams)
         return app
@@ -566,10 +687,30 @@ class McpTestServer:
         self.handlers[name] = _trivial(name)
         return _json({"tools": len(self.tools)})
 
+    async def ask(self, request: web.Request) -> web.Response:
+        method = request.query.get("method", "")
+        params = orjson.loads(await request.read() or b"{}")
+        listeners = [s for s in self.sessions.values() if s.legacy or s.listening]
+
+        async def one(session: Session) -> JSON | None:
+            async def send(message: JSON) -> None:
+                session.send(message)
+
+            try:
+                async with asyncio.timeout(10):
+                    return await ask_client(session, send, method, params)
+            except TimeoutError:
+                return None
+
+        return _json({"answers": await asyncio.gather(*map(one, listeners))})
+
     async def get_stats(self, request: web.Request) -> web.Response:
+        last = list(self.sessions.values())[-1] if self.sessions else None
         return _json(
             {
                 **self.stats,
+                "client_capabilities": last.client_capabilities if last else None,
+                "pending_asks": sum(len(s.asked) for s in self.sessions.values()),
                 "sessions": len(self.sessions),
                 "connections": len(self.peers),
                 "open_streams": sum(s.stream is not None for s in self.sessions.values()),
@@ -694,6 +835,8 @@ class McpTestServer:
         if method != "tools/call":
             return False
         name = call.params.get("name")
+        if name in ASKING_HANDLERS:
+            return True  # the request to the client goes out on this stream
         return name == "log" or (name == "progress" and call.progress_token is not None)
 
     async def _answer(
@@ -796,7 +939,9 @@ class McpTestServer:
 
     def _on_notification(self, session: Session, message: JSON) -> None:
         method = message.get("method")
-        if method == "notifications/initialized":
+        if method is None and "id" in message:
+            self._on_response(session, message)
+        elif method == "notifications/initialized":
             self.stats["initialized_notifications"] += 1
         elif method == "notifications/cancelled":
             self.stats["cancel_notifications"] += 1
@@ -805,6 +950,14 @@ class McpTestServer:
             if task is not None and not task.done():
                 task.cancel()
                 self.stats["cancelled"] += 1
+
+    def _on_response(self, session: Session, message: JSON) -> None:
+        future = session.asked.get(_key(message["id"]))
+        if future is None or future.done():
+            self.stats["stray_answers"] += 1
+            return
+        self.stats["client_answers"] += 1
+        future.set_result(message)
 
     async def _run(self, call: Call, method: str) -> JSON | None:
         """The JSON-RPC reply to a request, or None when the client cancelled it."""
@@ -848,6 +1001,8 @@ class McpTestServer:
         latest = LEGACY_VERSION if call.session.legacy else LATEST_VERSION
         version = asked if asked in SUPPORTED_VERSIONS else latest
         call.session.protocol_version = version
+        capabilities = call.params.get("capabilities")
+        call.session.client_capabilities = capabilities if isinstance(capabilities, dict) else {}
         return {
             "protocolVersion": version,
             "capabilities": self.capabilities(),
@@ -997,6 +1152,11 @@ def parse_options(argv: list[str] | None = None) -> Options:
         help="forget a session left unused for this long (answering 404 afterwards)",
     )
     parser.add_argument("--tools", type=int, default=0, help="add N trivial tools t0..tN-1")
+    parser.add_argument(
+        "--asking-tools",
+        action="store_true",
+        help="add the tools sample, elicit and roots, which ask the client while they run",
+    )
     args = parser.parse_args(argv)
     return Options(
         port=args.port,
@@ -1008,6 +1168,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         require_headers=dict(args.require_header),
         session_ttl=args.session_ttl,
         extra_tools=args.tools,
+        asking_tools=args.asking_tools,
     )
 
 

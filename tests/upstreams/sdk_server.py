@@ -5,6 +5,14 @@ a prompt, all declared with the SDK's own decorators.
 By default it serves Streamable HTTP at /mcp with stateful sessions and SSE replies; with
 `--legacy-sse` it serves the 2024-11-05 HTTP+SSE transport (GET /sse, POST /messages/).
 
+With `--asking-tools` it also serves tools that ask the client while they run, through the
+SDK's own session methods, and return what it answered as structured content (a client's
+JSON-RPC error makes the tool fail, so the result is an error): `sample`
+(`ctx.session.create_message`), `elicit` (`ctx.elicit`, a form with an enum field and
+defaults), `roots` (`roots/list` sent as related to the call, so on Streamable HTTP it rides
+the call's reply stream) and `roots_standalone` (`ctx.session.list_roots()`, which the SDK
+sends related to no request: on the session's GET stream).
+
 Run as `python -m tests.upstreams.sdk_server --port N` from the repository root, or as
 `python tests/upstreams/sdk_server.py --port N`.
 """
@@ -13,9 +21,18 @@ from __future__ import annotations
 
 import argparse
 import socket
+import warnings
+from typing import Any, Literal
 
 import uvicorn
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.shared.exceptions import MCPDeprecationWarning
+from mcp.shared.message import ServerMessageMetadata
+from mcp.types import ListRootsRequest, ListRootsResult, SamplingMessage, TextContent
+from pydantic import BaseModel, Field
+
+# Sampling and roots are deprecated in the newest protocol, not in the versions spoken here.
+warnings.filterwarnings("ignore", category=MCPDeprecationWarning)
 
 server: MCPServer = MCPServer("sdk-upstream", log_level="WARNING")
 
@@ -63,6 +80,50 @@ def haiku(topic: str) -> str:
     return f"Write a haiku about {topic}."
 
 
+# --- tools that ask the client (--asking-tools) ---
+
+
+async def sample(prompt: str, ctx: Context) -> dict[str, Any]:
+    """Ask the client to sample a message for `prompt`; return its answer."""
+    message = SamplingMessage(role="user", content=TextContent(type="text", text=prompt))
+    result = await ctx.session.create_message(
+        [message], max_tokens=100, related_request_id=ctx.request_id
+    )
+    return result.model_dump(by_alias=True, mode="json", exclude_none=True)
+
+
+class Choice(BaseModel):
+    colour: Literal["red", "green", "blue"] = Field(default="green", title="Colour")
+    count: int = Field(default=3, ge=1, title="How many")
+
+
+async def elicit(ctx: Context, message: str = "Pick a colour.") -> dict[str, Any]:
+    """Ask the client for a colour and a count (form elicitation)."""
+    answer = await ctx.elicit(message, Choice)
+    if answer.action == "accept":
+        return {"action": "accept", "content": answer.data.model_dump()}
+    return {"action": answer.action}
+
+
+async def roots(ctx: Context) -> dict[str, Any]:
+    """Ask the client for its roots, in relation to this call; return them."""
+    result = await ctx.session.send_request(
+        ListRootsRequest(),
+        ListRootsResult,
+        metadata=ServerMessageMetadata(related_request_id=ctx.request_id),
+    )
+    return result.model_dump(by_alias=True, mode="json", exclude_none=True)
+
+
+async def roots_standalone(ctx: Context) -> dict[str, Any]:
+    """Ask the client for its roots as the SDK does by default: related to no request."""
+    result = await ctx.session.list_roots()
+    return result.model_dump(by_alias=True, mode="json", exclude_none=True)
+
+
+ASKING_TOOLS = (sample, elicit, roots, roots_standalone)
+
+
 class _Server(uvicorn.Server):
     """uvicorn, announcing itself once its socket listens."""
 
@@ -72,7 +133,10 @@ class _Server(uvicorn.Server):
             print(f"listening on http://127.0.0.1:{self.config.port}", flush=True)
 
 
-def serve(port: int, json_response: bool, legacy_sse: bool) -> None:
+def serve(port: int, json_response: bool, legacy_sse: bool, asking_tools: bool) -> None:
+    if asking_tools:
+        for tool in ASKING_TOOLS:
+            server.add_tool(tool)
     if legacy_sse:
         app = server.sse_app()
     else:
@@ -92,8 +156,13 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="serve the 2024-11-05 HTTP+SSE transport (GET /sse, POST /messages/)",
     )
+    parser.add_argument(
+        "--asking-tools",
+        action="store_true",
+        help="add tools that ask the client (sampling, elicitation, roots) while they run",
+    )
     args = parser.parse_args(argv)
-    serve(args.port, args.json, args.legacy_sse)
+    serve(args.port, args.json, args.legacy_sse, args.asking_tools)
 
 
 if __name__ == "__main__":
