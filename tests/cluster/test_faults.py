@@ -44,7 +44,7 @@ from tests.conftest import free_port, unavailable
 from tests.support.gunicorn_process import REPO
 from tests.upstreams.processes import RunningUpstream
 
-pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
+pytestmark = pytest.mark.timeout(240)
 
 CACHED = "own__echo"
 PLAIN = "own__add"

@@ -17,7 +17,7 @@ from tests.conftest import TEST_SECRET, free_port, make_token
 from tests.support.gunicorn_process import REPO, GunicornGateway
 from tests.upstreams.processes import RunningUpstream
 
-pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
+pytestmark = pytest.mark.timeout(180)
 
 Starter = Callable[..., GunicornGateway]
 ADMIN = {"Authorization": f"Bearer {make_token('root', ('admin',))}"}

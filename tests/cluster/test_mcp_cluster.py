@@ -35,7 +35,7 @@ from tests.support.gunicorn_process import GunicornGateway
 from tests.upstreams.fixtures import eventually
 from tests.upstreams.processes import start_own, stop_upstream
 
-pytestmark = [pytest.mark.cluster, pytest.mark.timeout(90)]
+pytestmark = pytest.mark.timeout(90)
 
 REQUESTS = 30
 WORKERS = 2

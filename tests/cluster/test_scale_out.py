@@ -47,7 +47,7 @@ from tests.cluster.deployment import (
 )
 from tests.upstreams.processes import RunningUpstream
 
-pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
+pytestmark = pytest.mark.timeout(240)
 
 TOOL = "own__echo"
 POLL_INTERVAL = "30"
