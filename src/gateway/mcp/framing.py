@@ -3,6 +3,7 @@ resolve the endpoint, read a bounded body, and frame JSON-RPC answers as respons
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -15,6 +16,7 @@ from gateway.keys import DISPATCHER, REGISTRY, SETTINGS
 from gateway.limits import RateLimited
 from gateway.mcp import sse
 from gateway.mcp.context import JSON, Context, Endpoint, Refused
+from gateway.mcp.dispatch import Reply
 
 
 class BodyTooLarge(RPCError):
@@ -85,24 +87,56 @@ def refusal(exc: Refused) -> web.Response:
     return rpc_error(exc.status, jsonrpc.INVALID_REQUEST, exc.message)
 
 
-async def stream_reply(
+class _LazyStream:
+    """An SSE response opened only when something must reach the client before the answer
+    (progress, a log message, a request to the client); until then the answer can still
+    be plain JSON."""
+
+    def __init__(self, request: web.Request, headers: dict[str, str] | None) -> None:
+        self.request = request
+        self.headers = headers
+        self.stream: sse.EventStream | None = None
+
+    async def open(self) -> sse.EventStream:
+        if self.stream is None:
+            self.stream = await sse.EventStream.open(self.request, self.headers)
+        return self.stream
+
+    async def emit(self, message: JSON) -> None:
+        await (await self.open()).send(sse.message_event(message))
+
+
+def _json_answer(answer: Reply, headers: dict[str, str] | None) -> web.Response:
+    return respond(answer.body(), headers=headers)
+
+
+async def reply(
     request: web.Request,
     ctx: Context,
     message: jsonrpc.Request,
     headers: dict[str, str] | None = None,
+    *,
+    eager: bool = False,
+    as_json: Callable[[Reply, dict[str, str] | None], web.Response] = _json_answer,
 ) -> web.StreamResponse:
-    """Answer one request on an SSE stream, after what it relays (progress, log messages)."""
-    stream = await sse.EventStream.open(request, headers)
-
-    async def emit(note: JSON) -> None:
-        await stream.send(sse.message_event(note))
-
-    ctx.emit = emit
+    """Answer one request that may relay messages first: as JSON (framed by `as_json`) if
+    nothing was relayed, else on the SSE stream the first relayed message opened. `eager`
+    opens the stream at once, for a client that asked for progress."""
+    lazy = _LazyStream(request, headers)
+    ctx.emit = lazy.emit
     try:
-        reply = await request.app[DISPATCHER].request(message, ctx)
-        await stream.send(sse.message_event(reply.message()))
+        if eager:
+            await lazy.open()
+        answer = await request.app[DISPATCHER].request(message, ctx)
+        if lazy.stream is None:
+            return as_json(answer, headers)
+        await lazy.stream.send(sse.message_event(answer.message()))
     except (ConnectionError, RuntimeError):
-        pass  # the client went away; the dispatcher has cancelled what it ran
+        # The client went away; the dispatcher has cancelled what it ran.
+        if lazy.stream is None:
+            raise
     finally:
-        await stream.close()
-    return stream.response
+        if lazy.stream is not None:
+            await lazy.stream.close()
+    assert lazy.stream is not None
+    return lazy.stream.response

@@ -28,8 +28,8 @@ from gateway.mcp.framing import (
     accepts,
     error_response,
     read_body,
+    reply,
     rpc_error,
-    stream_reply,
 )
 from gateway.mcp.streams import ListenStream
 
@@ -192,20 +192,19 @@ async def post(request: web.Request, ep: Endpoint) -> web.StreamResponse:
         log_level=level if level in versions.LOG_LEVELS else None,
         meta=meta,
     )
-    streaming = (
-        accepts(request, "text/event-stream", "")
-        and ("progressToken" in meta or ctx.log_level is not None)
-        and spec is not None
-        and spec.target is not None
-    )
-    if streaming:
-        return await stream_reply(request, ctx, message)
-    reply = await dispatcher.request(message, ctx)
-    if reply.error is not None:
-        return _answer(message.id, reply.error)
-    if method == "subscriptions/listen":
-        return await _listen(request, ep, reply)
-    return web.Response(body=reply.body(), content_type="application/json")
+    if accepts(request, "text/event-stream", "") and spec is not None and spec.target:
+        eager = "progressToken" in meta or ctx.log_level is not None
+        return await reply(request, ctx, message, eager=eager, as_json=_as_json)
+    answer = await dispatcher.request(message, ctx)
+    if method == "subscriptions/listen" and answer.error is None:
+        return await _listen(request, ep, answer)
+    return _as_json(answer)
+
+
+def _as_json(answer: Reply, headers: dict[str, str] | None = None) -> web.Response:
+    if answer.error is not None:
+        return _answer(answer.id, answer.error)
+    return web.Response(body=answer.body(), content_type="application/json")
 
 
 async def _listen(request: web.Request, ep: Endpoint, reply: Reply) -> web.StreamResponse:

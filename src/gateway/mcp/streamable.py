@@ -28,9 +28,9 @@ from gateway.mcp.framing import (
     endpoint,
     read_body,
     refusal,
+    reply,
     respond,
     rpc_error,
-    stream_reply,
 )
 from gateway.mcp.streams import SessionStream
 from gateway.sessions import SessionRecord
@@ -179,19 +179,22 @@ async def _messages(
     if not requests:
         return web.Response(status=202)
     headers = {SESSION_HEADER: session.id} if session else {}
-    if not batch and accepts(request, "text/event-stream") and _streams(dispatcher, requests[0]):
-        return await stream_reply(request, _context(ep, session, version), requests[0], headers)
+    if not batch and accepts(request, "text/event-stream") and _relays(dispatcher, requests[0]):
+        meta = requests[0].params.get("_meta")
+        eager = isinstance(meta, dict) and "progressToken" in meta
+        ctx = _context(ep, session, version)
+        return await reply(request, ctx, requests[0], headers, eager=eager)
     replies = [
         (await dispatcher.request(m, _context(ep, session, version))).message() for m in requests
     ]
     return respond(orjson.dumps(replies if batch else replies[0]), headers=headers)
 
 
-def _streams(dispatcher: Dispatcher, message: jsonrpc.Request) -> bool:
-    """Requests whose answer may be preceded by progress or log notifications."""
+def _relays(dispatcher: Dispatcher, message: jsonrpc.Request) -> bool:
+    """Requests that go upstream: progress, log messages and requests to the client may
+    come before their answer."""
     spec = dispatcher.table.get(message.method)
-    meta = message.params.get("_meta")
-    return bool(spec and spec.target) and isinstance(meta, dict) and "progressToken" in meta
+    return spec is not None and spec.target is not None
 
 
 async def _initialize(request: web.Request, ep: Endpoint, body: JSON) -> web.Response:
