@@ -14,11 +14,12 @@ from multidict import CIMultiDict
 
 from gateway.keys import HUB, REGISTRY
 from gateway.settings import Settings
-from tests.conftest import Client, GatewayFactory
-from tests.plugins import faulty, rich
+from tests.conftest import Client
+from tests.plugins import rich
 from tests.plugins.rich import CHANGELOG, MISSING_ITEM, README, RichBackend
-from tests.transports.test_mcp_http import (
+from tests.transports.conftest import (
     ACCEPT_BOTH,
+    JSON,
     EventReader,
     backend_of,
     eventually,
@@ -27,7 +28,6 @@ from tests.transports.test_mcp_http import (
     streams_attached,
 )
 
-JSON = dict[str, Any]
 MODERN = "2026-07-28"
 VERSION_KEY = "io.modelcontextprotocol/protocolVersion"
 CAPABILITIES_KEY = "io.modelcontextprotocol/clientCapabilities"
@@ -90,13 +90,6 @@ async def error_of(response: ClientResponse, status: int, code: int) -> JSON:
     body: JSON = await response.json()
     assert body["error"]["code"] == code, body
     return body
-
-
-@pytest.fixture
-async def client(gateway: GatewayFactory, user_headers: dict[str, str]) -> Client:
-    client = await gateway(plugins=[rich, faulty], tool_timeout=20.0)
-    client.session.headers.update(user_headers)
-    return client
 
 
 # --- server/discover --------------------------------------------------------------------------

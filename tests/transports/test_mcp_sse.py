@@ -14,9 +14,10 @@ from aiohttp import ClientResponse
 
 from gateway.keys import HUB, SESSIONS
 from tests.conftest import Client, GatewayFactory, make_token
-from tests.plugins import faulty, rich
+from tests.plugins import rich
 from tests.plugins.rich import CHANGELOG, README
-from tests.transports.test_mcp_http import (
+from tests.transports.conftest import (
+    JSON,
     EventReader,
     backend_of,
     eventually,
@@ -24,8 +25,6 @@ from tests.transports.test_mcp_http import (
     served_like_gunicorn,
     streams_attached,
 )
-
-JSON = dict[str, Any]
 
 
 @dataclass
@@ -79,13 +78,6 @@ async def open_sse(client: Client, path: str = "/sse") -> SseSession:
     first = await reader.next()
     assert first.name == "endpoint"
     return SseSession(client, reader, first.data)
-
-
-@pytest.fixture
-async def client(gateway: GatewayFactory, user_headers: dict[str, str]) -> Client:
-    client = await gateway(plugins=[rich, faulty], tool_timeout=20.0)
-    client.session.headers.update(user_headers)
-    return client
 
 
 @pytest.fixture

@@ -11,11 +11,11 @@ import jwt
 import pytest
 
 from gateway_plugins.auth_jwt import create_token
-from tests.conftest import TEST_SECRET, Client, GatewayFactory
-from tests.plugins import faulty, rich
+from tests.conftest import TEST_SECRET, Client
 from tests.plugins.rich import CHANGELOG, ITEMS, README
-from tests.transports.test_mcp_http import (
+from tests.transports.conftest import (
     ACCEPT_BOTH,
+    JSON,
     EventReader,
     call,
     init_message,
@@ -24,8 +24,6 @@ from tests.transports.test_mcp_http import (
     session_headers,
     streams_attached,
 )
-
-JSON = dict[str, Any]
 
 BUNDLE: JSON = {
     "id": "support",
@@ -44,13 +42,6 @@ def bearer(subject: str = "user", scopes: tuple[str, ...] = (), servers: Any = N
         payload = {"sub": subject, "exp": int(time.time()) + 300, "servers": servers}
         token = jwt.encode(payload, TEST_SECRET, algorithm="HS256")
     return {"Authorization": f"Bearer {token}"}
-
-
-@pytest.fixture
-async def client(gateway: GatewayFactory, user_headers: dict[str, str]) -> Client:
-    client = await gateway(plugins=[rich, faulty])
-    client.session.headers.update(user_headers)
-    return client
 
 
 @pytest.fixture
