@@ -67,6 +67,11 @@ class PromptDef:
 Notify = Callable[[str, JSON], Awaitable[None]]
 """Receives an upstream notification: (method, params)."""
 
+AskClient = Callable[[str, JSON], Awaitable[JSON]]
+"""Answers a request an upstream sent to its client (`sampling/createMessage`,
+`elicitation/create`, `roots/list`, `ping`...): (method, params) -> result.
+Raises `ClientRequestError` to answer the upstream with a JSON-RPC error."""
+
 
 @dataclass(frozen=True, slots=True)
 class UpstreamConfig:
@@ -107,6 +112,16 @@ class UpstreamError(BackendError):
         super().__init__(f"upstream '{upstream}' answered with error {code}: {message}")
         self.code = code
         self.upstream_message = message
+        self.data = data
+
+
+class ClientRequestError(Exception):
+    """The answer to an upstream's request to its client is this JSON-RPC error."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
         self.data = data
 
 
@@ -167,13 +182,21 @@ class FullBackend(Backend, Protocol):
     async def list_prompts(self) -> list[PromptDef]: ...
 
     async def request(
-        self, method: str, params: JSON, timeout: float, on_notification: Notify | None = None
+        self,
+        method: str,
+        params: JSON,
+        timeout: float,
+        on_notification: Notify | None = None,
+        on_request: AskClient | None = None,
     ) -> JSON:
         """Send any request upstream and return its JSON-RPC result.
 
         Notifications the upstream sends about this request (`notifications/progress`,
-        `notifications/message`) go to `on_notification`. Cancelling the awaiting task
-        sends `notifications/cancelled` upstream. A JSON-RPC error raises `UpstreamError`.
+        `notifications/message`) go to `on_notification`. Requests it sends its client
+        about this request go to `on_request`, whose result (or `ClientRequestError`) is
+        the upstream's answer; without one they are refused at once. Its pending answers
+        are abandoned when this request ends. Cancelling the awaiting task sends
+        `notifications/cancelled` upstream. A JSON-RPC error raises `UpstreamError`.
         """
         ...
 
@@ -181,9 +204,11 @@ class FullBackend(Backend, Protocol):
         """Send a notification upstream (e.g. `notifications/cancelled`)."""
         ...
 
-    def set_listener(self, listener: Notify | None) -> None:
+    def set_listener(self, listener: Notify | None, ask: AskClient | None = None) -> None:
         """Where the upstream's own notifications go (`notifications/tools/list_changed`,
-        `notifications/resources/updated`, ...), received on its server-to-client stream."""
+        `notifications/resources/updated`, ...), received on its server-to-client stream;
+        and `ask`, which answers the requests it sends its client in relation to no
+        request (without one, `ping` is answered and the rest refused)."""
         ...
 
 

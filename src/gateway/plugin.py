@@ -79,6 +79,7 @@ from gateway.authsecret import auth_secret
 from gateway.cli import CommandSpec, Run
 from gateway.contracts import (
     JSON,
+    AskClient,
     Authenticator,
     AuthError,
     AuthFactory,
@@ -90,6 +91,7 @@ from gateway.contracts import (
     Cache,
     CacheFactory,
     CacheSpec,
+    ClientRequestError,
     FullBackend,
     Notify,
     Principal,
@@ -117,6 +119,7 @@ from gateway.store import Store, StoreError
 
 __all__ = [
     "JSON",
+    "AskClient",
     "AuthError",
     "AuthFactory",
     "AuthSpec",
@@ -128,6 +131,7 @@ __all__ = [
     "Cache",
     "CacheFactory",
     "CacheSpec",
+    "ClientRequestError",
     "CommandSpec",
     "FullBackend",
     "Notify",

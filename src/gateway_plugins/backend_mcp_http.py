@@ -7,7 +7,10 @@ is a POST, and a request's reply is a JSON body or an SSE stream. That stream be
 its request, so the progress and log notifications in it go to that request's
 `on_notification` as they come; params go out as given, so the upstream sends progress when
 the caller put a `_meta.progressToken` in them. Other notifications there, like those on
-the listening stream, go to the listener.
+the listening stream, go to the listener. A request the upstream sends its client there
+relates to that request and goes to its `on_request`; one on the listening stream relates
+to none and goes to the listener's `ask`. Either answer is POSTed with the session's
+headers, while the stream it came on goes on being read.
 With a listener set, the backend also holds the session's own GET event stream open for the
 upstream's notifications, reconnecting with backoff (resuming with `Last-Event-ID`) when it
 drops and reopening it for every new session.

@@ -8,6 +8,9 @@ request given an `on_notification` goes out with a token unique on this connecti
 progress comes back to `on_notification` under the caller's own `_meta.progressToken` (or
 the unique one, if the caller sent none). Log messages and the upstream's other
 notifications cannot be tied to a request on this transport: they go to the listener.
+A request the upstream sends its client names the request of ours it is about, if any, in
+`params._meta.relatedRequestId`: it goes to that request's `on_request`, and otherwise to
+the listener's `ask`; the answer is POSTed to the endpoint.
 
 The MCP session lives as long as the stream. When the stream drops, the requests waiting on
 it fail with `BackendError`; the next request opens a new stream and initialises again, as

@@ -935,8 +935,9 @@ async def test_method_not_found_answer_counts_as_an_empty_list(
 async def test_server_requests_on_a_reply_stream_are_answered(
     stub_upstream: Callable[[Handler], Awaitable[str]],
 ) -> None:
-    """A server may ask the client something (here `ping`, and an unsupported method) in
-    the middle of a reply stream; the backend answers by POST and goes on reading."""
+    """A server may ask the client something (here `ping`, and a method) in the middle of
+    a reply stream; without an `on_request` the backend answers by POST at once (`ping`
+    with `{}`, the rest refused) and goes on reading."""
     answers: list[dict[str, Any]] = []
 
     async def handler(request: web.Request) -> web.StreamResponse:
@@ -963,5 +964,12 @@ async def test_server_requests_on_a_reply_stream_are_answered(
         assert await backend.request("anything", {}, 5) == {"ok": True}
     assert answers == [
         {"jsonrpc": "2.0", "id": "s1", "result": {}},
-        {"jsonrpc": "2.0", "id": "s2", "error": {"code": -32601, "message": "Method not found"}},
+        {
+            "jsonrpc": "2.0",
+            "id": "s2",
+            "error": {
+                "code": -32601,
+                "message": "no client can be asked for sampling/x during this anything",
+            },
+        },
     ]

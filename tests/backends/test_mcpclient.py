@@ -21,9 +21,15 @@ from gateway.mcpclient import (
     SseEvent,
     SseParser,
 )
+from gateway.mcpclient.asking import unanswered
 from gateway.mcpclient.catalogue import collect, tool_def
 from gateway.mcpclient.link import RECONNECT_MAX, RECONNECT_MIN
-from gateway.mcpclient.wire import rpc_result, server_request_reply, with_progress_token
+from gateway.mcpclient.wire import (
+    client_capabilities,
+    related_request,
+    rpc_result,
+    with_progress_token,
+)
 from gateway.settings import Settings
 from tests.upstreams.fixtures import Recorder
 
@@ -110,16 +116,33 @@ def test_an_unusable_reply_raises_backend_error(reply: JSON, message: str) -> No
     assert str(caught.value) == message
 
 
-def test_server_requests_get_pong_for_ping_and_32601_for_the_rest() -> None:
-    assert server_request_reply({"id": "a", "method": "ping"}) == {
+def test_server_requests_no_client_can_answer_get_pong_for_ping_and_32601_for_the_rest() -> None:
+    assert unanswered({"id": "a", "method": "ping"}, "outside a request") == {
         "jsonrpc": "2.0",
         "id": "a",
         "result": {},
     }
-    assert server_request_reply({"id": 3, "method": "sampling/createMessage"})["error"] == {
+    assert unanswered({"id": 3, "method": "roots/list"}, "outside a request")["error"] == {
         "code": -32601,
-        "message": "Method not found",
+        "message": "no client can be asked for roots/list outside a request",
     }
+
+
+def test_client_capabilities_declare_elicitation_modes_from_2025_11_25_on() -> None:
+    assert client_capabilities("2025-06-18") == {
+        "roots": {"listChanged": True},
+        "sampling": {},
+        "elicitation": {},
+    }
+    assert client_capabilities("2025-11-25")["elicitation"] == {"form": {}, "url": {}}
+
+
+def test_a_related_request_id_is_read_from_meta_and_removed_from_a_copy() -> None:
+    params: JSON = {"x": 1, "_meta": {"relatedRequestId": 7, "progressToken": "p"}}
+    assert related_request(params) == (7, {"x": 1, "_meta": {"progressToken": "p"}})
+    assert related_request({"x": 1, "_meta": {"relatedRequestId": 7}}) == (7, {"x": 1})
+    assert related_request({"x": 1}) == (None, {"x": 1})
+    assert params["_meta"]["relatedRequestId"] == 7
 
 
 def test_a_progress_token_is_added_to_a_copy_of_the_callers_params() -> None:

@@ -16,6 +16,7 @@ import structlog
 
 from gateway.contracts import (
     JSON,
+    AskClient,
     BackendError,
     Notify,
     PromptDef,
@@ -64,15 +65,18 @@ class McpClient(McpSession[L]):
         params: JSON | None,
         timeout: float,
         on_notification: Notify | None = None,
+        on_request: AskClient | None = None,
     ) -> JSON:
         """Send one JSON-RPC request and return its `result`.
 
         The progress and log notifications the upstream sends about this request go to
         `on_notification`, in order and before the result (how a transport ties them to the
-        request, and asks for progress, is in its module's docstring). A JSON-RPC error
-        raises `UpstreamError`; every other failure `BackendError`.
+        request, and asks for progress, is in its module's docstring). The requests it
+        sends its client about this one go to `on_request`, each answered from a task of
+        its own, all cancelled when this request ends. A JSON-RPC error raises
+        `UpstreamError`; every other failure `BackendError`.
         """
-        return await self._request(Call(method, params, on_notification), timeout)
+        return await self._request(Call(method, params, on_notification, on_request), timeout)
 
     async def notify(self, method: str, params: JSON | None) -> None:
         await self._within(method, self.discovery_timeout, self._notify_upstream(method, params))

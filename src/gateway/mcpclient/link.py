@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from enum import Enum, auto
 from typing import Any
 
-from gateway.contracts import JSON, BackendError, Notify
+from gateway.contracts import JSON, AskClient, BackendError, Notify
 
 # Reopening a server-to-client stream: the first wait, doubling up to the last.
 RECONNECT_MIN = 0.25
@@ -29,11 +29,13 @@ class SessionExpired(MessageRefused):
 
 @dataclass(slots=True, eq=False)
 class Call:
-    """One request on its way upstream, with what routes its notifications and cancels it."""
+    """One request on its way upstream, with what routes its notifications, answers the
+    requests the upstream sends its client about it, and cancels it."""
 
     method: str
     params: JSON | None
     on_notification: Notify | None = None
+    on_request: AskClient | None = None
     request_id: int | None = None
     """Set when the request goes out (None again if the upstream refused it)."""
     link: Link | None = None
@@ -42,6 +44,8 @@ class Call:
     shown_token: Any = None
     """The progress token the caller sees where the request went out with one of ours."""
     answered: bool = False
+    asking: set[asyncio.Task[None]] = field(init=False, default_factory=set)
+    """The upstream's requests about this one still being answered; abandoned with it."""
 
 
 class Link:

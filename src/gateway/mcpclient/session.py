@@ -10,7 +10,10 @@ what comes back to `_receive`), and how the link's server-to-client stream is he
 - requests matched to their replies by id, with progress tokens of our own where one
   stream carries every request's notifications;
 - notifications routed: those about a request to its `on_notification`, the upstream's
-  own to the listener; the server's own requests answered;
+  own to the listener;
+- the upstream's requests to its client answered: by the `on_request` of the request they
+  relate to, else by the listener's `ask`, each in a task of its own (see the package
+  docstring for the policy);
 - while a listener is set, the link's stream held open and reopened with backoff.
 """
 
@@ -24,7 +27,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import structlog
 
-from gateway.contracts import JSON, BackendError, Notify, UpstreamConfig
+from gateway.contracts import JSON, AskClient, BackendError, Notify, UpstreamConfig
+from gateway.jsonrpc import INVALID_PARAMS
+from gateway.mcpclient.asking import answer, unanswered
 from gateway.mcpclient.link import (
     Backoff,
     Call,
@@ -36,13 +41,15 @@ from gateway.mcpclient.link import (
 from gateway.mcpclient.wire import (
     CLIENT_INFO,
     SUPPORTED_PROTOCOL_VERSIONS,
+    client_capabilities,
+    error_response,
     is_response,
     notification,
     params_of,
     progress_token,
+    related_request,
     request,
     rpc_result,
-    server_request_reply,
     with_progress_token,
 )
 
@@ -79,6 +86,7 @@ class McpSession(ABC, Generic[L]):
         self._ids = itertools.count(1)
         self._tokens = itertools.count(1)
         self._listener: Notify | None = None
+        self._ask: AskClient | None = None
         self._link: L | None = None
         self._link_lock = asyncio.Lock()
         self._running = False
@@ -130,10 +138,11 @@ class McpSession(ABC, Generic[L]):
         if link is not None:
             await self._terminate(link)
 
-    def set_listener(self, listener: Notify | None) -> None:
-        """Where the upstream's own notifications go. While one is set, the link's stream
-        is held open, from when a request first opens the link (not from this call)."""
-        self._listener = listener
+    def set_listener(self, listener: Notify | None, ask: AskClient | None = None) -> None:
+        """Where the upstream's own notifications go, and what answers its requests that
+        relate to no request of ours. While a listener is set, the link's stream is held
+        open, from when a request first opens the link (not from this call)."""
+        self._listener, self._ask = listener, ask
         if listener is None:
             self._stop_listening()
         elif self._link is not None and (self._listening is None or self._listening.done()):
@@ -195,6 +204,9 @@ class McpSession(ABC, Generic[L]):
             del link.pending[request_id]
             if token is not None:
                 del link.progress[token]
+            # Whatever the upstream still asks about this request is moot now.
+            for task in call.asking:
+                task.cancel()
             if call.reply.done() and not call.reply.cancelled():
                 # Taken here too: a failure the caller learns another way is not lost.
                 call.reply.exception()
@@ -241,7 +253,7 @@ class McpSession(ABC, Generic[L]):
         try:
             params: JSON = {
                 "protocolVersion": self.protocol_version,
-                "capabilities": {},
+                "capabilities": client_capabilities(self.protocol_version),
                 "clientInfo": CLIENT_INFO,
             }
             result = await self._round_trip(link, Call("initialize", params))
@@ -281,11 +293,7 @@ class McpSession(ABC, Generic[L]):
         if not isinstance(method, str):
             self._resolve(link, message)
         elif "id" in message:
-            if self.shared_stream:
-                self._spawn(self._answer(link, message))
-            else:
-                # A server that asks us something may wait for the answer before it goes on.
-                await self._answer(link, message)
+            await self._on_server_request(link, message, call)
         elif call is not None and method in REQUEST_NOTIFICATIONS:
             await self._notify_caller(call, method, params_of(message))
         elif method == "notifications/progress":
@@ -318,9 +326,48 @@ class McpSession(ABC, Generic[L]):
             if not call.reply.done():
                 call.reply.set_exception(exc)
 
-    async def _answer(self, link: L, message: JSON) -> None:
+    async def _on_server_request(self, link: L, message: JSON, call: Call | None) -> None:
+        """A request from the upstream to its client. It relates to `call` when that call's
+        own reply stream carried it; on a shared stream, to the call it names."""
+        params = params_of(message)
+        if call is None and self.shared_stream:
+            related, params = related_request(params)
+            if related is not None:
+                call = link.pending.get(related) if type(related) is int else None
+                if call is None:
+                    why = f"relatedRequestId {related!r} names no request in progress"
+                    await self._reply(link, error_response(message.get("id"), INVALID_PARAMS, why))
+                    return
+        if call is None:
+            if self._ask is None:
+                await self._reply(link, unanswered(message, "outside a request"))
+            else:
+                # No request bounds this one: the tool timeout does.
+                self._spawn(self._answer(link, message, self._ask, params, self.discovery_timeout))
+        elif call.on_request is None:
+            await self._reply(link, unanswered(message, f"during this {call.method}"))
+        else:
+            # The answer may take a person's time; the stream goes on being read meanwhile.
+            task = self._spawn(self._answer(link, message, call.on_request, params, None))
+            call.asking.add(task)
+            task.add_done_callback(call.asking.discard)
+
+    async def _answer(
+        self, link: L, message: JSON, ask: AskClient, params: JSON, timeout: float | None
+    ) -> None:
+        await self._send_reply(link, await answer(self.name, ask, message, params, timeout))
+
+    async def _reply(self, link: L, reply: JSON) -> None:
+        if self.shared_stream:
+            # The stream's reader must not wait for a POST to come back.
+            self._spawn(self._send_reply(link, reply))
+        else:
+            # A server that asks us something may wait for the answer before it goes on.
+            await self._send_reply(link, reply)
+
+    async def _send_reply(self, link: L, reply: JSON) -> None:
         try:
-            await self._post(link, server_request_reply(message), None)
+            await self._post(link, reply, None)
         except Exception as exc:
             if not isinstance(exc, BackendError) and self._failure(exc, "a reply") is None:
                 raise

@@ -9,7 +9,6 @@ import orjson
 
 from gateway import __version__
 from gateway.contracts import JSON, BackendError, UpstreamError
-from gateway.jsonrpc import METHOD_NOT_FOUND
 
 SUPPORTED_PROTOCOL_VERSIONS = frozenset({"2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"})
 CLIENT_INFO: JSON = {"name": "aio-mcp-gateway", "version": __version__}
@@ -34,15 +33,38 @@ def notification(method: str, params: JSON | None) -> JSON:
     return message
 
 
-def server_request_reply(message: JSON) -> JSON:
-    """Our answer to a request the server sends us: we answer `ping` and decline the rest,
-    having declared no client capabilities (sampling, roots, elicitation)."""
-    reply: JSON = {"jsonrpc": "2.0", "id": message.get("id")}
-    if message.get("method") == "ping":
-        reply["result"] = {}
-    else:
-        reply["error"] = {"code": METHOD_NOT_FOUND, "message": "Method not found"}
-    return reply
+def response(request_id: Any, result: JSON) -> JSON:
+    return {"jsonrpc": "2.0", "id": request_id, "result": result}
+
+
+def error_response(request_id: Any, code: int, message: str, data: Any = None) -> JSON:
+    error: JSON = {"code": code, "message": message}
+    if data is not None:
+        error["data"] = data
+    return {"jsonrpc": "2.0", "id": request_id, "error": error}
+
+
+def client_capabilities(protocol_version: str) -> JSON:
+    """The client capabilities declared in `initialize`: those the gateway can relay to its
+    own clients. Elicitation modes came with 2025-11-25; before it, `{}` meant form mode."""
+    elicitation: JSON = {"form": {}, "url": {}} if protocol_version >= "2025-11-25" else {}
+    return {"roots": {"listChanged": True}, "sampling": {}, "elicitation": elicitation}
+
+
+RELATED_REQUEST_KEY = "relatedRequestId"
+
+
+def related_request(params: JSON) -> tuple[Any, JSON]:
+    """The request of ours that a server request names in `_meta.relatedRequestId` (None
+    if it names none), and its params without that key, which means nothing to a client."""
+    meta = params.get("_meta")
+    if not isinstance(meta, dict) or RELATED_REQUEST_KEY not in meta:
+        return None, params
+    rest = {key: value for key, value in meta.items() if key != RELATED_REQUEST_KEY}
+    params = {key: value for key, value in params.items() if key != "_meta"}
+    if rest:
+        params["_meta"] = rest
+    return meta[RELATED_REQUEST_KEY], params
 
 
 def decode_json(upstream: str, raw: bytes, method: str) -> Any:
