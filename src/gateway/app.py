@@ -1,9 +1,10 @@
 """The application factory, and the gunicorn target: `gateway.app:create_app`.
 
 Every long-lived part is built here, by the `cleanup_ctx` entries of `RESOURCES`, in the
-order they are listed: store, cache (and what lives in it), authenticator, hub, registry
-(with the backends), upstream management (with the notifier and the leader's jobs), and
-the dispatcher. Each is handed what it needs; teardown runs in reverse.
+order they are listed: store, cache (and what lives in it), this worker's membership of the
+cluster (which writes wait on), authenticator, hub, registry (with the backends), upstream
+management (with the notifier and the leader's jobs), and the dispatcher. Each is handed
+what it needs; teardown runs in reverse.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from aiohttp import web
 from gateway import access, admin, health, jobs, metrics, rpc, servers
 from gateway.authsecret import JWT_SECRET_NAME, new_secret
 from gateway.cacheuse import CacheUse
+from gateway.consistency import Consistency
 from gateway.contracts import Principal
 from gateway.keys import (
     AUTHENTICATOR,
     CACHE,
+    CONSISTENCY,
     DISPATCHER,
     EVENTS,
     HUB,
@@ -102,6 +105,19 @@ async def _cache_ctx(app: web.Application) -> AsyncIterator[None]:
     await cache.close()
 
 
+async def _consistency_ctx(app: web.Application) -> AsyncIterator[None]:
+    """This worker's membership of the cluster, which admin writes and ended sessions
+    wait on until every worker has applied them."""
+    settings = app[SETTINGS]
+    use = CacheUse(app[CACHE], settings.cache_type, "consistency", settings.cache_timeout)
+    shared = app[PLUGINS].cache_for(settings).shared
+    consistency = Consistency(use, settings.consistency_timeout, shared)
+    await consistency.start()
+    app[CONSISTENCY] = consistency
+    yield
+    await consistency.close()
+
+
 async def _auth_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     if not settings.auth_required:
@@ -120,7 +136,7 @@ async def _auth_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _hub_ctx(app: web.Application) -> AsyncIterator[None]:
     """Where messages for clients meet the streams that carry them, across workers."""
-    hub = Hub(app[CACHE], app[SESSIONS])
+    hub = Hub(app[CACHE], app[SESSIONS], app[CONSISTENCY])
     await hub.start()
     app[HUB] = hub
     yield
@@ -131,7 +147,12 @@ async def _registry_ctx(app: web.Application) -> AsyncIterator[None]:
     """The catalogue and backends; catalogue changes go to the hub's streams."""
     settings = app[SETTINGS]
     registry = Registry(
-        settings, app[PLUGINS], app[STORE], app[CACHE], on_change=app[HUB].catalogue_changed
+        settings,
+        app[PLUGINS],
+        app[STORE],
+        app[CACHE],
+        on_change=app[HUB].catalogue_changed,
+        consistency=app[CONSISTENCY],
     )
     await registry.start()
     app[REGISTRY] = registry
@@ -176,6 +197,7 @@ async def _dispatch_ctx(app: web.Application) -> AsyncIterator[None]:
 RESOURCES: tuple[Ctx, ...] = (
     _store_ctx,
     _cache_ctx,
+    _consistency_ctx,
     _auth_ctx,
     _hub_ctx,
     _registry_ctx,

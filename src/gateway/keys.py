@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.cacheuse import CacheUse
+from gateway.consistency import Consistency
 from gateway.contracts import Authenticator, Cache
 from gateway.leader import LeaderElection
 from gateway.limits import RateLimiter
@@ -25,6 +26,7 @@ SETTINGS = web.AppKey("settings", Settings)
 PLUGINS = web.AppKey("plugins", Plugins)
 STORE = web.AppKey("store", Store)
 CACHE = web.AppKey("cache", Cache)
+CONSISTENCY = web.AppKey("consistency", Consistency)
 RESULTS = web.AppKey("results", ResultCache)
 LIMITS = web.AppKey("limits", RateLimiter)
 SESSIONS = web.AppKey("sessions", SessionStore)

@@ -1,9 +1,10 @@
 """The in-memory catalogue of each worker, and the backends that serve it.
 
 The hot path reads only `Registry.catalogue` and `Registry.backends`; neither touches the
-store. A watcher reloads the catalogue when the store's version moves: it polls the store
-every `CATALOGUE_POLL_INTERVAL` (the guarantee) and listens on the cache's `catalogue`
-channel (the fast path, where the cache can push).
+store. A watcher reloads the catalogue when the store's version moves: it listens on the
+cache's `catalogue` channel, where a write announces its change and waits until every
+worker has applied it (`gateway.consistency`), and polls the store every
+`CATALOGUE_POLL_INTERVAL` (the safety net when the cache is down or does not push).
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import structlog
 
 from gateway.catalogue import Catalogue, Tool
+from gateway.consistency import Consistency
 from gateway.contracts import JSON, Backend, Cache, FullBackend, UpstreamConfig
 from gateway.plugins import Plugins
 from gateway.schemas import Check
@@ -65,6 +68,7 @@ class Registry:
         store: Store,
         cache: Cache,
         on_change: CatalogueListener,
+        consistency: Consistency,
     ) -> None:
         self.settings = settings
         self.plugins = plugins
@@ -81,6 +85,7 @@ class Registry:
         self._tasks: set[asyncio.Task[None]] = set()
         self.on_change = on_change
         """Called with (old, new) after every reload."""
+        self.consistency = consistency
         self.notes: asyncio.Queue[UpstreamNote] = asyncio.Queue(NOTES_MAX)
         """Notifications upstreams send on their own, for whoever acts on them."""
 
@@ -102,12 +107,17 @@ class Registry:
         task.add_done_callback(self._tasks.discard)
 
     async def changed(self) -> None:
-        """Call after a write: reload here now, and tell every other worker."""
+        """Call after a write: reload here now, and return once every worker serves it."""
         await self.reload()
-        version = str(self.catalogue.version).encode()
+        version = self.catalogue.version
+
+        async def announce(change: str) -> None:
+            message = {"version": version, "change": change}
+            await self.cache.publish(CATALOGUE_CHANNEL, orjson.dumps(message))
+
         try:
-            await self.cache.set(VERSION_KEY, version)
-            await self.cache.publish(CATALOGUE_CHANNEL, version)
+            await self.cache.set(VERSION_KEY, str(version).encode())
+            await self.consistency.everywhere("catalogue", announce)
         except Exception as exc:  # the poller still brings other workers up to date
             log.warning("catalogue change not published; workers will poll", error=str(exc))
 
@@ -192,13 +202,25 @@ class Registry:
         while True:
             try:
                 async for message in self.cache.subscribe(CATALOGUE_CHANNEL):
-                    log.info("catalogue invalidated", version=message.decode(errors="replace"))
+                    announced = _announcement(message)
+                    log.info("catalogue invalidated", version=announced.get("version"))
                     try:
                         await self.reload()
                     except Exception as exc:  # the poller retries
                         log.warning("catalogue reload failed", error=str(exc))
+                    else:
+                        await self.consistency.applied(announced.get("change"))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("catalogue subscription lost; retrying", error=str(exc))
             await asyncio.sleep(1.0)
+
+
+def _announcement(message: bytes) -> JSON:
+    """A `catalogue` message: the version and the change id a writer waits on."""
+    try:
+        announced = orjson.loads(message)
+    except orjson.JSONDecodeError:
+        return {}
+    return announced if isinstance(announced, dict) else {}

@@ -58,19 +58,25 @@ class SessionStore:
     """Sessions in the cache, with a short-lived copy in each worker.
 
     The local copy keeps the session lookup of every `/mcp` request off the cache (and off
-    the database, with `CACHE_TYPE=database`). It lives `LOCAL_TTL` seconds; a deleted
-    session is dropped from every worker at once through the hub's `session-closed` event,
+    the database, with `CACHE_TYPE=database`). It lives `LOCAL_TTL` seconds; an ended
+    session is dropped from every worker before the request that ended it returns (the
+    hub's `session-closed` event, confirmed by every worker, see `gateway.consistency`),
     so only changes such as a new log level may take that long to reach other workers.
     """
 
     LOCAL_TTL = 2.0
     LOCAL_MAX = 20_000
+    ENDED_KEEP = 60.0
+    """Seconds a worker remembers that a session ended, so that a request already running
+    then cannot bring it back, into this worker's copy or into the cache."""
 
     def __init__(self, use: CacheUse, ttl: float) -> None:
         self.use = use
         self.ttl = ttl
         self._local: dict[str, tuple[float, SessionRecord]] = {}
         self._loading: dict[str, asyncio.Future[SessionRecord | None]] = {}
+        self._ended: dict[str, float] = {}
+        """Session ids that ended, until when (monotonic) this worker remembers it."""
 
     @staticmethod
     def key(session_id: str) -> str:
@@ -84,6 +90,8 @@ class SessionStore:
 
     async def get(self, session_id: str) -> SessionRecord | None:
         now = time.monotonic()
+        if self._has_ended(session_id, now):
+            return None
         held = self._local.get(session_id)
         if held is not None and time.time() - held[1].last_seen > self.ttl:
             self._local.pop(session_id, None)
@@ -131,6 +139,8 @@ class SessionStore:
         return record
 
     def _remember(self, record: SessionRecord, now: float) -> None:
+        if self._has_ended(record.id, now):
+            return
         if len(self._local) >= self.LOCAL_MAX:
             self._local = {k: v for k, v in self._local.items() if v[0] > now}
             if len(self._local) >= self.LOCAL_MAX:
@@ -138,9 +148,27 @@ class SessionStore:
         self._local[record.id] = (now + min(self.LOCAL_TTL, self.ttl), record)
 
     def forget(self, session_id: str) -> None:
+        """The session ended: drop this worker's copy and refuse it from now on."""
         self._local.pop(session_id, None)
+        now = time.monotonic()
+        if len(self._ended) >= self.LOCAL_MAX:
+            self._ended = {k: until for k, until in self._ended.items() if until > now}
+            if len(self._ended) >= self.LOCAL_MAX:
+                self._ended.clear()
+        self._ended[session_id] = now + self.ENDED_KEEP
+
+    def _has_ended(self, session_id: str, now: float) -> bool:
+        until = self._ended.get(session_id)
+        if until is None:
+            return False
+        if until > now:
+            return True
+        del self._ended[session_id]
+        return False
 
     async def save(self, record: SessionRecord) -> None:
+        if self._has_ended(record.id, time.monotonic()):
+            return  # written back, it would outlive its end
         await self.use.run(self.use.cache.set(self.key(record.id), record.to_bytes(), self.ttl))
         self._remember(record, time.monotonic())
 

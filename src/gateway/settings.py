@@ -144,6 +144,7 @@ class Settings:
     max_request_bytes: int = 1_048_576
     catalogue_poll_interval: float = 1.0
     cache_timeout: float = 1.0
+    consistency_timeout: float = 5.0
     rate_limit_per_minute: int = 0
     tool_rate_limit_per_minute: int = 0
     leader_ttl: float = 15.0
@@ -204,6 +205,7 @@ _PARSERS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "MAX_REQUEST_BYTES": ("max_request_bytes", lambda n, r: _int(n, r, 1024)),
     "CATALOGUE_POLL_INTERVAL": ("catalogue_poll_interval", _float),
     "CACHE_TIMEOUT": ("cache_timeout", _float),
+    "CONSISTENCY_TIMEOUT": ("consistency_timeout", _float),
     "RATE_LIMIT_PER_MINUTE": ("rate_limit_per_minute", lambda n, r: _int(n, r, 0)),
     "TOOL_RATE_LIMIT_PER_MINUTE": ("tool_rate_limit_per_minute", lambda n, r: _int(n, r, 0)),
     "LEADER_TTL": ("leader_ttl", _float),

@@ -18,6 +18,7 @@ import orjson
 import structlog
 
 from gateway.catalogue import Catalogue, changed_kinds
+from gateway.consistency import Consistency
 from gateway.contracts import Cache
 from gateway.sessions import SessionStore
 
@@ -53,9 +54,10 @@ class ClientStream:
 
 
 class Hub:
-    def __init__(self, cache: Cache, sessions: SessionStore) -> None:
+    def __init__(self, cache: Cache, sessions: SessionStore, consistency: Consistency) -> None:
         self.cache = cache
         self.sessions = sessions
+        self.consistency = consistency
         self.streams: dict[str, set[ClientStream]] = {}
         """Streams by session id; listen streams (no session) live under their own key."""
         self.inflight: dict[tuple[str, str], asyncio.Task[Any]] = {}
@@ -128,10 +130,15 @@ class Hub:
         await self.publish({"kind": "deliver", "session": session_id, "message": message})
 
     async def end_session(self, session_id: str) -> None:
-        """Forget a session everywhere and close its streams on every worker. Raises
-        `CacheUnavailable` when the session store cannot be written."""
+        """Forget a session everywhere and close its streams on every worker; return once
+        every worker has forgotten it. Raises `CacheUnavailable` when the session store
+        cannot be written."""
         await self.sessions.delete(session_id)
-        await self.publish({"kind": "session-closed", "session": session_id})
+
+        async def announce(change: str) -> None:
+            await self.publish({"kind": "session-closed", "session": session_id, "change": change})
+
+        await self.consistency.everywhere("session-closed", announce)
         log.info("mcp session closed", session=session_id[:8])
 
     async def cancel(self, session_id: str, request_id: object) -> None:
@@ -188,6 +195,7 @@ class Hub:
             self.sessions.forget(session_id)
             for stream in list(self.streams.get(session_id, ())):
                 await stream.close()
+            await self.consistency.applied(event.get("change"))
 
     async def _listen(self) -> None:
         while True:
