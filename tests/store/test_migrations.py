@@ -15,7 +15,7 @@ import pytest
 from gateway.contracts import PromptDef, ResourceDef
 from gateway.store import Features, PromptRecord, ResourceRecord, ServerRecord, open_store
 from gateway.store.migrations import CREATE_SCHEMA_MIGRATIONS, MIGRATIONS
-from tests.store.test_store import raw_rows
+from tests.store.conftest import raw_rows
 
 PROCESSES = 4
 

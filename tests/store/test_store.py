@@ -4,95 +4,23 @@ secrets and how failures are reported."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import re
 import secrets
-import sqlite3
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
-import psycopg2
 import pytest
 
-from gateway.contracts import ToolDef
 from gateway.store import (
     Conflict,
     NotFound,
-    Offered,
     Store,
     StoreError,
-    ToolRecord,
-    UpstreamRecord,
     open_store,
 )
-from gateway.store.base import SQLStore
 from gateway.store.connections import ENCRYPTION_KEY_SECRET
 from tests.conftest import free_port
-
-SECRET = "store-test-secret"
-
-
-def upstream(name: str = "a", **changes: Any) -> UpstreamRecord:
-    fields: dict[str, Any] = {
-        "name": name,
-        "transport": "streamable_http",
-        "url": f"http://{name}.example/mcp",
-        "prefix": name,
-    }
-    fields.update(changes)
-    return UpstreamRecord(**fields)
-
-
-def changed(record: Offered, **changes: Any) -> Offered:
-    """`record` with changes to its own fields, or else to its definition's."""
-    own = {f.name for f in dataclasses.fields(record)}
-    inner = {key: value for key, value in changes.items() if key not in own}
-    mine = {key: value for key, value in changes.items() if key in own}
-    definition = dataclasses.replace(record.definition, **inner)
-    return dataclasses.replace(record, definition=definition, **mine)
-
-
-def tool(upstream_name: str, original: str, **changes: Any) -> ToolRecord:
-    definition = ToolDef(
-        name=original,
-        input_schema={"type": "object", "properties": {"text": {"type": "string"}}},
-    )
-    record = ToolRecord(
-        name=f"{upstream_name}__{original}", upstream=upstream_name, definition=definition
-    )
-    return changed(record, **changes)
-
-
-@pytest.fixture
-async def store(database_url: str) -> AsyncIterator[Store]:
-    store = open_store(database_url, SECRET)
-    await store.start()
-    try:
-        yield store
-    finally:
-        await store.close()
-
-
-async def opened(database_url: str, secret: str = SECRET) -> Store:
-    store = open_store(database_url, secret)
-    await store.start()
-    return store
-
-
-def raw_rows(database_url: str, sql: str) -> list[tuple[Any, ...]]:
-    """Read the database behind the store's back, as an operator with a SQL shell would."""
-    if database_url.startswith("sqlite:///"):
-        with sqlite3.connect(database_url.removeprefix("sqlite:///")) as conn:
-            return list(conn.execute(sql).fetchall())
-    conn = psycopg2.connect(database_url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql)
-            return list(cur.fetchall())
-    finally:
-        conn.close()
-
+from tests.store.conftest import SECRET, miss_the_next_check, opened, raw_rows, tool, upstream
 
 # --- upstreams and tools -------------------------------------------------------------------
 
@@ -196,17 +124,7 @@ async def test_unique_violation_from_the_database_still_names_both_owners(
 ) -> None:
     """A writer whose own check missed a racing commit hits the unique index instead."""
     await store.create_upstream(upstream("a"), [tool("a", "echo")])
-    real_check = SQLStore._check_new_upstream
-    checks: list[str] = []
-
-    async def miss_the_first_time(
-        conn: Any, record: UpstreamRecord, tools: Any, features: Any
-    ) -> None:
-        checks.append(record.name)
-        if len(checks) > 1:
-            await real_check(conn, record, tools, features)
-
-    monkeypatch.setattr(SQLStore, "_check_new_upstream", staticmethod(miss_the_first_time))
+    checks = miss_the_next_check(monkeypatch)
 
     with pytest.raises(Conflict) as caught:
         await store.create_upstream(upstream("b"), [tool("b", "echo", name="a__echo")])

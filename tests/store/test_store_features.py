@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -22,10 +22,16 @@ from gateway.store import (
     ResourceTemplateRecord,
     ServerRecord,
     Store,
-    UpstreamRecord,
 )
-from gateway.store.base import SQLStore
-from tests.store.test_store import SECRET, changed, opened, raw_rows, tool, upstream
+from tests.store.conftest import (
+    SECRET,
+    changed,
+    miss_the_next_check,
+    opened,
+    raw_rows,
+    tool,
+    upstream,
+)
 
 
 def resource(owner: str, path: str, **changes: Any) -> ResourceRecord:
@@ -57,15 +63,6 @@ def server(server_id: str = "s1", **changes: Any) -> ServerRecord:
     fields: dict[str, Any] = {"id": server_id, "name": f"Server {server_id}"}
     fields.update(changes)
     return ServerRecord(**fields)
-
-
-@pytest.fixture
-async def store(database_url: str) -> AsyncIterator[Store]:
-    store = await opened(database_url)
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 async def owned_by(store: Store, owner: str) -> list[str]:
@@ -243,17 +240,7 @@ async def test_unique_violation_on_a_feature_still_names_both_owners(
 ) -> None:
     """A writer whose own check missed a racing commit hits the primary key instead."""
     await store.create_upstream(upstream("a"), [], features("a"))
-    real_check = SQLStore._check_new_upstream
-    checks: list[str] = []
-
-    async def miss_the_first_time(
-        conn: Any, record: UpstreamRecord, tools: Any, offer: Features
-    ) -> None:
-        checks.append(record.name)
-        if len(checks) > 1:
-            await real_check(conn, record, tools, offer)
-
-    monkeypatch.setattr(SQLStore, "_check_new_upstream", staticmethod(miss_the_first_time))
+    checks = miss_the_next_check(monkeypatch)
 
     with pytest.raises(Conflict) as caught:
         await store.create_upstream(

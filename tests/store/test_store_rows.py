@@ -4,7 +4,6 @@ needs no mapping code."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +24,7 @@ from gateway.store import (
 from gateway.store.crypto import HeaderCipher
 from gateway.store.rows import Rows, column
 from gateway.store.tables import PROMPTS, RESOURCES, SERVERS, TEMPLATES, TOOLS, UPSTREAMS
-from tests.store.test_store import opened, raw_rows, upstream
+from tests.store.conftest import raw_rows, upstream
 
 CIPHER = HeaderCipher("rows-test-secret")
 
@@ -124,15 +123,6 @@ def by_column(rows: Rows[Any], record: Any) -> dict[str, Any]:
     """The values the mapper writes for `record`, by column name."""
     names = [c.name for c in rows.columns]
     return dict(zip(names, rows.params(record, CIPHER), strict=True))
-
-
-@pytest.fixture
-async def store(database_url: str) -> AsyncIterator[Store]:
-    store = await opened(database_url)
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 # --- the mapper on its own -------------------------------------------------------------------
