@@ -28,7 +28,7 @@ SESSION = web.AppKey("session", aiohttp.ClientSession)
 UPSTREAM = web.AppKey("upstream", str)
 HEADERS = web.AppKey("headers", dict[str, str])
 
-# The gateway's upstream pool (backend_mcp_http.new_http_session) has the same limits.
+# The gateway's own upstream pool (gateway.mcpclient.http) has the same limits.
 POOL_LIMIT = 1024
 POOL_LIMIT_PER_HOST = 256
 KEEPALIVE_SECONDS = 4.0
