@@ -32,6 +32,10 @@ On Streamable HTTP the request goes out on the call's own reply stream; the 2024
 transport has only one stream, so there the request names its call in
 `params._meta.relatedRequestId`.
 
+With `--counter` it also serves `counter`, whose count belongs to the session: each call
+answers one more than the session's last (as text and as `{"count": n}`), so clients that
+share a session see one count and clients that do not see their own.
+
 It is stricter than the specification asks, so that a lax client fails here: a Streamable
 HTTP request must accept both JSON and SSE, and every request after `initialize` at protocol
 2025-06-18 or later must carry the negotiated `MCP-Protocol-Version`.
@@ -82,6 +86,7 @@ class Options:
     session_ttl: float | None = None
     extra_tools: int = 0
     asking_tools: bool = False
+    counter: bool = False
 
 
 class RpcError(Exception):
@@ -118,6 +123,8 @@ class Session:
     """True once the client has opened its GET stream: notifications are kept for it."""
     history: list[tuple[int, JSON]] = field(default_factory=list)
     last_event_id: int = 0
+    count: int = 0
+    """What the `counter` tool last answered in this session."""
 
     def next_event_id(self) -> int:
         self.last_event_id += 1
@@ -410,6 +417,19 @@ BASE_HANDLERS: dict[str, ToolHandler] = {
     "progress": call_progress,
     "log": call_log,
 }
+
+
+async def call_counter(arguments: JSON, call: Call) -> JSON:
+    call.session.count += 1
+    return text_result(str(call.session.count), {"count": call.session.count})
+
+
+COUNTER_TOOL: JSON = {
+    "name": "counter",
+    "description": "Count the calls of this session: answer one more than the last.",
+    "inputSchema": _object({}),
+    "outputSchema": _object({"count": {"type": "integer"}}, ["count"]),
+}
 ASKING_HANDLERS: dict[str, ToolHandler] = {
     "sample": call_sample,
     "elicit": call_elicit,
@@ -577,6 +597,9 @@ class McpTestServer:
         if options.asking_tools:
             self.tools += ASKING_TOOLS
             self.handlers |= ASKING_HANDLERS
+        if options.counter:
+            self.tools.append(COUNTER_TOOL)
+            self.handlers["counter"] = call_counter
         for i in range(options.extra_tools):
             name = f"t{i}"
             self.tools.append(_trivial_tool(name, f"Trivial tool {i}."))
@@ -1157,6 +1180,9 @@ def parse_options(argv: list[str] | None = None) -> Options:
         action="store_true",
         help="add the tools sample, elicit and roots, which ask the client while they run",
     )
+    parser.add_argument(
+        "--counter", action="store_true", help="add the tool counter, which counts per session"
+    )
     args = parser.parse_args(argv)
     return Options(
         port=args.port,
@@ -1169,6 +1195,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         session_ttl=args.session_ttl,
         extra_tools=args.tools,
         asking_tools=args.asking_tools,
+        counter=args.counter,
     )
 
 

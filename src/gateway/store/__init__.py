@@ -29,6 +29,11 @@ class NotFound(StoreError):
     """The named record does not exist."""
 
 
+SHARED_SESSION = "shared"
+PER_CLIENT_SESSION = "per-client"
+SESSION_MODES = (SHARED_SESSION, PER_CLIENT_SESSION)
+
+
 @dataclass(frozen=True, slots=True)
 class UpstreamRecord:
     name: str
@@ -42,6 +47,9 @@ class UpstreamRecord:
     builtin: bool = False
     created_at: float = 0.0
     updated_at: float = 0.0
+    session: str = SHARED_SESSION
+    """`shared`: each worker's one upstream session serves every client; `per-client`: each
+    client session gets an upstream session of its own (`gateway.upstream_sessions`)."""
 
 
 # What an upstream offers is stored as the definition its backend discovered, under the

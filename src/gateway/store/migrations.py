@@ -183,6 +183,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        5,
+        "whether an upstream's clients share its sessions or each get their own",
+        ("ALTER TABLE upstreams ADD COLUMN session TEXT NOT NULL DEFAULT 'shared'",),
+    ),
 )
 
 
