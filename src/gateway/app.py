@@ -2,9 +2,9 @@
 
 Every long-lived part is built here, by the `cleanup_ctx` entries of `RESOURCES`, in the
 order they are listed: store, cache (and what lives in it), this worker's membership of the
-cluster (which writes wait on), authenticator, hub, registry (with the backends), upstream
-management (with the notifier and the leader's jobs), and the dispatcher. Each is handed
-what it needs; teardown runs in reverse.
+cluster (which writes wait on), authenticator, hub, registry (with the backends), per-client
+upstream sessions, upstream management (with the notifier and the leader's jobs), and the
+dispatcher. Each is handed what it needs; teardown runs in reverse.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from gateway.keys import (
     SETTINGS,
     STORE,
     TASKS,
+    UPSTREAM_SESSIONS,
     UPSTREAMS,
 )
 from gateway.leader import LeaderElection
@@ -59,6 +60,7 @@ from gateway.sessions import SessionStore
 from gateway.settings import Settings, SettingsError, load_settings
 from gateway.store import StoreError, open_store
 from gateway.tasks import BackgroundTasks
+from gateway.upstream_sessions import UpstreamSessions
 from gateway.upstreams import UpstreamService
 
 log = structlog.get_logger(__name__)
@@ -160,6 +162,18 @@ async def _registry_ctx(app: web.Application) -> AsyncIterator[None]:
     await registry.close()
 
 
+async def _upstream_sessions_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The upstream sessions of per-client upstreams, ended with their client sessions."""
+    settings = app[SETTINGS]
+    use = CacheUse(app[CACHE], settings.cache_type, "upstream-sessions", settings.cache_timeout)
+    pool = UpstreamSessions(settings, app[PLUGINS], app[REGISTRY], app[SESSIONS], use)
+    app[HUB].session_listeners.append(pool.session_ended)
+    await pool.start()
+    app[UPSTREAM_SESSIONS] = pool
+    yield
+    await pool.close()
+
+
 async def _upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
     """Upstream management, the notifier acting on upstreams' own notifications, and the
     leader's periodic jobs (health checks, refreshes)."""
@@ -183,7 +197,9 @@ async def _upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _dispatch_ctx(app: web.Application) -> AsyncIterator[None]:
     """The one dispatcher every transport calls, and the tasks transports leave running."""
     settings = app[SETTINGS]
-    calls = UpstreamCalls(settings, app[REGISTRY], app[RESULTS], app[LIMITS])
+    calls = UpstreamCalls(
+        settings, app[REGISTRY], app[RESULTS], app[LIMITS], app[UPSTREAM_SESSIONS]
+    )
     methods = Methods(app[REGISTRY], app[SESSIONS], calls)
     app[DISPATCHER] = Dispatcher(
         methods, app[LIMITS], settings.rate_limit_per_minute, app[HUB], app[SESSIONS]
@@ -201,6 +217,7 @@ RESOURCES: tuple[Ctx, ...] = (
     _auth_ctx,
     _hub_ctx,
     _registry_ctx,
+    _upstream_sessions_ctx,
     _upstreams_ctx,
     _dispatch_ctx,
 )

@@ -20,6 +20,7 @@ from gateway.sessions import SessionStore
 from gateway.settings import Settings
 from gateway.store import Store
 from gateway.tasks import BackgroundTasks
+from gateway.upstream_sessions import UpstreamSessions
 from gateway.upstreams import UpstreamService
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -36,6 +37,7 @@ AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
 HUB = web.AppKey("hub", Hub)
 REGISTRY = web.AppKey("registry", Registry)
 UPSTREAMS = web.AppKey("upstreams", UpstreamService)
+UPSTREAM_SESSIONS = web.AppKey("upstream_sessions", UpstreamSessions)
 NOTIFIER = web.AppKey("notifier", Notifier)
 LEADER = web.AppKey("leader", LeaderElection)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)

@@ -24,7 +24,7 @@ from gateway.contracts import JSON, Backend, Cache, FullBackend, UpstreamConfig
 from gateway.plugins import Plugins
 from gateway.schemas import Check
 from gateway.settings import Settings
-from gateway.store import Store, UpstreamRecord
+from gateway.store import PER_CLIENT_SESSION, Store, UpstreamRecord
 
 __all__ = ["CATALOGUE_CHANNEL", "Catalogue", "Registry", "Tool"]
 
@@ -36,7 +36,7 @@ VERSION_KEY = "catalogue-version"
 told `list_changed` never reads an older list from a worker that has not heard yet."""
 
 
-def _config(upstream: UpstreamRecord) -> UpstreamConfig:
+def backend_config(upstream: UpstreamRecord) -> UpstreamConfig:
     return UpstreamConfig(
         name=upstream.name,
         transport=upstream.transport,
@@ -79,6 +79,9 @@ class Registry:
         self.full_backends: dict[str, FullBackend] = {}
         """The backends that speak the whole protocol (checked once: a runtime Protocol
         check is too slow for every call)."""
+        self.per_client: frozenset[str] = frozenset()
+        """The upstreams whose clients each get a session of their own (their backends
+        here serve the rest: discovery, notifications, subscriptions)."""
         self._configs: dict[str, UpstreamConfig] = {}
         self._checks: dict[tuple[str, bytes], Check] = {}
         self._lock = asyncio.Lock()
@@ -150,7 +153,8 @@ class Registry:
             log.warning("catalogue listener failed", error=str(exc))
 
     async def _sync_backends(self, upstreams: list[UpstreamRecord]) -> None:
-        wanted = {u.name: _config(u) for u in upstreams}
+        wanted = {u.name: backend_config(u) for u in upstreams}
+        self.per_client = frozenset(u.name for u in upstreams if u.session == PER_CLIENT_SESSION)
         retired = [name for name, config in self._configs.items() if wanted.get(name) != config]
         for name in retired:
             backend = self.backends.pop(name, None)

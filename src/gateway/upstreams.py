@@ -22,9 +22,11 @@ from gateway.contracts import (
 )
 from gateway.naming import PREFIX, UPSTREAM_NAME, gateway_name, invalid_tool_names
 from gateway.plugins import Plugins
-from gateway.registry import Registry
+from gateway.registry import Registry, backend_config
 from gateway.settings import Settings
 from gateway.store import (
+    PER_CLIENT_SESSION,
+    SESSION_MODES,
     Conflict,
     Features,
     NotFound,
@@ -37,6 +39,7 @@ from gateway.store import (
     UpstreamRecord,
     as_discovered,
 )
+from gateway.upstream_sessions import adoptable
 
 log = structlog.get_logger(__name__)
 
@@ -49,8 +52,8 @@ class DiscoveryFailed(Exception):
     """The upstream could not be reached or listed (502)."""
 
 
-_FIELDS = {"name", "url", "transport", "headers", "prefix"}
-_PATCHABLE = {"url", "transport", "headers", "prefix"}
+_FIELDS = {"name", "url", "transport", "headers", "prefix", "session"}
+_PATCHABLE = {"url", "transport", "headers", "prefix", "session"}
 
 
 def _string(payload: Mapping[str, Any], key: str, default: str | None = None) -> str:
@@ -58,6 +61,13 @@ def _string(payload: Mapping[str, Any], key: str, default: str | None = None) ->
     if not isinstance(value, str):
         raise InvalidUpstream(f"'{key}' must be a string")
     return value
+
+
+def _session(payload: Mapping[str, Any], default: str) -> str:
+    value = payload.get("session", default)
+    if value not in SESSION_MODES:
+        raise InvalidUpstream(f"'session' must be one of: {', '.join(SESSION_MODES)}")
+    return str(value)
 
 
 def _headers(payload: Mapping[str, Any]) -> dict[str, str]:
@@ -104,6 +114,7 @@ class UpstreamService:
             url=_string(payload, "url", base.url),
             prefix=_string(payload, "prefix", base.prefix),
             headers=_headers(payload) if "headers" in payload else base.headers,
+            session=_session(payload, base.session),
             updated_at=now,
         )
         spec = self.plugins.backend_for(record.transport)
@@ -111,6 +122,14 @@ class UpstreamService:
             raise InvalidUpstream(
                 f"'transport' {record.transport!r} is not served by an installed backend; "
                 f"use one of: {', '.join(self.plugins.transports())}"
+            )
+        if record.session == PER_CLIENT_SESSION and not adoptable(
+            spec.factory(backend_config(record), self.settings)
+        ):
+            raise InvalidUpstream(
+                f"'session': 'per-client' needs a transport whose sessions every worker can "
+                f"resume by id, such as streamable-http; {record.transport!r} ties a session "
+                "to one connection held by one worker, so use 'shared' with it"
             )
         if not record.url.startswith(("http://", "https://")):
             raise InvalidUpstream("'url' must be an http:// or https:// URL")

@@ -32,6 +32,7 @@ from gateway.mcpclient import (
     HttpClient,
     HttpLink,
     ListenOutcome,
+    SessionState,
     SseParser,
 )
 from gateway.mcpclient.wire import decode_json, json_messages
@@ -59,6 +60,8 @@ class _SessionLink(HttpLink):
         super().__init__(upstream, url, headers)
         self.last_event_id = ""
         """Where the listening stream resumes after a drop."""
+        self.replies: dict[aiohttp.ClientResponse, str] = {}
+        """The reply streams being read, with their request's method."""
 
     def adopt(self, headers: Mapping[str, str]) -> None:
         session_id = headers.get(SESSION_HEADER)
@@ -66,9 +69,23 @@ class _SessionLink(HttpLink):
             self.session_id = session_id
             self.headers[SESSION_HEADER] = session_id
 
+    def resume(self, state: SessionState) -> None:
+        super().resume(state)
+        if state.session_id:
+            self.headers[SESSION_HEADER] = state.session_id
+
     def initialised(self, protocol_version: str, capabilities: JSON) -> None:
         super().initialised(protocol_version, capabilities)
         self.headers[VERSION_HEADER] = protocol_version
+
+    def end(self, reason: str) -> None:
+        super().end(reason)
+        for resp, method in self.replies.items():
+            # aiohttp does not wake a reader whose connection is closed under it.
+            failure = BackendError(
+                f"upstream {self.upstream!r} {self.lost} before answering {method}"
+            )
+            resp.content.set_exception(failure)
 
 
 class McpHttpBackend(HttpClient[_SessionLink]):
@@ -78,6 +95,7 @@ class McpHttpBackend(HttpClient[_SessionLink]):
     # early and expect the client to resume it with GET + Last-Event-ID, which this backend
     # does only for its own listening stream, not for replies.
     protocol_version = "2025-06-18"
+    adoptable = True
 
     def __init__(self, upstream: UpstreamConfig, settings: Settings) -> None:
         super().__init__(upstream, settings)
@@ -93,6 +111,7 @@ class McpHttpBackend(HttpClient[_SessionLink]):
         return _SessionLink(self.name, self.url, self._base_headers)
 
     async def _terminate(self, link: _SessionLink) -> None:
+        link.end("was closed")
         if link.session_id is None:
             return
         # Courtesy only (the spec's DELETE): an upstream that is gone must not slow shutdown.
@@ -112,7 +131,11 @@ class McpHttpBackend(HttpClient[_SessionLink]):
             if call.method == "initialize":
                 link.adopt(resp.headers)
             if resp.content_type == "text/event-stream":
-                await self._read_stream(resp, link, call)
+                link.replies[resp] = call.method
+                try:
+                    await self._read_stream(resp, link, call)
+                finally:
+                    del link.replies[resp]
             else:
                 await self._read_body(resp, link, call)
 

@@ -629,6 +629,7 @@ class McpTestServer:
             "resumed_streams": 0,
             "sse_connections": 0,
             "sessions_deleted": 0,
+            "unknown_session_deletes": 0,
             "sessions_expired": 0,
             "client_answers": 0,
             "stray_answers": 0,
@@ -748,6 +749,7 @@ class McpTestServer:
             return refused
         session = self.sessions.pop(request.headers.get(SESSION_HEADER, ""), None)
         if session is None:
+            self.stats["unknown_session_deletes"] += 1
             return _rpc_error_response(404, None, -32001, "Session not found")
         session.end_stream()
         self.stats["sessions_deleted"] += 1

@@ -61,6 +61,8 @@ class Hub:
         self.streams: dict[str, set[ClientStream]] = {}
         """Streams by session id; listen streams (no session) live under their own key."""
         self.inflight: dict[tuple[str, str], asyncio.Task[Any]] = {}
+        self.session_listeners: list[Callable[[str], Awaitable[None]]] = []
+        """Called on every worker with the id of each session that ends."""
         self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
 
@@ -195,6 +197,8 @@ class Hub:
             self.sessions.forget(session_id)
             for stream in list(self.streams.get(session_id, ())):
                 await stream.close()
+            for listener in self.session_listeners:
+                await listener(session_id)
             await self.consistency.applied(event.get("change"))
 
     async def _listen(self) -> None:

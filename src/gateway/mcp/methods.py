@@ -229,11 +229,12 @@ class Methods:
 
     async def resources_read(self, params: JSON, ctx: Context) -> JSON:
         uri, owner = self._resource_owner(params, ctx)
-        backend = self.calls.full_backend(owner)
+        backend = self.calls.full_backend(owner, ctx)
         return await self.calls.passthrough(backend, "resources/read", {"uri": uri}, ctx, params)
 
     async def resources_subscribe(self, params: JSON, ctx: Context) -> JSON:
         uri, owner = self._resource_owner(params, ctx)
+        # The shared session: it holds the event stream that updates arrive on.
         backend = self.calls.full_backend(owner)
         session = ctx.session
         assert session is not None  # the dispatcher admits this method only with a session
@@ -287,7 +288,7 @@ class Methods:
         arguments = params.get("arguments") or {}
         if not isinstance(arguments, dict):
             raise invalid("'arguments' must be an object")
-        backend = self.calls.full_backend(prompt.upstream)
+        backend = self.calls.full_backend(prompt.upstream, ctx)
         forwarded = {"name": prompt.definition.name, "arguments": arguments}
         return await self.calls.passthrough(backend, "prompts/get", forwarded, ctx, params)
 
@@ -312,7 +313,7 @@ class Methods:
             owner = found
         else:
             raise invalid("'ref.type' must be ref/prompt or ref/resource")
-        backend = self.calls.full_backend(owner)
+        backend = self.calls.full_backend(owner, ctx)
         if "completions" not in await upstream_capabilities(backend):
             return {"completion": {"values": [], "hasMore": False}}
         return await self.calls.passthrough(backend, "completion/complete", forwarded, ctx, params)

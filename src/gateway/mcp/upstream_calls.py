@@ -24,6 +24,7 @@ from gateway.metrics import TOOL_CALLS
 from gateway.registry import Registry
 from gateway.results import ResultCache, result_key
 from gateway.settings import Settings
+from gateway.upstream_sessions import UpstreamSessions
 
 log = structlog.get_logger(__name__)
 
@@ -48,14 +49,25 @@ async def upstream_capabilities(backend: FullBackend) -> JSON:
 
 class UpstreamCalls:
     def __init__(
-        self, settings: Settings, registry: Registry, results: ResultCache, limits: RateLimiter
+        self,
+        settings: Settings,
+        registry: Registry,
+        results: ResultCache,
+        limits: RateLimiter,
+        upstream_sessions: UpstreamSessions,
     ) -> None:
+        self.upstream_sessions = upstream_sessions
         self.settings = settings
         self.registry = registry
         self.results = results
         self.limits = limits
 
-    def full_backend(self, upstream: str) -> FullBackend:
+    def full_backend(self, upstream: str, ctx: Context | None = None) -> FullBackend:
+        """The backend serving `upstream`; for a per-client upstream, the one of `ctx`'s
+        client session (or of its request alone, without one). None: the shared one."""
+        if ctx is not None and upstream in self.registry.per_client:
+            client = ctx.session.id if ctx.session is not None else None
+            return self.upstream_sessions.backend_for(upstream, client)
         backend = self.registry.full_backends.get(upstream)
         if backend is None:
             raise RPCError(
@@ -99,6 +111,8 @@ class UpstreamCalls:
         try:
             async with asyncio.timeout(timeout):
                 full = self.registry.full_backends.get(upstream)
+                if upstream in self.registry.per_client:
+                    backend = full = self.full_backend(upstream, ctx)
                 if ctx.emit is None or full is None:
                     # Nothing to relay: the plain call (backends cancel upstream themselves
                     # when the caller goes away).

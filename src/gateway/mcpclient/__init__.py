@@ -45,7 +45,9 @@ from gateway.mcpclient.link import (
     ListenOutcome,
     MessageRefused,
     SessionExpired,
+    SessionState,
 )
+from gateway.mcpclient.session import SessionKeeper
 from gateway.mcpclient.sse import SseEvent, SseParser
 
 __all__ = [
@@ -59,6 +61,8 @@ __all__ = [
     "McpClient",
     "MessageRefused",
     "SessionExpired",
+    "SessionKeeper",
+    "SessionState",
     "SseEvent",
     "SseParser",
 ]

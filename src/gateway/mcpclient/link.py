@@ -27,6 +27,16 @@ class SessionExpired(MessageRefused):
         super().__init__(f"upstream {upstream!r} answered HTTP 404 to {method}: no such session")
 
 
+@dataclass(frozen=True, slots=True)
+class SessionState:
+    """What a client needs to carry on a session another client opened, without a
+    handshake."""
+
+    session_id: str | None
+    protocol_version: str
+    capabilities: JSON
+
+
 @dataclass(slots=True, eq=False)
 class Call:
     """One request on its way upstream, with what routes its notifications, answers the
@@ -65,6 +75,11 @@ class Link:
 
     def initialised(self, protocol_version: str, capabilities: JSON) -> None:
         self.capabilities = capabilities
+
+    def resume(self, state: SessionState) -> None:
+        """Carry on a session that was opened on another link."""
+        self.session_id = state.session_id
+        self.initialised(state.protocol_version, state.capabilities)
 
     def end(self, reason: str) -> None:
         """Give up on the link: fail the requests still waiting on it."""

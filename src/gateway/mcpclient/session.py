@@ -22,8 +22,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Coroutine
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 import structlog
 
@@ -37,6 +37,7 @@ from gateway.mcpclient.link import (
     ListenOutcome,
     MessageRefused,
     SessionExpired,
+    SessionState,
 )
 from gateway.mcpclient.wire import (
     CLIENT_INFO,
@@ -67,6 +68,17 @@ STREAM_HEALTHY_SECONDS = 10.0
 REQUEST_NOTIFICATIONS = frozenset({"notifications/progress", "notifications/message"})
 
 
+class SessionKeeper(Protocol):
+    """Decides which session a client uses, where several clients share one session."""
+
+    async def session(
+        self, stale: str | None, initialise: Callable[[], Awaitable[SessionState]]
+    ) -> SessionState:
+        """The session to use: one another client opened, or the one `initialise` opens
+        now. `stale` names a session the upstream has forgotten, which must not be used."""
+        ...
+
+
 class McpSession(ABC, Generic[L]):
     """The MCP session with one upstream, over the transport a subclass provides."""
 
@@ -76,6 +88,9 @@ class McpSession(ABC, Generic[L]):
     """True where one stream carries every request's replies and notifications: progress is
     then asked for under tokens of our own, and server requests are answered from a task
     of their own, so that the stream goes on being read meanwhile."""
+    adoptable: ClassVar[bool] = False
+    """True where a session is named by an id any client may send (Streamable HTTP's
+    `Mcp-Session-Id`), so that other clients, in other processes too, can carry it on."""
 
     def __init__(self, upstream: UpstreamConfig, settings: Settings) -> None:
         self.upstream = upstream
@@ -89,6 +104,8 @@ class McpSession(ABC, Generic[L]):
         self._ask: AskClient | None = None
         self._link: L | None = None
         self._link_lock = asyncio.Lock()
+        self.keeper: SessionKeeper | None = None
+        """Shares the session with other clients of the upstream (needs `adoptable`)."""
         self._running = False
         self._listening: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -137,6 +154,11 @@ class McpSession(ABC, Generic[L]):
         await asyncio.gather(*tasks, return_exceptions=True)
         if link is not None:
             await self._terminate(link)
+
+    async def detach(self) -> None:
+        """Close without ending the session upstream: another client of it carries on."""
+        self._link = None
+        await self.close()
 
     def set_listener(self, listener: Notify | None, ask: AskClient | None = None) -> None:
         """Where the upstream's own notifications go, and what answers its requests that
@@ -242,29 +264,21 @@ class McpSession(ABC, Generic[L]):
             if link is stale or link is None or link.lost is not None:
                 self._link = None
                 self._discard(stale, "forgot the session")
-                link = await self._initialised_link()
+                link = await self._initialised_link(stale.session_id)
                 self._install(link)
             return link
 
-    async def _initialised_link(self) -> L:
+    async def _initialised_link(self, stale: str | None = None) -> L:
+        """A link in a new session; with a `keeper`, in the session it says to use (`stale`
+        names the one the upstream just forgot)."""
         if not self._running:
             raise BackendError(f"upstream {self.name!r}: not started or already closed")
         link = await self._open()
         try:
-            params: JSON = {
-                "protocolVersion": self.protocol_version,
-                "capabilities": client_capabilities(self.protocol_version),
-                "clientInfo": CLIENT_INFO,
-            }
-            result = await self._round_trip(link, Call("initialize", params))
-            version = result.get("protocolVersion")
-            if version not in SUPPORTED_PROTOCOL_VERSIONS:
-                raise BackendError(
-                    f"upstream {self.name!r} chose unsupported protocol version {version!r}"
-                )
-            capabilities = result.get("capabilities")
-            link.initialised(str(version), capabilities if isinstance(capabilities, dict) else {})
-            await self._post(link, notification("notifications/initialized", None), None)
+            if self.keeper is None:
+                await self._handshake(link)
+            else:
+                link.resume(await self.keeper.session(stale, lambda: self._handshake(link)))
             if not self._running:
                 # Closed meanwhile: the link would outlive the backend.
                 raise BackendError(f"upstream {self.name!r}: not started or already closed")
@@ -272,6 +286,27 @@ class McpSession(ABC, Generic[L]):
         except BaseException:
             self._discard(link, "was abandoned")
             raise
+
+    async def _handshake(self, link: L) -> SessionState:
+        """Open a session on `link` with the initialize exchange."""
+        params: JSON = {
+            "protocolVersion": self.protocol_version,
+            "capabilities": client_capabilities(self.protocol_version),
+            "clientInfo": CLIENT_INFO,
+        }
+        result = await self._round_trip(link, Call("initialize", params))
+        version = result.get("protocolVersion")
+        if version not in SUPPORTED_PROTOCOL_VERSIONS:
+            raise BackendError(
+                f"upstream {self.name!r} chose unsupported protocol version {version!r}"
+            )
+        capabilities = result.get("capabilities")
+        state = SessionState(
+            link.session_id, str(version), capabilities if isinstance(capabilities, dict) else {}
+        )
+        link.initialised(state.protocol_version, state.capabilities)
+        await self._post(link, notification("notifications/initialized", None), None)
+        return state
 
     def _install(self, link: L) -> None:
         self._link = link

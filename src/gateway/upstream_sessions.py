@@ -1,0 +1,469 @@
+"""Per-client upstream sessions: for an upstream registered with `"session": "per-client"`,
+each client session gets an upstream MCP session of its own, whichever worker or instance
+serves it.
+
+- **Opened on first use, once for the cluster.** The first worker to need one claims it in
+  the cache (`add`), opens it, and records the upstream's `Mcp-Session-Id`, the negotiated
+  version and the capabilities under the client session; the others adopt what is recorded,
+  without a handshake (`gateway.mcpclient`'s `SessionKeeper`). When the upstream forgets the
+  session, the first worker to hear it opens a new one the same way and the rest adopt it.
+- **Ended with the client session**, by DELETE, once for the cluster (whoever claims the
+  end in the cache): when the client ends it (`DELETE /mcp`, the end of a legacy `/sse`
+  stream: the hub's `session-closed` event, which every worker hears) or when it expires
+  (a sweep asks the session store about the ones this worker holds).
+- **Bounded per worker** by `PER_CLIENT_SESSIONS_MAX`: past it, the least recently used
+  is ended (an idle one first), and the log says so.
+- **A request without a client session** (`/rpc`, sessionless `/mcp`, 2026-07-28) gets an
+  upstream session for itself alone, ended once it is answered: per-client state never
+  leaks between callers, and there is none to keep without a client session.
+- A worker that stops leaves the sessions it held to the other workers.
+
+Per-client sessions hold no event stream of their own: what the upstream says about a call
+comes on that call's reply stream, and its own notifications (list changes, resource
+updates, for the subscriptions made through the shared session) on the shared session's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import structlog
+
+from gateway.cacheuse import CacheUnavailable, CacheUse
+from gateway.contracts import (
+    JSON,
+    AskClient,
+    Backend,
+    BackendError,
+    FullBackend,
+    Notify,
+    PromptDef,
+    ResourceDef,
+    ResourceTemplateDef,
+    ToolDef,
+    UpstreamConfig,
+)
+from gateway.mcpclient import McpClient, SessionState
+from gateway.plugins import Plugins
+from gateway.registry import Registry, backend_config
+from gateway.sessions import SessionStore
+from gateway.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+Client = McpClient[Any]
+Key = tuple[str, str]
+"""(client session id, upstream name)"""
+
+CLAIM_POLL = 0.02
+"""How often a worker waiting for another's claim looks for the session it records."""
+END_CLAIM_TTL = 300.0
+"""How long the claim to end an upstream session is kept: longer than any worker takes to
+hear that its client session ended."""
+
+
+def adoptable(backend: Backend) -> bool:
+    """Whether `backend` can share its upstream session with other workers by id."""
+    return isinstance(backend, McpClient) and backend.adoptable
+
+
+def _encode(state: SessionState) -> bytes:
+    return orjson.dumps(
+        {"id": state.session_id, "version": state.protocol_version, "caps": state.capabilities}
+    )
+
+
+def _decode(raw: bytes | None) -> SessionState | None:
+    if raw is None:
+        return None
+    try:
+        data = orjson.loads(raw)
+        return SessionState(data["id"], data["version"], data["caps"])
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+
+
+def record_key(client: str, config: UpstreamConfig) -> str:
+    """Where a client's session with an upstream is recorded. The upstream's address is part
+    of it: a session of the old address means nothing to a new one."""
+    where = hashlib.blake2b(f"{config.transport} {config.url}".encode(), digest_size=8)
+    return f"upstream-session:{config.name}:{where.hexdigest()}:{client}"
+
+
+class _Keeper:
+    """Agrees with the other workers on one client's session with one upstream."""
+
+    def __init__(self, pool: UpstreamSessions, key: str) -> None:
+        self.pool = pool
+        self.key = key
+        self.state: SessionState | None = None
+        """The session the backend uses, once it has one."""
+
+    async def session(
+        self, stale: str | None, initialise: Callable[[], Awaitable[SessionState]]
+    ) -> SessionState:
+        self.state = await self.pool.agree(self.key, stale, initialise)
+        return self.state
+
+
+class _Known:
+    """Keeps to one known session, to end it from a worker that does not hold it."""
+
+    def __init__(self, state: SessionState) -> None:
+        self.state = state
+
+    async def session(
+        self, stale: str | None, initialise: Callable[[], Awaitable[SessionState]]
+    ) -> SessionState:
+        return self.state
+
+
+@dataclass(slots=True, eq=False)
+class _Held:
+    """One client session's upstream session, as this worker holds it."""
+
+    backend: Client
+    config: UpstreamConfig
+    keeper: _Keeper
+    last_used: float
+    renewed: float
+    busy: int = 0
+
+
+class UpstreamSessions:
+    """This worker's per-client upstream sessions, least recently used first."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        plugins: Plugins,
+        registry: Registry,
+        sessions: SessionStore,
+        use: CacheUse,
+    ) -> None:
+        self.settings = settings
+        self.plugins = plugins
+        self.registry = registry
+        self.sessions = sessions
+        self.use = use
+        self.limit = settings.per_client_sessions_max
+        self.ttl = settings.session_ttl
+        self.sweep_every = min(60.0, max(0.5, settings.session_ttl / 4))
+        self.held: OrderedDict[Key, _Held] = OrderedDict()
+        self._opening: dict[Key, asyncio.Future[_Held]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._spawn(self._sweep())
+
+    async def close(self) -> None:
+        tasks = [*self._tasks]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        held, self.held = self.held, OrderedDict()
+        # Other workers may go on serving these clients: leave their sessions open.
+        await asyncio.gather(*(h.backend.detach() for h in held.values()), return_exceptions=True)
+
+    def backend_for(self, upstream: str, client: str | None) -> FullBackend:
+        """The backend serving `upstream` to a client session, or (`client` None) to one
+        request without a session."""
+        return ClientBackend(self, upstream, client)
+
+    async def session_ended(self, client: str) -> None:
+        """End a client session's upstream sessions held here (the hub's listener)."""
+        for key in [key for key in self.held if key[0] == client]:
+            self._spawn(self._end(self.held.pop(key)))
+
+    # --- using a session -------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def using(self, upstream: str, client: str | None) -> AsyncIterator[Client]:
+        if client is None:
+            backend = self._new_backend(self._config(upstream))
+            await backend.start()
+            try:
+                yield backend
+            finally:
+                # Ended in the background: the caller's answer need not wait for a DELETE.
+                self._spawn(backend.close())
+            return
+        held = await self.acquire(upstream, client)
+        held.busy += 1
+        try:
+            yield held.backend
+        finally:
+            held.busy -= 1
+
+    async def acquire(self, upstream: str, client: str) -> _Held:
+        key = (client, upstream)
+        config = self._config(upstream)
+        held = self.held.get(key)
+        if held is not None:
+            if held.config == config:
+                self.held.move_to_end(key)
+                held.last_used = now = time.monotonic()
+                if now - held.renewed > self.ttl / 10:
+                    held.renewed = now
+                    self._spawn(self._renew(held))
+                return held
+            del self.held[key]
+            self._spawn(self._retire(held, config))
+        opening = self._opening.get(key)
+        if opening is None:
+            opening = asyncio.ensure_future(self._open(key, config))
+            self._opening[key] = opening
+            opening.add_done_callback(lambda done: self._opened(key, done))
+        # Shielded: callers that give up do not stop the others' session from opening.
+        return await asyncio.shield(opening)
+
+    def _opened(self, key: Key, done: asyncio.Future[_Held]) -> None:
+        self._opening.pop(key, None)
+        if not done.cancelled():
+            done.exception()  # retrieved here too, when every caller gave up
+
+    async def _open(self, key: Key, config: UpstreamConfig) -> _Held:
+        backend = self._new_backend(config)
+        keeper = _Keeper(self, record_key(key[0], config))
+        backend.keeper = keeper
+        await backend.start()
+        try:
+            await backend.connect()
+        except BaseException:
+            await backend.close()
+            raise
+        now = time.monotonic()
+        held = _Held(backend, config, keeper, now, now)
+        self.held[key] = held
+        self._bound()
+        return held
+
+    def _bound(self) -> None:
+        while len(self.held) > self.limit:
+            victim = next((k for k, h in self.held.items() if h.busy == 0), next(iter(self.held)))
+            held = self.held.pop(victim)
+            log.info(
+                "per-client upstream session ended: this worker holds too many",
+                upstream=victim[1],
+                session=victim[0][:8],
+                limit=self.limit,
+            )
+            self._spawn(self._end(held))
+
+    def _config(self, upstream: str) -> UpstreamConfig:
+        record = self.registry.catalogue.upstreams.get(upstream)
+        if record is None:
+            raise BackendError(f"upstream {upstream!r} is no longer registered")
+        return backend_config(record)
+
+    def _new_backend(self, config: UpstreamConfig) -> Client:
+        spec = self.plugins.backend_for(config.transport)
+        backend = None if spec is None else spec.factory(config, self.settings)
+        if backend is None or not adoptable(backend):
+            raise BackendError(
+                f"upstream {config.name!r}: transport {config.transport!r} cannot hold "
+                "per-client sessions"
+            )
+        assert isinstance(backend, McpClient)
+        return backend
+
+    # --- agreeing on a session across workers ----------------------------------------------
+
+    async def agree(
+        self, key: str, stale: str | None, initialise: Callable[[], Awaitable[SessionState]]
+    ) -> SessionState:
+        """The session recorded under `key`, unless it is `stale`; else the one this worker
+        opens and records, having claimed the right to. Without the cache, this worker's
+        own."""
+        lock = f"{key}:opening"
+        cache = self.use.cache
+        try:
+            while True:
+                recorded = await self._read(key)
+                if recorded is not None and (stale is None or recorded.session_id != stale):
+                    return recorded
+                if await self.use.run(cache.add(lock, b"1", max(1.0, self.settings.tool_timeout))):
+                    break
+                await asyncio.sleep(CLAIM_POLL)
+            # The claim's last holder may have recorded its session just before letting go.
+            recorded = await self._read(key)
+        except CacheUnavailable:
+            log.warning("per-client upstream session not shared: the cache is unavailable")
+            return await initialise()
+        try:
+            if recorded is not None and (stale is None or recorded.session_id != stale):
+                return recorded
+            state = await initialise()
+            with contextlib.suppress(CacheUnavailable):
+                await self.use.run(cache.set(key, _encode(state), self.ttl))
+            return state
+        finally:
+            with contextlib.suppress(CacheUnavailable):
+                await self.use.run(cache.delete(lock))
+
+    async def _read(self, key: str) -> SessionState | None:
+        return _decode(await self.use.run(self.use.cache.get(key)))
+
+    async def _renew(self, held: _Held) -> None:
+        """Keep the record alive while the client uses it; a record another worker replaced
+        is left alone (this worker's backend adopts the new session at its next 404)."""
+        keeper = held.keeper
+        with contextlib.suppress(CacheUnavailable):
+            recorded = await self._read(keeper.key)
+            if keeper.state is not None and recorded in (None, keeper.state):
+                await self.use.run(self.use.cache.set(keeper.key, _encode(keeper.state), self.ttl))
+
+    # --- ending sessions -------------------------------------------------------------------
+
+    async def _end(self, held: _Held) -> None:
+        """End an upstream session with DELETE, once however many workers held it."""
+        keeper, ended = held.keeper, False
+        try:
+            recorded = await self._read(keeper.key)
+            candidates = [s for s in (keeper.state, recorded) if s is not None and s.session_id]
+            for state in {s.session_id: s for s in candidates}.values():
+                claim = f"upstream-session-end:{held.config.name}:{state.session_id}"
+                if not await self.use.run(self.use.cache.add(claim, b"1", END_CLAIM_TTL)):
+                    continue
+                if state == keeper.state:
+                    await held.backend.close()
+                    ended = True
+                else:
+                    await self._end_elsewhere(held.config, state)
+            if recorded is not None:
+                await self.use.run(self.use.cache.delete(keeper.key))
+        except CacheUnavailable:
+            await held.backend.close()  # nobody to agree with: end what this worker holds
+            return
+        if not ended:
+            await held.backend.detach()
+
+    async def _end_elsewhere(self, config: UpstreamConfig, state: SessionState) -> None:
+        backend = self._new_backend(config)
+        backend.keeper = _Known(state)
+        await backend.start()
+        try:
+            await backend.connect()  # adopts the session: nothing is sent
+        finally:
+            await backend.close()
+
+    async def _retire(self, held: _Held, config: UpstreamConfig) -> None:
+        """An upstream's registration changed: a session at its old address ends, one at
+        the same address carries on under the new settings."""
+        if record_key("", held.config) == record_key("", config):
+            await held.backend.detach()
+        else:
+            await self._end(held)
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(self.sweep_every)
+            try:
+                await self._sweep_once()
+            except Exception as exc:
+                log.warning("per-client upstream session sweep failed", error=str(exc))
+
+    async def _sweep_once(self) -> None:
+        """End the sessions of upstreams no longer per-client, and of client sessions that
+        have expired (asked only of those idle here: a busy one is alive)."""
+        now = time.monotonic()
+        for key, held in list(self.held.items()):
+            client, upstream = key
+            if upstream in self.registry.per_client:
+                if held.busy or now - held.last_used < self.sweep_every:
+                    continue
+                try:
+                    if await self.sessions.get(client) is not None:
+                        continue
+                except CacheUnavailable:
+                    return
+            if self.held.get(key) is held:
+                del self.held[key]
+                self._spawn(self._end(held))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(self._logged(work))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _logged(work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
+        except Exception as exc:
+            log.info("per-client upstream session upkeep failed", error=str(exc))
+
+
+class ClientBackend:
+    """The `FullBackend` a call to a per-client upstream goes through: the caller's own
+    upstream session, or one for this request alone."""
+
+    def __init__(self, pool: UpstreamSessions, upstream: str, client: str | None) -> None:
+        self.pool = pool
+        self.upstream = upstream
+        self.client = client
+        self.capabilities: JSON = {}
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def set_listener(self, listener: Notify | None, ask: AskClient | None = None) -> None:
+        """Per-client sessions hold no event stream; the shared session listens."""
+
+    async def connect(self) -> None:
+        if self.client is not None:
+            held = await self.pool.acquire(self.upstream, self.client)
+            self.capabilities = held.backend.capabilities
+            return
+        # The upstream's capabilities are the same in every session: ask the shared one
+        # rather than open a session only for that.
+        shared = self.pool.registry.full_backends.get(self.upstream)
+        if shared is not None:
+            await shared.connect()
+            self.capabilities = shared.capabilities
+
+    async def call_tool(self, name: str, arguments: JSON, timeout: float) -> JSON:
+        async with self.pool.using(self.upstream, self.client) as backend:
+            return await backend.call_tool(name, arguments, timeout)
+
+    async def request(
+        self,
+        method: str,
+        params: JSON,
+        timeout: float,
+        on_notification: Notify | None = None,
+        on_request: AskClient | None = None,
+    ) -> JSON:
+        async with self.pool.using(self.upstream, self.client) as backend:
+            return await backend.request(method, params, timeout, on_notification, on_request)
+
+    async def notify(self, method: str, params: JSON) -> None:
+        async with self.pool.using(self.upstream, self.client) as backend:
+            await backend.notify(method, params)
+
+    async def list_tools(self) -> list[ToolDef]:
+        async with self.pool.using(self.upstream, self.client) as backend:
+            return await backend.list_tools()
+
+    async def list_resources(self) -> list[ResourceDef]:
+        async with self.pool.using(self.upstream, self.client) as backend:
+            return await backend.list_resources()
+
+    async def list_resource_templates(self) -> list[ResourceTemplateDef]:
+        async with self.pool.using(self.upstream, self.client) as backend:
+            return await backend.list_resource_templates()
+
+    async def list_prompts(self) -> list[PromptDef]:
+        async with self.pool.using(self.upstream, self.client) as backend:
+            return await backend.list_prompts()
