@@ -11,11 +11,9 @@ import functools
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import psycopg2
 import pytest
-import redis.asyncio as aioredis
 
 from gateway.contracts import Cache
 from gateway.plugins import Plugins
@@ -23,11 +21,9 @@ from gateway.settings import Settings
 from gateway.store import open_store
 from gateway.testing.cache_conformance import CacheConformance, CacheOpener, DropConnections
 from gateway_plugins.cache_redis import RedisCache
+from tests.caches.conftest import NO_STORE, delete_prefix, kill_clients
 
 ENCRYPTION_SECRET = "secret"
-
-# The memory and redis caches never touch the store their factory receives.
-NO_STORE: Any = None
 
 
 @asynccontextmanager
@@ -134,40 +130,6 @@ class TestDatabaseCacheOnPostgreSQL(CacheConformance):
             assert await asyncio.to_thread(terminate) > 0, "the cache held no connections"
 
         return drop
-
-
-async def delete_prefix(redis_url: str, prefix: str) -> None:
-    """Delete what a test left under `prefix:`, since the Redis server outlives the run."""
-    admin = aioredis.Redis.from_url(redis_url)
-    try:
-        keys = [key async for key in admin.scan_iter(match=f"{prefix}:*", count=1000)]
-        if keys:
-            await admin.delete(*keys)
-    finally:
-        await admin.aclose()
-
-
-async def kill_clients(redis_url: str, name: str, types: tuple[str, ...]) -> int:
-    """`CLIENT KILL` every connection called `name` of the given types; how many.
-
-    Other test runs share this Redis, so connections are picked by name rather than
-    with a blanket `CLIENT KILL TYPE normal`.
-    """
-    admin = aioredis.Redis.from_url(redis_url)
-    try:
-        killed = 0
-        for client in await admin.client_list():
-            if client["name"] == name and _client_type(client) in types:
-                killed += await admin.client_kill_filter(_id=client["id"])
-        return killed
-    finally:
-        await admin.aclose()
-
-
-def _client_type(client: dict[str, Any]) -> str:
-    # CLIENT LIST marks a subscriber with the flag P (or counts its subscriptions).
-    subscribed = "P" in client.get("flags", "") or int(client.get("sub", 0)) > 0
-    return "pubsub" if subscribed else "normal"
 
 
 class TestRedisCache(CacheConformance):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 
@@ -12,9 +11,7 @@ from gateway.contracts import Cache
 from gateway.plugins import Plugins
 from gateway.settings import Settings, load_settings
 from gateway_plugins.cache_memory import SUBSCRIBER_QUEUE_SIZE, MemoryCache, create_memory_cache
-
-# The memory cache never touches the store its factory receives.
-NO_STORE: Any = None
+from tests.caches.conftest import NO_STORE
 
 
 class FakeClock:

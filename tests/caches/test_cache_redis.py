@@ -23,11 +23,8 @@ from gateway.plugins import Plugins
 from gateway.settings import Settings, load_settings
 from gateway.testing.cache_conformance import listening, unique, wait_until_listening
 from gateway_plugins.cache_redis import RedisCache, RedisCacheError, create_redis_cache
-from tests.caches.test_cache_conformance import delete_prefix, kill_clients
+from tests.caches.conftest import NO_STORE, delete_prefix, kill_clients
 from tests.conftest import GatewayFactory, free_port
-
-# The redis cache never touches the store its factory receives.
-NO_STORE: Any = None
 
 SHORT_TIMEOUT = 0.5
 """TOOL_TIMEOUT of the outage tests, so a hang shows quickly."""
