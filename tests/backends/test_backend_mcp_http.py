@@ -9,8 +9,8 @@ import asyncio
 import base64
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import pytest
@@ -29,32 +29,10 @@ from gateway.contracts import (
 )
 from gateway.plugins import Registrar
 from gateway.settings import Settings
-from gateway_plugins.backend_mcp_http import McpHttpBackend, gateway_register_backends
+from gateway_plugins.backend_mcp_http import gateway_register_backends
+from tests.backends.conftest import BASE_TOOLS, UpstreamFactory, backend_for, served
 from tests.upstreams.fixtures import Recorder, eventually, stat_is
 from tests.upstreams.processes import RunningUpstream, free_port
-
-UpstreamFactory = Callable[..., RunningUpstream]
-BASE_TOOLS = ["echo", "add", "sleep", "fail", "big", "progress", "log"]
-
-
-@asynccontextmanager
-async def backend_for(
-    url: str,
-    *,
-    name: str = "own",
-    headers: Mapping[str, str] | None = None,
-    tool_timeout: float = 10.0,
-) -> AsyncIterator[McpHttpBackend]:
-    config = UpstreamConfig(
-        name=name, transport="streamable-http", url=url, headers=dict(headers or {})
-    )
-    backend = McpHttpBackend(config, Settings(tool_timeout=tool_timeout))
-    await backend.start()
-    try:
-        yield backend
-    finally:
-        await backend.close()
-
 
 # --- registration --------------------------------------------------------------------------
 
@@ -85,7 +63,7 @@ def test_check_lists_the_built_in_backends_by_the_transports_upstreams_name(
 
 async def test_list_tools_follows_every_next_cursor(own_upstream_factory: UpstreamFactory) -> None:
     upstream = own_upstream_factory("--tools", "25", "--page-size", "2")
-    async with backend_for(upstream.url) as backend:
+    async with backend_for("streamable-http", upstream.url) as backend:
         tools = await backend.list_tools()
     names = [tool.name for tool in tools]
     assert names == [*BASE_TOOLS, *(f"t{i}" for i in range(25))]
@@ -95,7 +73,7 @@ async def test_list_tools_follows_every_next_cursor(own_upstream_factory: Upstre
 async def test_list_tools_maps_schema_title_output_schema_and_annotations(
     own_upstream: RunningUpstream,
 ) -> None:
-    async with backend_for(own_upstream.url) as backend:
+    async with backend_for("streamable-http", own_upstream.url) as backend:
         tools = {tool.name: tool for tool in await backend.list_tools()}
     echo = tools["echo"]
     assert echo.input_schema["required"] == ["text"]
@@ -112,7 +90,7 @@ async def test_list_tools_maps_schema_title_output_schema_and_annotations(
 async def test_call_echo_returns_content_and_structured_content(
     own_upstream: RunningUpstream,
 ) -> None:
-    async with backend_for(own_upstream.url) as backend:
+    async with backend_for("streamable-http", own_upstream.url) as backend:
         result = await backend.call_tool("echo", {"text": "hello"}, timeout=5)
     assert result == {
         "content": [{"type": "text", "text": "hello"}],
@@ -122,7 +100,7 @@ async def test_call_echo_returns_content_and_structured_content(
 
 
 async def test_tool_failure_comes_back_as_is_error_result(own_upstream: RunningUpstream) -> None:
-    async with backend_for(own_upstream.url) as backend:
+    async with backend_for("streamable-http", own_upstream.url) as backend:
         result = await backend.call_tool("fail", {}, timeout=5)
     assert result["isError"] is True
     assert result["content"][0]["text"] == "this tool always fails"
@@ -131,7 +109,7 @@ async def test_tool_failure_comes_back_as_is_error_result(own_upstream: RunningU
 async def test_json_rpc_error_raises_upstream_error_with_code_and_message(
     own_upstream: RunningUpstream,
 ) -> None:
-    async with backend_for(own_upstream.url) as backend:
+    async with backend_for("streamable-http", own_upstream.url) as backend:
         with pytest.raises(UpstreamError) as caught:
             await backend.call_tool("missing", {}, timeout=5)
     assert caught.value.code == -32602
@@ -142,12 +120,12 @@ async def test_json_rpc_error_raises_upstream_error_with_code_and_message(
 async def test_request_returns_the_json_rpc_result_of_any_method(
     own_upstream: RunningUpstream,
 ) -> None:
-    async with backend_for(own_upstream.url) as backend:
+    async with backend_for("streamable-http", own_upstream.url) as backend:
         assert await backend.request("ping", None, timeout=5) == {}
 
 
 async def test_large_result_arrives_whole(own_upstream: RunningUpstream) -> None:
-    async with backend_for(own_upstream.url) as backend:
+    async with backend_for("streamable-http", own_upstream.url) as backend:
         result = await backend.call_tool("big", {"n": 2_000_000}, timeout=10)
     assert len(result["content"][0]["text"]) == 2_000_000
 
@@ -158,7 +136,7 @@ async def test_large_result_arrives_whole(own_upstream: RunningUpstream) -> None
 async def test_fifty_concurrent_first_calls_initialise_one_session(
     own_upstream: RunningUpstream,
 ) -> None:
-    async with backend_for(own_upstream.url) as backend:
+    async with backend_for("streamable-http", own_upstream.url) as backend:
         results = await asyncio.gather(
             *(backend.call_tool("add", {"a": i, "b": 1}, timeout=10) for i in range(50))
         )
@@ -172,7 +150,7 @@ async def test_fifty_concurrent_first_calls_initialise_one_session(
 async def test_sequential_calls_reuse_kept_alive_connections(
     own_upstream: RunningUpstream,
 ) -> None:
-    async with backend_for(own_upstream.url) as backend:
+    async with backend_for("streamable-http", own_upstream.url) as backend:
         for _ in range(50):
             await backend.call_tool("echo", {"text": "x"}, timeout=5)
     assert (await own_upstream.stats())["connections"] == 1
@@ -181,7 +159,7 @@ async def test_sequential_calls_reuse_kept_alive_connections(
 async def test_expired_session_is_reinitialised_transparently(
     own_upstream: RunningUpstream,
 ) -> None:
-    async with backend_for(own_upstream.url) as backend:
+    async with backend_for("streamable-http", own_upstream.url) as backend:
         await backend.call_tool("echo", {"text": "before"}, timeout=5)
         assert (await own_upstream.admin("POST", "/admin/expire-sessions"))["expired"] == 1
         result = await backend.call_tool("echo", {"text": "after"}, timeout=5)
@@ -194,7 +172,7 @@ async def test_expired_session_is_reinitialised_transparently(
 async def test_many_calls_on_an_expired_session_reinitialise_it_once(
     own_upstream: RunningUpstream,
 ) -> None:
-    async with backend_for(own_upstream.url) as backend:
+    async with backend_for("streamable-http", own_upstream.url) as backend:
         await backend.call_tool("echo", {"text": "warm"}, timeout=5)
         await own_upstream.admin("POST", "/admin/expire-sessions")
         await asyncio.gather(
@@ -207,7 +185,7 @@ async def test_session_forgotten_after_ttl_is_reinitialised(
     own_upstream_factory: UpstreamFactory,
 ) -> None:
     upstream = own_upstream_factory("--session-ttl", "1")
-    async with backend_for(upstream.url) as backend:
+    async with backend_for("streamable-http", upstream.url) as backend:
         await backend.call_tool("echo", {"text": "a"}, timeout=5)
         await asyncio.sleep(1.3)
         await backend.call_tool("echo", {"text": "b"}, timeout=5)
@@ -215,7 +193,7 @@ async def test_session_forgotten_after_ttl_is_reinitialised(
 
 
 async def test_close_ends_the_upstream_session(own_upstream: RunningUpstream) -> None:
-    async with backend_for(own_upstream.url) as backend:
+    async with backend_for("streamable-http", own_upstream.url) as backend:
         await backend.call_tool("echo", {"text": "x"}, timeout=5)
         assert (await own_upstream.stats())["sessions"] == 1
     counts = await own_upstream.stats()
@@ -229,7 +207,7 @@ async def test_close_ends_the_upstream_session(own_upstream: RunningUpstream) ->
 async def test_sse_replies_are_read_to_the_matching_response(
     own_upstream_sse: RunningUpstream,
 ) -> None:
-    async with backend_for(own_upstream_sse.url) as backend:
+    async with backend_for("streamable-http", own_upstream_sse.url) as backend:
         tools = await backend.list_tools()
         echo = await backend.call_tool("echo", {"text": "over sse"}, timeout=5)
         big = await backend.call_tool("big", {"n": 500_000}, timeout=10)
@@ -249,7 +227,7 @@ async def test_configured_headers_are_sent_on_every_request(
 ) -> None:
     upstream = own_upstream_factory("--require-header", "Authorization=Bearer s3cret")
     headers = {"Authorization": "Bearer s3cret"}
-    async with backend_for(upstream.url, headers=headers) as backend:
+    async with backend_for("streamable-http", upstream.url, headers=headers) as backend:
         assert len(await backend.list_tools()) == len(BASE_TOOLS)
         result = await backend.call_tool("echo", {"text": "authorised"}, timeout=5)
     assert result["structuredContent"] == {"text": "authorised"}
@@ -259,7 +237,7 @@ async def test_missing_header_raises_backend_error_with_the_http_status(
     own_upstream_factory: UpstreamFactory,
 ) -> None:
     upstream = own_upstream_factory("--require-header", "Authorization=Bearer s3cret")
-    async with backend_for(upstream.url, name="locked") as backend:
+    async with backend_for("streamable-http", upstream.url, name="locked") as backend:
         with pytest.raises(BackendError, match=r"^upstream 'locked' answered HTTP 401 "):
             await backend.call_tool("echo", {"text": "x"}, timeout=5)
 
@@ -270,7 +248,7 @@ async def test_missing_header_raises_backend_error_with_the_http_status(
 async def test_timeout_raises_backend_error_naming_the_upstream_within_the_bound(
     own_upstream: RunningUpstream,
 ) -> None:
-    async with backend_for(own_upstream.url, name="slow") as backend:
+    async with backend_for("streamable-http", own_upstream.url, name="slow") as backend:
         started = time.monotonic()
         with pytest.raises(BackendError, match=r"^upstream 'slow' did not answer within 0\.5s"):
             await backend.call_tool("sleep", {"seconds": 5}, timeout=0.5)
@@ -281,14 +259,14 @@ async def test_timeout_raises_backend_error_naming_the_upstream_within_the_bound
 
 async def test_unreachable_upstream_raises_backend_error() -> None:
     url = f"http://127.0.0.1:{free_port()}/mcp"
-    async with backend_for(url, name="gone") as backend:
+    async with backend_for("streamable-http", url, name="gone") as backend:
         with pytest.raises(BackendError, match=r"^upstream 'gone' could not be reached at "):
             await backend.call_tool("echo", {"text": "x"}, timeout=5)
 
 
 async def test_list_tools_on_unreachable_upstream_raises_backend_error() -> None:
     url = f"http://127.0.0.1:{free_port()}/mcp"
-    async with backend_for(url, name="gone") as backend:
+    async with backend_for("streamable-http", url, name="gone") as backend:
         with pytest.raises(BackendError, match="Connection refused"):
             await backend.list_tools()
 
@@ -299,21 +277,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 @pytest.fixture
 async def stub_upstream() -> AsyncIterator[Callable[[Handler], Awaitable[str]]]:
     """A deliberately broken upstream in this process; returns its MCP URL."""
-    runners: list[web.AppRunner] = []
+    async with AsyncExitStack() as stack:
 
-    async def start(handler: Handler) -> str:
-        app = web.Application()
-        app.router.add_post("/mcp", handler)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        runners.append(runner)
-        port = free_port()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        return f"http://127.0.0.1:{port}/mcp"
+        async def start(handler: Handler) -> str:
+            app = web.Application()
+            app.router.add_post("/mcp", handler)
+            return f"{await stack.enter_async_context(served(app))}/mcp"
 
-    yield start
-    for runner in runners:
-        await runner.cleanup()
+        yield start
 
 
 async def test_invalid_json_raises_backend_error(
@@ -323,7 +294,7 @@ async def test_invalid_json_raises_backend_error(
         return web.Response(text="{not json", content_type="application/json")
 
     url = await stub_upstream(handler)
-    async with backend_for(url, name="garbled") as backend:
+    async with backend_for("streamable-http", url, name="garbled") as backend:
         with pytest.raises(BackendError) as caught:
             await backend.call_tool("echo", {}, timeout=5)
     assert str(caught.value) == "upstream 'garbled' sent invalid JSON in reply to initialize"
@@ -346,7 +317,7 @@ async def test_every_request_after_initialize_carries_session_and_version_header
         return web.json_response(reply, headers={"Mcp-Session-Id": "abc"})
 
     url = await stub_upstream(handler)
-    async with backend_for(url, headers={"X-Api-Key": "k"}) as backend:
+    async with backend_for("streamable-http", url, headers={"X-Api-Key": "k"}) as backend:
         await backend.request("ping", None, timeout=5)
         await backend.request("ping", None, timeout=5)
     assert [method for method, _ in seen] == [
@@ -374,7 +345,7 @@ async def test_unsupported_protocol_version_raises_backend_error(
         return web.json_response({"jsonrpc": "2.0", "id": message["id"], "result": result})
 
     url = await stub_upstream(handler)
-    async with backend_for(url, name="old") as backend:
+    async with backend_for("streamable-http", url, name="old") as backend:
         with pytest.raises(BackendError, match="unsupported protocol version '1999-01-01'"):
             await backend.list_tools()
 
@@ -387,7 +358,9 @@ async def test_connection_closed_without_answer_raises_backend_error() -> None:
     server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
-        async with backend_for(f"http://127.0.0.1:{port}/mcp", name="rude") as backend:
+        async with backend_for(
+            "streamable-http", f"http://127.0.0.1:{port}/mcp", name="rude"
+        ) as backend:
             with pytest.raises(BackendError, match=r"^upstream 'rude' closed the connection"):
                 await backend.call_tool("echo", {}, timeout=5)
     finally:
@@ -425,7 +398,7 @@ async def test_sse_with_cr_line_endings_and_other_events_is_parsed(
         return response
 
     url = await stub_upstream(handler)
-    async with backend_for(url) as backend:
+    async with backend_for("streamable-http", url) as backend:
         result = await backend.call_tool("x", {}, timeout=5)
     assert result == {"content": [{"type": "text", "text": "a\nb"}], "isError": False}
 
@@ -434,7 +407,7 @@ async def test_sse_with_cr_line_endings_and_other_events_is_parsed(
 
 
 async def test_sdk_server_tools_can_be_listed_and_called(sdk_upstream: RunningUpstream) -> None:
-    async with backend_for(sdk_upstream.url, name="sdk") as backend:
+    async with backend_for("streamable-http", sdk_upstream.url, name="sdk") as backend:
         tools = {tool.name: tool for tool in await backend.list_tools()}
         greeting = await backend.call_tool("greet", {"name": "Ada"}, timeout=10)
         product = await backend.call_tool("multiply", {"a": 6, "b": 7}, timeout=10)
@@ -447,7 +420,7 @@ async def test_sdk_server_tools_can_be_listed_and_called(sdk_upstream: RunningUp
 async def test_sdk_server_answers_concurrent_calls_on_one_backend(
     sdk_upstream: RunningUpstream,
 ) -> None:
-    async with backend_for(sdk_upstream.url, name="sdk") as backend:
+    async with backend_for("streamable-http", sdk_upstream.url, name="sdk") as backend:
         results = await asyncio.gather(
             *(backend.call_tool("greet", {"name": str(i)}, timeout=10) for i in range(20))
         )
@@ -458,7 +431,7 @@ async def test_sdk_server_answers_concurrent_calls_on_one_backend(
 async def test_sdk_server_resources_templates_and_prompts_are_listed_read_and_got(
     sdk_upstream: RunningUpstream,
 ) -> None:
-    async with backend_for(sdk_upstream.url, name="sdk") as backend:
+    async with backend_for("streamable-http", sdk_upstream.url, name="sdk") as backend:
         resources = await backend.list_resources()
         templates = await backend.list_resource_templates()
         prompts = await backend.list_prompts()
@@ -485,7 +458,7 @@ async def test_sdk_server_progress_reaches_on_notification_before_the_result(
     sdk_upstream: RunningUpstream,
 ) -> None:
     recorder = Recorder()
-    async with backend_for(sdk_upstream.url, name="sdk") as backend:
+    async with backend_for("streamable-http", sdk_upstream.url, name="sdk") as backend:
         result = await backend.request(
             "tools/call",
             {"name": "count", "arguments": {"steps": 3}, "_meta": {"progressToken": "sdk-1"}},
@@ -505,7 +478,7 @@ async def test_sdk_server_progress_reaches_on_notification_before_the_result(
 
 
 async def test_capabilities_come_from_the_initialize_result(own_upstream: RunningUpstream) -> None:
-    async with backend_for(own_upstream.url) as backend:
+    async with backend_for("streamable-http", own_upstream.url) as backend:
         assert backend.capabilities == {}
         await backend.list_tools()
         capabilities = backend.capabilities
@@ -518,7 +491,7 @@ async def test_list_resources_follows_every_next_cursor_and_maps_fields(
     own_upstream_factory: UpstreamFactory,
 ) -> None:
     upstream = own_upstream_factory("--page-size", "1")
-    async with backend_for(upstream.url) as backend:
+    async with backend_for("streamable-http", upstream.url) as backend:
         resources = {resource.uri: resource for resource in await backend.list_resources()}
     assert list(resources) == ["memo://one", "memo://two", "memo://blob"]
     one, blob = resources["memo://one"], resources["memo://blob"]
@@ -533,7 +506,7 @@ async def test_list_resource_templates_and_prompts_follow_pagination(
     own_upstream_factory: UpstreamFactory,
 ) -> None:
     upstream = own_upstream_factory("--page-size", "1")
-    async with backend_for(upstream.url) as backend:
+    async with backend_for("streamable-http", upstream.url) as backend:
         templates = await backend.list_resource_templates()
         prompts = await backend.list_prompts()
     assert [(t.uri_template, t.name, t.title, t.mime_type) for t in templates] == [
@@ -553,7 +526,7 @@ async def test_lists_are_empty_without_the_capability_and_never_asked_for(
     own_upstream_factory: UpstreamFactory,
 ) -> None:
     upstream = own_upstream_factory("--tools-only")
-    async with backend_for(upstream.url) as backend:
+    async with backend_for("streamable-http", upstream.url) as backend:
         assert await backend.list_resources() == []
         assert await backend.list_resource_templates() == []
         assert await backend.list_prompts() == []
@@ -567,7 +540,7 @@ async def test_lists_are_empty_without_the_capability_and_never_asked_for(
 
 
 async def test_read_text_blob_and_templated_resources(own_upstream: RunningUpstream) -> None:
-    async with backend_for(own_upstream.url) as backend:
+    async with backend_for("streamable-http", own_upstream.url) as backend:
         one = await backend.request("resources/read", {"uri": "memo://one"}, 5)
         blob = await backend.request("resources/read", {"uri": "memo://blob"}, 5)
         item = await backend.request("resources/read", {"uri": "memo://items/42"}, 5)
@@ -581,7 +554,7 @@ async def test_read_text_blob_and_templated_resources(own_upstream: RunningUpstr
 async def test_read_of_unknown_resource_raises_upstream_error_32002(
     own_upstream: RunningUpstream,
 ) -> None:
-    async with backend_for(own_upstream.url) as backend:
+    async with backend_for("streamable-http", own_upstream.url) as backend:
         with pytest.raises(UpstreamError) as caught:
             await backend.request("resources/read", {"uri": "memo://nowhere"}, 5)
     assert (caught.value.code, caught.value.upstream_message) == (
@@ -593,7 +566,7 @@ async def test_read_of_unknown_resource_raises_upstream_error_32002(
 async def test_get_prompt_returns_messages_and_unknown_prompt_raises_32602(
     own_upstream: RunningUpstream,
 ) -> None:
-    async with backend_for(own_upstream.url) as backend:
+    async with backend_for("streamable-http", own_upstream.url) as backend:
         greeting = await backend.request(
             "prompts/get", {"name": "greeting", "arguments": {"name": "Ada"}}, 5
         )
@@ -619,7 +592,7 @@ async def test_completion_offers_prompt_argument_values_by_prefix(
             "ref": {"type": "ref/prompt", "name": "greeting"},
             "argument": {"name": "name", "value": value},
         }
-        async with backend_for(own_upstream.url) as backend:
+        async with backend_for("streamable-http", own_upstream.url) as backend:
             return (await backend.request("completion/complete", params, 5))["completion"]
 
     assert await complete("al") == {"values": ["Alan", "Alonzo"], "total": 2, "hasMore": False}
@@ -630,7 +603,7 @@ async def test_completion_offers_prompt_argument_values_by_prefix(
 async def test_notify_posts_a_notification_the_upstream_accepts(
     own_upstream: RunningUpstream,
 ) -> None:
-    async with backend_for(own_upstream.url) as backend:
+    async with backend_for("streamable-http", own_upstream.url) as backend:
         await backend.notify("notifications/cancelled", {"requestId": 999, "reason": "test"})
     counts = await own_upstream.stats()
     assert (counts["cancel_notifications"], counts["cancelled"]) == (1, 0)
@@ -655,7 +628,7 @@ async def test_progress_reaches_on_notification_in_order_before_the_result(
         "arguments": {"steps": 4, "delay": 0.02},
         "_meta": {"progressToken": "tok-1"},
     }
-    async with backend_for(upstream.url) as backend:
+    async with backend_for("streamable-http", upstream.url) as backend:
         result = await backend.request("tools/call", params, 5, on_notification=on_notification)
         events.append(result["structuredContent"])
     assert events == [("tok-1", step, 4) for step in range(1, 5)] + [{"steps": 4}]
@@ -667,7 +640,7 @@ async def test_params_go_out_as_given_so_without_a_caller_token_no_progress_is_a
 ) -> None:
     recorder = Recorder()
     params: JSON = {"name": "progress", "arguments": {"steps": 2}}
-    async with backend_for(own_upstream.url) as backend:
+    async with backend_for("streamable-http", own_upstream.url) as backend:
         result = await backend.request("tools/call", params, 5, recorder)
     assert recorder.seen == []
     assert params == {"name": "progress", "arguments": {"steps": 2}}
@@ -678,7 +651,7 @@ async def test_log_messages_about_a_request_reach_on_notification_filtered_by_se
     own_upstream: RunningUpstream,
 ) -> None:
     recorder = Recorder()
-    async with backend_for(own_upstream.url) as backend:
+    async with backend_for("streamable-http", own_upstream.url) as backend:
         assert await backend.request("logging/setLevel", {"level": "warning"}, 5) == {}
         for level in ("info", "error"):
             arguments = {"level": level, "message": f"at {level}"}
@@ -704,7 +677,7 @@ async def test_failing_on_notification_fails_the_request_and_cancels_it_upstream
         "arguments": {"steps": 50, "delay": 0.05},
         "_meta": {"progressToken": 1},
     }
-    async with backend_for(own_upstream.url) as backend:
+    async with backend_for("streamable-http", own_upstream.url) as backend:
         with pytest.raises(RuntimeError, match="client gone"):
             await backend.request("tools/call", params, 10, on_notification)
         await stat_is(own_upstream, "cancelled", 1)
@@ -718,7 +691,7 @@ async def test_cancelling_the_caller_sends_notifications_cancelled_upstream(
     own_upstream_factory: UpstreamFactory, mode: tuple[str, ...]
 ) -> None:
     upstream = own_upstream_factory(*mode)
-    async with backend_for(upstream.url) as backend:
+    async with backend_for("streamable-http", upstream.url) as backend:
         await backend.list_tools()
         started = time.monotonic()
         task = asyncio.create_task(backend.call_tool("sleep", {"seconds": 30}, timeout=60))
@@ -735,7 +708,7 @@ async def test_cancelling_the_caller_sends_notifications_cancelled_upstream(
 async def test_timeout_sends_notifications_cancelled_upstream(
     own_upstream: RunningUpstream,
 ) -> None:
-    async with backend_for(own_upstream.url) as backend:
+    async with backend_for("streamable-http", own_upstream.url) as backend:
         with pytest.raises(BackendError, match=r"did not answer within 0\.3s"):
             await backend.request(
                 "tools/call", {"name": "sleep", "arguments": {"seconds": 30}}, 0.3
@@ -744,7 +717,7 @@ async def test_timeout_sends_notifications_cancelled_upstream(
 
 
 async def test_answered_requests_send_no_cancellation(own_upstream: RunningUpstream) -> None:
-    async with backend_for(own_upstream.url) as backend:
+    async with backend_for("streamable-http", own_upstream.url) as backend:
         await backend.call_tool("echo", {"text": "x"}, timeout=5)
         with pytest.raises(UpstreamError):
             await backend.call_tool("missing", {}, timeout=5)
@@ -757,10 +730,10 @@ async def test_answered_requests_send_no_cancellation(own_upstream: RunningUpstr
 @asynccontextmanager
 async def listening(
     upstream: RunningUpstream, *args: str
-) -> AsyncIterator[tuple[McpHttpBackend, Recorder]]:
+) -> AsyncIterator[tuple[FullBackend, Recorder]]:
     """A backend with a listener whose session (and so its stream) is open."""
     recorder = Recorder()
-    async with backend_for(upstream.url) as backend:
+    async with backend_for("streamable-http", upstream.url) as backend:
         backend.set_listener(recorder)
         await backend.list_tools()
         await stat_is(upstream, "open_streams", 1)
@@ -848,7 +821,7 @@ async def test_stream_follows_a_session_renewed_by_a_request(
 
 
 async def test_no_stream_is_opened_without_a_listener(own_upstream: RunningUpstream) -> None:
-    async with backend_for(own_upstream.url) as backend:
+    async with backend_for("streamable-http", own_upstream.url) as backend:
         await backend.list_tools()
         await backend.call_tool("echo", {"text": "x"}, timeout=5)
         await asyncio.sleep(0.3)
@@ -859,7 +832,7 @@ async def test_upstream_answering_405_to_get_has_no_stream_and_is_not_retried(
     own_upstream_factory: UpstreamFactory,
 ) -> None:
     upstream = own_upstream_factory("--no-listen")
-    async with backend_for(upstream.url) as backend:
+    async with backend_for("streamable-http", upstream.url) as backend:
         backend.set_listener(Recorder())
         await backend.list_tools()
         await stat_is(upstream, "get_streams", 1)
@@ -893,7 +866,7 @@ async def test_a_failing_listener_is_logged_and_does_not_end_the_stream(
         return len(seen) == 2
 
     with capture_logs() as logs:
-        async with backend_for(own_upstream.url) as backend:
+        async with backend_for("streamable-http", own_upstream.url) as backend:
             backend.set_listener(listener)
             await backend.list_tools()
             await stat_is(own_upstream, "open_streams", 1)
@@ -925,7 +898,7 @@ async def test_method_not_found_answer_counts_as_an_empty_list(
         return web.json_response({"jsonrpc": "2.0", "id": message["id"], "error": error})
 
     url = await stub_upstream(handler)
-    async with backend_for(url) as backend:
+    async with backend_for("streamable-http", url) as backend:
         assert await backend.list_resources() == []
         assert await backend.list_resource_templates() == []
         assert await backend.list_prompts() == []
@@ -960,7 +933,7 @@ async def test_server_requests_on_a_reply_stream_are_answered(
         return response
 
     url = await stub_upstream(handler)
-    async with backend_for(url) as backend:
+    async with backend_for("streamable-http", url) as backend:
         assert await backend.request("anything", {}, 5) == {"ok": True}
     assert answers == [
         {"jsonrpc": "2.0", "id": "s1", "result": {}},

@@ -9,7 +9,7 @@ import asyncio
 import base64
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -26,30 +26,10 @@ from gateway.contracts import (
 )
 from gateway.plugins import Registrar
 from gateway.settings import Settings
-from gateway_plugins.backend_mcp_sse import McpSseBackend, gateway_register_backends
+from gateway_plugins.backend_mcp_sse import gateway_register_backends
+from tests.backends.conftest import BASE_TOOLS, UpstreamFactory, backend_for, served
 from tests.upstreams.fixtures import Recorder, stat_is
 from tests.upstreams.processes import RunningUpstream, free_port
-
-UpstreamFactory = Callable[..., RunningUpstream]
-BASE_TOOLS = ["echo", "add", "sleep", "fail", "big", "progress", "log"]
-
-
-@asynccontextmanager
-async def backend_for(
-    url: str,
-    *,
-    name: str = "legacy",
-    headers: Mapping[str, str] | None = None,
-    tool_timeout: float = 10.0,
-) -> AsyncIterator[McpSseBackend]:
-    config = UpstreamConfig(name=name, transport="sse", url=url, headers=dict(headers or {}))
-    backend = McpSseBackend(config, Settings(tool_timeout=tool_timeout))
-    await backend.start()
-    try:
-        yield backend
-    finally:
-        await backend.close()
-
 
 # --- registration --------------------------------------------------------------------------
 
@@ -70,7 +50,7 @@ def test_plugin_registers_the_sse_backend_under_its_transport_name() -> None:
 async def test_tools_are_listed_across_pages_and_called(
     own_upstream_legacy: RunningUpstream,
 ) -> None:
-    async with backend_for(own_upstream_legacy.sse_url) as backend:
+    async with backend_for("sse", own_upstream_legacy.sse_url) as backend:
         tools = await backend.list_tools()
         echo = await backend.call_tool("echo", {"text": "over legacy sse"}, timeout=5)
         failed = await backend.call_tool("fail", {}, timeout=5)
@@ -91,7 +71,7 @@ async def test_tools_are_listed_across_pages_and_called(
 async def test_the_session_is_initialised_at_protocol_2024_11_05_with_capabilities(
     own_upstream_legacy: RunningUpstream,
 ) -> None:
-    async with backend_for(own_upstream_legacy.sse_url) as backend:
+    async with backend_for("sse", own_upstream_legacy.sse_url) as backend:
         assert backend.capabilities == {}
         await backend.request("ping", None, 5)
         assert backend.capabilities["resources"] == {"subscribe": True, "listChanged": True}
@@ -100,7 +80,7 @@ async def test_the_session_is_initialised_at_protocol_2024_11_05_with_capabiliti
 async def test_concurrent_requests_are_matched_to_their_replies_by_id(
     own_upstream_legacy: RunningUpstream,
 ) -> None:
-    async with backend_for(own_upstream_legacy.sse_url) as backend:
+    async with backend_for("sse", own_upstream_legacy.sse_url) as backend:
         results = await asyncio.gather(
             *(backend.call_tool("add", {"a": i, "b": 0.5}, timeout=10) for i in range(40))
         )
@@ -112,7 +92,7 @@ async def test_resources_templates_and_prompts_are_listed_across_pages(
     own_upstream_factory: UpstreamFactory,
 ) -> None:
     upstream = own_upstream_factory("--legacy-sse", "--page-size", "1")
-    async with backend_for(upstream.sse_url) as backend:
+    async with backend_for("sse", upstream.sse_url) as backend:
         resources = await backend.list_resources()
         templates = await backend.list_resource_templates()
         prompts = await backend.list_prompts()
@@ -127,7 +107,7 @@ async def test_lists_are_empty_without_the_capability(
     own_upstream_factory: UpstreamFactory,
 ) -> None:
     upstream = own_upstream_factory("--legacy-sse", "--tools-only")
-    async with backend_for(upstream.sse_url) as backend:
+    async with backend_for("sse", upstream.sse_url) as backend:
         assert await backend.list_resources() == []
         assert await backend.list_prompts() == []
     assert (await upstream.stats())["resources_list"] == 0
@@ -136,7 +116,7 @@ async def test_lists_are_empty_without_the_capability(
 async def test_resources_are_read_prompts_got_and_arguments_completed(
     own_upstream_legacy: RunningUpstream,
 ) -> None:
-    async with backend_for(own_upstream_legacy.sse_url) as backend:
+    async with backend_for("sse", own_upstream_legacy.sse_url) as backend:
         one = await backend.request("resources/read", {"uri": "memo://one"}, 5)
         blob = await backend.request("resources/read", {"uri": "memo://blob"}, 5)
         item = await backend.request("resources/read", {"uri": "memo://items/7"}, 5)
@@ -177,7 +157,7 @@ async def test_progress_reaches_on_notification_in_order_before_the_result(
         "arguments": {"steps": 3, "delay": 0.02},
         "_meta": {"progressToken": 7},
     }
-    async with backend_for(own_upstream_legacy.sse_url) as backend:
+    async with backend_for("sse", own_upstream_legacy.sse_url) as backend:
         result = await backend.request("tools/call", params, 5, on_notification)
         events.append(result["structuredContent"])
     assert events == [("notifications/progress", 7, step) for step in (1, 2, 3)] + [{"steps": 3}]
@@ -190,7 +170,7 @@ async def test_progress_of_concurrent_requests_with_the_same_caller_token_is_kep
     under the caller's token."""
     recorders = [Recorder(), Recorder()]
 
-    async def run(backend: McpSseBackend, steps: int, recorder: Recorder) -> JSON:
+    async def run(backend: FullBackend, steps: int, recorder: Recorder) -> JSON:
         params = {
             "name": "progress",
             "arguments": {"steps": steps, "delay": 0.01},
@@ -198,7 +178,7 @@ async def test_progress_of_concurrent_requests_with_the_same_caller_token_is_kep
         }
         return await backend.request("tools/call", params, 10, recorder)
 
-    async with backend_for(own_upstream_legacy.sse_url) as backend:
+    async with backend_for("sse", own_upstream_legacy.sse_url) as backend:
         await asyncio.gather(run(backend, 3, recorders[0]), run(backend, 5, recorders[1]))
     for recorder, steps in zip(recorders, (3, 5), strict=True):
         progress = recorder.of("notifications/progress")
@@ -211,7 +191,7 @@ async def test_on_notification_without_a_caller_token_gets_a_token_of_the_backen
     own_upstream_legacy: RunningUpstream,
 ) -> None:
     recorder = Recorder()
-    async with backend_for(own_upstream_legacy.sse_url) as backend:
+    async with backend_for("sse", own_upstream_legacy.sse_url) as backend:
         params = {"name": "progress", "arguments": {"steps": 2}}
         await backend.request("tools/call", params, 5, recorder)
         assert "_meta" not in params
@@ -221,7 +201,7 @@ async def test_on_notification_without_a_caller_token_gets_a_token_of_the_backen
 
 async def test_log_messages_go_to_the_listener(own_upstream_legacy: RunningUpstream) -> None:
     listener, on_notification = Recorder(), Recorder()
-    async with backend_for(own_upstream_legacy.sse_url) as backend:
+    async with backend_for("sse", own_upstream_legacy.sse_url) as backend:
         backend.set_listener(listener)
         await backend.request("logging/setLevel", {"level": "notice"}, 5)
         for level in ("debug", "alert"):
@@ -241,7 +221,7 @@ async def test_log_messages_go_to_the_listener(own_upstream_legacy: RunningUpstr
 async def test_cancelling_the_caller_sends_notifications_cancelled_upstream(
     own_upstream_legacy: RunningUpstream,
 ) -> None:
-    async with backend_for(own_upstream_legacy.sse_url) as backend:
+    async with backend_for("sse", own_upstream_legacy.sse_url) as backend:
         task = asyncio.create_task(backend.call_tool("sleep", {"seconds": 30}, timeout=60))
         await stat_is(own_upstream_legacy, "tools_call", 1)
         task.cancel()
@@ -254,7 +234,7 @@ async def test_cancelling_the_caller_sends_notifications_cancelled_upstream(
 async def test_timeout_raises_backend_error_and_cancels_upstream(
     own_upstream_legacy: RunningUpstream,
 ) -> None:
-    async with backend_for(own_upstream_legacy.sse_url, name="slow") as backend:
+    async with backend_for("sse", own_upstream_legacy.sse_url, name="slow") as backend:
         started = time.monotonic()
         with pytest.raises(BackendError, match=r"^upstream 'slow' did not answer within 0\.3s"):
             await backend.call_tool("sleep", {"seconds": 30}, timeout=0.3)
@@ -265,7 +245,7 @@ async def test_timeout_raises_backend_error_and_cancels_upstream(
 async def test_dropped_stream_fails_waiting_requests_and_the_next_one_reconnects(
     own_upstream_legacy: RunningUpstream,
 ) -> None:
-    async with backend_for(own_upstream_legacy.sse_url, name="flaky") as backend:
+    async with backend_for("sse", own_upstream_legacy.sse_url, name="flaky") as backend:
         waiting = asyncio.create_task(backend.call_tool("sleep", {"seconds": 30}, timeout=60))
         await stat_is(own_upstream_legacy, "tools_call", 1)
         await own_upstream_legacy.admin("POST", "/admin/drop-streams")
@@ -282,7 +262,7 @@ async def test_dropped_stream_fails_waiting_requests_and_the_next_one_reconnects
 
 async def test_unreachable_upstream_raises_backend_error() -> None:
     url = f"http://127.0.0.1:{free_port()}/sse"
-    async with backend_for(url, name="gone") as backend:
+    async with backend_for("sse", url, name="gone") as backend:
         with pytest.raises(BackendError, match=r"^upstream 'gone' could not be reached at .*"):
             await backend.list_tools()
 
@@ -291,9 +271,9 @@ async def test_configured_headers_are_sent_on_the_stream_and_every_post(
     own_upstream_factory: UpstreamFactory,
 ) -> None:
     upstream = own_upstream_factory("--legacy-sse", "--require-header", "X-Api-Key=k1")
-    async with backend_for(upstream.sse_url, headers={"X-Api-Key": "k1"}) as backend:
+    async with backend_for("sse", upstream.sse_url, headers={"X-Api-Key": "k1"}) as backend:
         assert (await backend.call_tool("echo", {"text": "ok"}, timeout=5))["isError"] is False
-    async with backend_for(upstream.sse_url, name="locked") as backend:
+    async with backend_for("sse", upstream.sse_url, name="locked") as backend:
         with pytest.raises(BackendError, match=r"^upstream 'locked' answered HTTP 401 "):
             await backend.call_tool("echo", {"text": "x"}, timeout=5)
 
@@ -305,7 +285,7 @@ async def test_listener_receives_list_changed_and_resource_updates(
     own_upstream_legacy: RunningUpstream,
 ) -> None:
     recorder = Recorder()
-    async with backend_for(own_upstream_legacy.sse_url) as backend:
+    async with backend_for("sse", own_upstream_legacy.sse_url) as backend:
         backend.set_listener(recorder)
         await backend.request("resources/subscribe", {"uri": "memo://items/3"}, 5)
         await own_upstream_legacy.admin("POST", "/admin/list-changed?kind=resources")
@@ -321,7 +301,7 @@ async def test_with_a_listener_a_dropped_stream_is_reopened_in_the_background(
     own_upstream_legacy: RunningUpstream,
 ) -> None:
     recorder = Recorder()
-    async with backend_for(own_upstream_legacy.sse_url) as backend:
+    async with backend_for("sse", own_upstream_legacy.sse_url) as backend:
         backend.set_listener(recorder)
         await backend.list_tools()
         await own_upstream_legacy.admin("POST", "/admin/drop-streams")
@@ -369,14 +349,8 @@ async def legacy_stub(
     app = web.Application()
     app.router.add_get(sse_path, stream)
     app.router.add_post(post_path, post)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield f"http://127.0.0.1:{port}{sse_path}", posted
-    finally:
-        await runner.cleanup()
+    async with served(app) as base_url:
+        yield f"{base_url}{sse_path}", posted
 
 
 async def test_relative_endpoint_is_resolved_against_the_stream_url() -> None:
@@ -385,7 +359,7 @@ async def test_relative_endpoint_is_resolved_against_the_stream_url() -> None:
             url,
             posted,
         ),
-        backend_for(url) as backend,
+        backend_for("sse", url) as backend,
     ):
         assert await backend.request("ping", None, 5) == {}
     assert [message["method"] for message in posted] == [
@@ -398,7 +372,7 @@ async def test_relative_endpoint_is_resolved_against_the_stream_url() -> None:
 
 async def test_endpoint_on_another_origin_is_refused() -> None:
     other = f"http://127.0.0.1:{free_port()}/messages"
-    async with legacy_stub(other) as (url, posted), backend_for(url, name="sly") as backend:
+    async with legacy_stub(other) as (url, posted), backend_for("sse", url, name="sly") as backend:
         with pytest.raises(BackendError) as caught:
             await backend.request("ping", None, 5)
     assert str(caught.value) == f"upstream 'sly' named an endpoint on another origin: {other}"
@@ -407,7 +381,7 @@ async def test_endpoint_on_another_origin_is_refused() -> None:
 
 async def test_stream_url_answering_404_raises_backend_error_with_the_status() -> None:
     async with legacy_stub("/messages") as (url, _):
-        async with backend_for(url.replace("/sse", "/nope"), name="lost") as backend:
+        async with backend_for("sse", url.replace("/sse", "/nope"), name="lost") as backend:
             with pytest.raises(BackendError, match=r"^upstream 'lost' answered HTTP 404 "):
                 await backend.list_tools()
 
@@ -419,7 +393,7 @@ async def test_sdk_sse_server_serves_tools_resources_prompts_and_progress(
     sdk_upstream_legacy: RunningUpstream,
 ) -> None:
     recorder = Recorder()
-    async with backend_for(sdk_upstream_legacy.sse_url, name="sdk") as backend:
+    async with backend_for("sse", sdk_upstream_legacy.sse_url, name="sdk") as backend:
         tools = {tool.name for tool in await backend.list_tools()}
         greeting = await backend.call_tool("greet", {"name": "Ada"}, timeout=10)
         resources = await backend.list_resources()
@@ -450,7 +424,7 @@ async def test_failing_on_notification_fails_only_its_request_and_cancels_it_ups
         raise RuntimeError("client gone")
 
     params = {"name": "progress", "arguments": {"steps": 50, "delay": 0.05}}
-    async with backend_for(own_upstream_legacy.sse_url) as backend:
+    async with backend_for("sse", own_upstream_legacy.sse_url) as backend:
         other = asyncio.create_task(backend.call_tool("sleep", {"seconds": 0.5}, timeout=10))
         with pytest.raises(RuntimeError, match="client gone"):
             await backend.request("tools/call", params, 10, on_notification)
@@ -461,7 +435,7 @@ async def test_failing_on_notification_fails_only_its_request_and_cancels_it_ups
 async def test_notify_posts_a_notification_on_the_session(
     own_upstream_legacy: RunningUpstream,
 ) -> None:
-    async with backend_for(own_upstream_legacy.sse_url) as backend:
+    async with backend_for("sse", own_upstream_legacy.sse_url) as backend:
         await backend.notify("notifications/cancelled", {"requestId": 999, "reason": "test"})
     counts = await own_upstream_legacy.stats()
     assert (counts["cancel_notifications"], counts["cancelled"]) == (1, 0)

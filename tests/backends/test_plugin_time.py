@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from gateway.contracts import Backend, UpstreamConfig
+from gateway.contracts import Backend
 from gateway.plugins import Plugins
 from gateway.settings import Settings
+from tests.backends.conftest import backend_for
 
 
 @pytest.fixture(scope="module")
@@ -23,13 +24,9 @@ def plugins() -> Plugins:
 
 
 @pytest.fixture
-async def backend(plugins: Plugins) -> AsyncIterator[Backend]:
-    spec = plugins.backend_for("time")
-    assert spec is not None
-    backend = spec.factory(UpstreamConfig(name=spec.name, transport=spec.transport), Settings())
-    await backend.start()
-    yield backend
-    await backend.close()
+async def backend() -> AsyncIterator[Backend]:
+    async with backend_for("time", name="time") as backend:
+        yield backend
 
 
 async def convert(backend: Backend, time: str, source: str, target: str) -> dict[str, Any]:
