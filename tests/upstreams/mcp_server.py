@@ -608,6 +608,8 @@ class McpTestServer:
         self.peers: set[object] = set()
         self.background: set[asyncio.Task[None]] = set()
         self.last_event_id_seen: str | None = None
+        self.last_client_capabilities: JSON | None = None
+        """What the client declared in the latest `initialize`."""
         self.stats: dict[str, int] = {
             "initialize": 0,
             "initialized_notifications": 0,
@@ -729,11 +731,10 @@ class McpTestServer:
         return _json({"answers": await asyncio.gather(*map(one, listeners))})
 
     async def get_stats(self, request: web.Request) -> web.Response:
-        last = list(self.sessions.values())[-1] if self.sessions else None
         return _json(
             {
                 **self.stats,
-                "client_capabilities": last.client_capabilities if last else None,
+                "client_capabilities": self.last_client_capabilities,
                 "pending_asks": sum(len(s.asked) for s in self.sessions.values()),
                 "sessions": len(self.sessions),
                 "connections": len(self.peers),
@@ -1028,6 +1029,7 @@ class McpTestServer:
         call.session.protocol_version = version
         capabilities = call.params.get("capabilities")
         call.session.client_capabilities = capabilities if isinstance(capabilities, dict) else {}
+        self.last_client_capabilities = call.session.client_capabilities
         return {
             "protocolVersion": version,
             "capabilities": self.capabilities(),
