@@ -46,6 +46,7 @@ from gateway.leader import LeaderElection
 from gateway.limits import RateLimiter
 from gateway.logconfig import configure_logging
 from gateway.mcp import legacy_sse, streamable
+from gateway.mcp.asks import ClientAsks
 from gateway.mcp.dispatch import Dispatcher
 from gateway.mcp.hub import Hub
 from gateway.mcp.methods import Methods
@@ -197,12 +198,14 @@ async def _upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _dispatch_ctx(app: web.Application) -> AsyncIterator[None]:
     """The one dispatcher every transport calls, and the tasks transports leave running."""
     settings = app[SETTINGS]
+    asks_use = CacheUse(app[CACHE], settings.cache_type, "asks", settings.cache_timeout)
+    asks = ClientAsks(app[HUB], asks_use, settings.tool_timeout)
     calls = UpstreamCalls(
-        settings, app[REGISTRY], app[RESULTS], app[LIMITS], app[UPSTREAM_SESSIONS]
+        settings, app[REGISTRY], app[RESULTS], app[LIMITS], asks, app[UPSTREAM_SESSIONS]
     )
     methods = Methods(app[REGISTRY], app[SESSIONS], calls)
     app[DISPATCHER] = Dispatcher(
-        methods, app[LIMITS], settings.rate_limit_per_minute, app[HUB], app[SESSIONS]
+        methods, app[LIMITS], settings.rate_limit_per_minute, app[HUB], app[SESSIONS], asks
     )
     tasks = BackgroundTasks()
     app[TASKS] = tasks

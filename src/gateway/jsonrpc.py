@@ -47,6 +47,16 @@ class Request:
     is_notification: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Response:
+    """A response a client sends back, to a request the gateway relayed to it."""
+
+    id: Id
+    result: Any = None
+    error: Any = None
+    is_error: bool = False
+
+
 def parse(body: bytes) -> Request:
     """Parse one JSON-RPC request; raise `RPCError` (-32700 or -32600) otherwise.
 

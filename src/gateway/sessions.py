@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import orjson
@@ -33,7 +33,6 @@ class SessionRecord:
     """`streamable-http` or `sse`: a session id is valid only on the transport that made it."""
     client_info: dict[str, Any] = field(default_factory=dict)
     client_capabilities: dict[str, Any] = field(default_factory=dict)
-    initialized: bool = False
     log_level: str | None = None
     subscriptions: tuple[str, ...] = ()
     created_at: float = 0.0
@@ -46,7 +45,9 @@ class SessionRecord:
     def from_bytes(cls, raw: bytes) -> SessionRecord:
         data = orjson.loads(raw)
         data["subscriptions"] = tuple(data.get("subscriptions", ()))
-        return cls(**data)
+        # Fields a newer or older gateway wrote that this one does not know are left out.
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def new_session_id() -> str:
@@ -173,7 +174,11 @@ class SessionStore:
         self._remember(record, time.monotonic())
 
     async def update(self, record: SessionRecord, **changes: Any) -> SessionRecord:
-        updated = replace(record, last_seen=time.time(), **changes)
+        """Change fields of a session as stored now, not as `record` (which may be this
+        worker's older copy) has it: another worker may have changed other fields since."""
+        stored = await self.use.run(self.use.cache.get(self.key(record.id)))
+        current = SessionRecord.from_bytes(stored) if stored is not None else record
+        updated = replace(current, last_seen=time.time(), **changes)
         await self.save(updated)
         return updated
 
@@ -181,9 +186,7 @@ class SessionStore:
         """Renew the idle TTL of a session in use; at most once per tenth of the TTL."""
         if time.time() - record.last_seen < self.ttl / 10:
             return record
-        updated = replace(record, last_seen=time.time())
-        await self.save(updated)
-        return updated
+        return await self.update(record)
 
     async def delete(self, session_id: str) -> None:
         self.forget(session_id)

@@ -17,6 +17,7 @@ import asyncio
 from typing import Any
 
 from gateway.plugin import (
+    AskClient,
     BackendSpec,
     Notify,
     PromptDef,
@@ -121,7 +122,12 @@ class RichBackend:
         return await self._tool(name, arguments, None, None)
 
     async def request(
-        self, method: str, params: JSON, timeout: float, on_notification: Notify | None = None
+        self,
+        method: str,
+        params: JSON,
+        timeout: float,
+        on_notification: Notify | None = None,
+        on_request: AskClient | None = None,
     ) -> JSON:
         self.requests.append((method, params))
         if method == "tools/call":
@@ -144,7 +150,7 @@ class RichBackend:
     async def notify(self, method: str, params: JSON) -> None:
         self.notified.append((method, params))
 
-    def set_listener(self, listener: Notify | None) -> None:
+    def set_listener(self, listener: Notify | None, ask: AskClient | None = None) -> None:
         self.listener = listener
 
     async def announce(self, method: str, params: JSON) -> None:

@@ -98,12 +98,16 @@ async def test_notification_is_accepted_with_202_and_no_body(client: Client, ses
     assert await response.read() == b""
 
 
-async def test_posted_response_is_accepted_with_202(client: Client, session: str) -> None:
+async def test_posted_response_to_nothing_asked_is_refused_with_400(
+    client: Client, session: str
+) -> None:
     response = await client.post(
         "/mcp", json={"jsonrpc": "2.0", "id": 9, "result": {}}, headers=session_headers(session)
     )
-    assert response.status == 202
-    assert await response.read() == b""
+    assert response.status == 400
+    body = await response.json()
+    assert body["id"] == 9
+    assert "no request with id 9" in body["error"]["message"]
 
 
 async def test_request_without_session_returns_400_when_sessions_are_required(

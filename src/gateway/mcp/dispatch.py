@@ -17,10 +17,10 @@ from typing import Any
 import structlog
 
 from gateway import jsonrpc
-from gateway.cacheuse import CacheUnavailable
 from gateway.jsonrpc import Id, RPCError
 from gateway.limits import RateLimiter
 from gateway.mcp import versions
+from gateway.mcp.asks import ClientAsks
 from gateway.mcp.context import Context, Era
 from gateway.mcp.hub import Hub
 from gateway.mcp.methods import SERVER_INFO, Methods
@@ -113,8 +113,10 @@ class Dispatcher:
         caller_limit: int,
         hub: Hub,
         sessions: SessionStore,
+        asks: ClientAsks,
     ) -> None:
         self.methods = methods
+        self.asks = asks
         self.table = method_table(methods)
         self.limits = limits
         self.caller_limit = caller_limit
@@ -171,27 +173,34 @@ class Dispatcher:
             log.exception("mcp method failed", method=method)
             return Reply(message.id, error=RPCError(jsonrpc.INTERNAL_ERROR, "Internal error"))
 
+    async def answer(self, response: jsonrpc.Response, ctx: Context) -> None:
+        """Take a client's answer to a request relayed to it; `RPCError` if refused."""
+        if ctx.session is None:
+            raise RPCError(
+                jsonrpc.INVALID_REQUEST,
+                "Invalid Request: answers are taken only from the session that was asked",
+            )
+        await self.asks.answer(ctx.session.id, response)
+
     async def notification(self, message: jsonrpc.Request, ctx: Context) -> None:
-        """Act on a client notification; those the gateway has no use for are dropped."""
-        session = ctx.session
-        if session is None:
+        """Act on a client notification; those the gateway has no use for (initialized,
+        roots/list_changed...) are dropped."""
+        if ctx.session is None:
             return
-        if message.method == "notifications/initialized" and not session.initialized:
-            try:
-                ctx.session = await self.sessions.update(session, initialized=True)
-            except CacheUnavailable:
-                pass
-        elif message.method == "notifications/cancelled" and "requestId" in message.params:
-            await self.hub.cancel(session.id, message.params["requestId"])
+        if message.method == "notifications/cancelled" and "requestId" in message.params:
+            await self.hub.cancel(ctx.session.id, message.params["requestId"])
 
 
-def parse_message(item: Any) -> jsonrpc.Request | None:
-    """An MCP request or notification out of one decoded JSON value; None for a response
-    the client sends back (the gateway makes no server-to-client requests of its own).
-    Raises `RPCError` (-32600) for anything else."""
+def parse_message(item: Any) -> jsonrpc.Request | jsonrpc.Response:
+    """An MCP request, notification, or response (to a request the gateway relayed) out of
+    one decoded JSON value. Raises `RPCError` (-32600) for anything else."""
     if isinstance(item, dict) and "method" not in item and "id" in item:
         if "result" in item or "error" in item:
-            return None
+            if item.get("jsonrpc") != "2.0":
+                raise RPCError(jsonrpc.INVALID_REQUEST, "Invalid Request: not JSON-RPC 2.0")
+            return jsonrpc.Response(
+                item["id"], item.get("result"), item.get("error"), "error" in item
+            )
     if isinstance(item, dict) and "method" in item and "id" in item and item["id"] is None:
         raise RPCError(jsonrpc.INVALID_REQUEST, "Invalid Request: MCP request ids must not be null")
     return jsonrpc.parse_value(item)

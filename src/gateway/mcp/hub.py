@@ -63,6 +63,8 @@ class Hub:
         self.inflight: dict[tuple[str, str], asyncio.Task[Any]] = {}
         self.session_listeners: list[Callable[[str], Awaitable[None]]] = []
         """Called on every worker with the id of each session that ends."""
+        self.asks: dict[str, tuple[str, asyncio.Future[JSON]]] = {}
+        """Requests relayed to clients, by the id the gateway gave them: (session, answer)."""
         self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
 
@@ -151,6 +153,34 @@ class Hub:
             return
         await self.publish({"kind": "cancel", "session": session_id, "id": request_id})
 
+    # --- requests relayed to clients ----------------------------------------------------------
+
+    def expect(self, session_id: str, ask_id: str) -> asyncio.Future[JSON]:
+        """A future for the client's answer to the request `ask_id`, relayed to `session_id`;
+        call `forget` when done waiting."""
+        future: asyncio.Future[JSON] = asyncio.get_running_loop().create_future()
+        self.asks[ask_id] = (session_id, future)
+        return future
+
+    def forget(self, ask_id: str) -> None:
+        self.asks.pop(ask_id, None)
+
+    async def answer(self, session_id: str, ask_id: str, message: JSON) -> None:
+        """Hand a client's answer to the worker waiting for it (this one, or through the
+        cache). The caller has checked that `session_id` was asked `ask_id`."""
+        if not self._resolve(session_id, ask_id, message):
+            await self.publish(
+                {"kind": "answer", "session": session_id, "id": ask_id, "message": message}
+            )
+
+    def _resolve(self, session_id: str, ask_id: str, message: JSON) -> bool:
+        waiting = self.asks.get(ask_id)
+        if waiting is None or waiting[0] != session_id:
+            return False
+        if not waiting[1].done():
+            waiting[1].set_result(message)
+        return True
+
     async def catalogue_changed(self, old: Catalogue, new: Catalogue) -> None:
         """Tell each local stream what changed in the view it serves, in the background:
         the write that caused the change should not wait for every stream."""
@@ -187,6 +217,8 @@ class Hub:
             task = self.inflight.get(key)
             if task is not None:
                 task.cancel()
+        elif kind == "answer":
+            self._resolve(str(event.get("session")), str(event.get("id")), event["message"])
         elif kind == "resource-updated":
             uri = str(event.get("uri"))
             for streams in list(self.streams.values()):

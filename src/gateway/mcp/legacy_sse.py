@@ -139,8 +139,6 @@ async def _handle(
         message = parse_message(item)
     except RPCError as exc:
         return jsonrpc.error_message(exc.request_id, exc)
-    if message is None:
-        return None
     # The session as stored now: another worker may have changed it (level, version).
     try:
         session = await sessions.get(session.id) or session
@@ -160,6 +158,14 @@ async def _handle(
         emit=emit,
         log_level=session.log_level,
     )
+    if isinstance(message, jsonrpc.Response):
+        try:
+            await dispatcher.answer(message, ctx)
+        except RPCError as exc:
+            # An error sent back would read as the answer to a request of the client's own
+            # with that id; the refusal is logged instead.
+            log.info("client answer refused", session=session.id[:8], reason=exc.message)
+        return None
     if message.is_notification:
         await dispatcher.notification(message, ctx)
         return None

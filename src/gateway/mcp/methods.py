@@ -124,10 +124,14 @@ class Methods:
         info = params.get("clientInfo")
         capabilities = params.get("capabilities")
         client_info = info if isinstance(info, dict) else {}
+        client_capabilities = capabilities if isinstance(capabilities, dict) else {}
         if ctx.session is not None:
             try:
                 return await self.sessions.update(
-                    ctx.session, protocol_version=version, client_info=client_info
+                    ctx.session,
+                    protocol_version=version,
+                    client_info=client_info,
+                    client_capabilities=client_capabilities,
                 )
             except CacheUnavailable:
                 return ctx.session
@@ -138,7 +142,7 @@ class Methods:
                 server=ctx.endpoint.server,
                 transport=ctx.transport,
                 client_info=client_info,
-                client_capabilities=capabilities if isinstance(capabilities, dict) else {},
+                client_capabilities=client_capabilities,
             )
         except CacheUnavailable:
             raise SessionStoreUnavailable() from None

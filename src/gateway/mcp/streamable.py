@@ -162,9 +162,10 @@ async def _messages(
     if not items:
         return rpc_error(400, jsonrpc.INVALID_REQUEST, "Invalid Request: empty batch")
     try:
-        parsed = [m for m in (parse_message(item) for item in items) if m is not None]
+        messages = [parse_message(item) for item in items]
     except RPCError as exc:
         return rpc_error(400, exc.code, exc.message)
+    parsed = [m for m in messages if isinstance(m, jsonrpc.Request)]
     if any(m.method == "initialize" for m in parsed):
         return rpc_error(
             400,
@@ -172,6 +173,12 @@ async def _messages(
             "Invalid Request: initialize must be sent alone, without a session",
         )
     dispatcher = request.app[DISPATCHER]
+    for answer in messages:
+        if isinstance(answer, jsonrpc.Response):
+            try:
+                await dispatcher.answer(answer, _context(ep, session, version))
+            except RPCError as exc:
+                return rpc_error(400, exc.code, exc.message, answer.id)
     for message in parsed:
         if message.is_notification:
             await dispatcher.notification(message, _context(ep, session, version))
@@ -202,7 +209,7 @@ async def _initialize(request: web.Request, ep: Endpoint, body: JSON) -> web.Res
         message = parse_message(body)
     except RPCError as exc:
         return rpc_error(400, exc.code, exc.message)
-    assert message is not None
+    assert isinstance(message, jsonrpc.Request)
     ctx = _context(ep, None, versions.LATEST_HANDSHAKE)
     reply = await request.app[DISPATCHER].request(message, ctx)
     if reply.error is not None or ctx.session is None:

@@ -19,6 +19,7 @@ from gateway.contracts import BackendError, FullBackend, UpstreamError
 from gateway.jsonrpc import RPCError
 from gateway.limits import RateLimiter
 from gateway.mcp import versions
+from gateway.mcp.asks import ClientAsks
 from gateway.mcp.context import Context
 from gateway.metrics import TOOL_CALLS
 from gateway.registry import Registry
@@ -54,8 +55,10 @@ class UpstreamCalls:
         registry: Registry,
         results: ResultCache,
         limits: RateLimiter,
+        asks: ClientAsks,
         upstream_sessions: UpstreamSessions,
     ) -> None:
+        self.asks = asks
         self.upstream_sessions = upstream_sessions
         self.settings = settings
         self.registry = registry
@@ -164,7 +167,13 @@ class UpstreamCalls:
                     return
                 await emit({"jsonrpc": "2.0", "method": note_method, "params": note})
 
-        return await backend.request(method, params, timeout or self.settings.tool_timeout, relay)
+        return await backend.request(
+            method,
+            params,
+            timeout or self.settings.tool_timeout,
+            relay,
+            on_request=self.asks.asker(ctx),
+        )
 
     async def passthrough(
         self, backend: FullBackend, method: str, forwarded: JSON, ctx: Context, params: JSON
