@@ -1,26 +1,17 @@
-"""Per-client upstream sessions: for an upstream registered with `"session": "per-client"`,
-each client session gets an upstream MCP session of its own, whichever worker or instance
-serves it.
+"""Per-client upstream sessions (`"session": "per-client"`): each client session gets an
+upstream MCP session of its own, whichever worker or instance serves it (README: "Upstream
+sessions: shared or per-client").
 
-- **Opened on first use, once for the cluster.** The first worker to need one claims it in
-  the cache (`add`), opens it, and records the upstream's `Mcp-Session-Id`, the negotiated
-  version and the capabilities under the client session; the others adopt what is recorded,
-  without a handshake (`gateway.mcpclient`'s `SessionKeeper`). When the upstream forgets the
-  session, the first worker to hear it opens a new one the same way and the rest adopt it.
-- **Ended with the client session**, by DELETE, once for the cluster (whoever claims the
-  end in the cache): when the client ends it (`DELETE /mcp`, the end of a legacy `/sse`
-  stream: the hub's `session-closed` event, which every worker hears) or when it expires
-  (a sweep asks the session store about the ones this worker holds).
-- **Bounded per worker** by `PER_CLIENT_SESSIONS_MAX`: past it, the least recently used
-  is ended (an idle one first), and the log says so.
-- **A request without a client session** (`/rpc`, sessionless `/mcp`, 2026-07-28) gets an
-  upstream session for itself alone, ended once it is answered: per-client state never
-  leaks between callers, and there is none to keep without a client session.
+- The first worker to need one claims it in the cache (`add`), opens it and records its
+  `Mcp-Session-Id`, version and capabilities; the others adopt it without a handshake
+  (`gateway.mcpclient`'s `SessionKeeper`), and replace it the same way, once, when the
+  upstream forgets it.
+- It ends by DELETE, once for the cluster (claimed in the cache), when the client session
+  ends (the hub's `session-closed` event, which every worker hears) or expires (a sweep
+  asks the session store about those idle here); past `PER_CLIENT_SESSIONS_MAX` on one
+  worker, the least recently used ends.
+- A request without a client session gets an upstream session for itself alone.
 - A worker that stops leaves the sessions it held to the other workers.
-
-Per-client sessions hold no event stream of their own: what the upstream says about a call
-comes on that call's reply stream, and its own notifications (list changes, resource
-updates, for the subscriptions made through the shared session) on the shared session's.
 """
 
 from __future__ import annotations
@@ -160,15 +151,20 @@ class UpstreamSessions:
         self.held: OrderedDict[Key, _Held] = OrderedDict()
         self._opening: dict[Key, asyncio.Future[_Held]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._sweeping: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._spawn(self._sweep())
+        self._sweeping = asyncio.create_task(self._sweep())
 
     async def close(self) -> None:
-        tasks = [*self._tasks]
-        for task in tasks:
+        stopped: list[asyncio.Future[Any]] = [*self._opening.values()]
+        if self._sweeping is not None:
+            stopped.append(self._sweeping)
+        for task in stopped:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # Endings and renewals still running are bounded by the cache's and the upstream's
+        # timeouts: let them finish, so that no backend is left half closed.
+        await asyncio.gather(*stopped, *self._tasks, return_exceptions=True)
         held, self.held = self.held, OrderedDict()
         # Other workers may go on serving these clients: leave their sessions open.
         await asyncio.gather(*(h.backend.detach() for h in held.values()), return_exceptions=True)
