@@ -157,7 +157,9 @@ class McpSession(ABC, Generic[L]):
 
     async def detach(self) -> None:
         """Close without ending the session upstream: another client of it carries on."""
-        self._link = None
+        link, self._link = self._link, None
+        if link is not None:
+            link.end("was closed")
         await self.close()
 
     def set_listener(self, listener: Notify | None, ask: AskClient | None = None) -> None:
