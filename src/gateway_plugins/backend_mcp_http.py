@@ -4,10 +4,11 @@ Each backend instance (one per upstream per worker) keeps one aiohttp session wi
 keep-alive pool and one MCP session, initialised lazily on first use and re-initialised
 once when the upstream forgets it (HTTP 404); `close()` ends it with DELETE, and fails
 the requests still reading their replies with `BackendError`. Every message is a POST,
-and a request's reply is a JSON body or an SSE stream. That stream belongs to its request, so the progress and log notifications in it go to that request's
-`on_notification` as they come; params go out as given, so the upstream sends progress when
-the caller put a `_meta.progressToken` in them. Other notifications there, like those on
-the listening stream, go to the listener. A request the upstream sends its client there
+and a request's reply is a JSON body or an SSE stream. That stream belongs to its request,
+so the progress and log notifications in it go to that request's `on_notification` as
+they come; params go out as given, so the upstream sends progress when the caller put a
+`_meta.progressToken` in them. Other notifications there, like those on the listening
+stream, go to the listener. A request the upstream sends its client there
 relates to that request and goes to its `on_request`; one on the listening stream relates
 to none and goes to the listener's `ask`. Either answer is POSTed with the session's
 headers, while the stream it came on goes on being read.
