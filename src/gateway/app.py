@@ -53,7 +53,7 @@ from gateway.mcp.methods import Methods
 from gateway.mcp.notifications import Notifier
 from gateway.mcp.streams import EventLog
 from gateway.mcp.upstream_calls import UpstreamCalls
-from gateway.middlewares import json_errors, request_id
+from gateway.middlewares import envelope
 from gateway.plugins import Plugins
 from gateway.registry import Registry
 from gateway.results import ResultCache
@@ -245,8 +245,7 @@ def build_app(
         # A client that hangs up cancels its request: upstream calls stop, streams close.
         handler_args={"handler_cancellation": True},
         middlewares=[
-            request_id,
-            json_errors,
+            envelope,
             access.auth_middleware(_authenticate if settings.auth_required else None),
         ],
     )
