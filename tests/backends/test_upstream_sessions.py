@@ -18,6 +18,7 @@ from gateway.mcpclient import SessionState
 from gateway.settings import Settings
 from gateway_plugins.backend_mcp_http import McpHttpBackend
 from tests.conftest import Client, GatewayFactory
+from tests.transports.conftest import EventReader
 from tests.upstreams.fixtures import eventually, stat_is
 from tests.upstreams.processes import RunningUpstream
 
@@ -25,6 +26,7 @@ JSON = dict[str, Any]
 UpstreamFactory = Callable[..., RunningUpstream]
 ACCEPT_BOTH = "application/json, text/event-stream"
 VERSION = "2025-06-18"
+MODERN = "2026-07-28"
 
 
 # --- a client of the gateway ---------------------------------------------------------------
@@ -187,6 +189,34 @@ async def test_delete_of_the_client_session_deletes_its_upstream_session(
     assert await count(client, other) == 2
 
 
+async def test_the_end_of_a_legacy_sse_stream_deletes_its_upstream_session(
+    start: GatewayStarter, counting_upstream: RunningUpstream
+) -> None:
+    client = await start("per-client")
+    stream = await client.get("/sse", headers={"Accept": "text/event-stream"})
+    reader = EventReader(stream)
+    endpoint = (await reader.next()).data
+    messages: list[JSON] = [
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {"protocolVersion": "2024-11-05", "capabilities": {}, "clientInfo": {}},
+        },
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "own__counter"}},
+    ]
+    for message in messages:
+        assert (await client.post(endpoint, json=message)).status == 202
+    answer = await reader.message()
+    while answer.get("id") != 2:
+        answer = await reader.message()
+    assert answer["result"]["structuredContent"] == {"count": 1}
+    deleted = (await counting_upstream.stats())["sessions_deleted"]
+    stream.close()
+    await stat_is(counting_upstream, "sessions_deleted", deleted + 1)
+
+
 async def test_an_expired_client_session_deletes_its_upstream_session(
     start: GatewayStarter, counting_upstream: RunningUpstream
 ) -> None:
@@ -231,13 +261,34 @@ async def test_a_worker_leaves_its_upstream_sessions_open_when_it_stops(
 # --- requests without a client session --------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/rpc", "/mcp"])
+async def count_modern(client: Client) -> int:
+    """Call the `counter` as a 2026-07-28 client does: no session, an envelope per request."""
+    envelope = {
+        "io.modelcontextprotocol/protocolVersion": MODERN,
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": {"name": "test-client", "version": "1.0"},
+    }
+    params = {"name": "own__counter", "arguments": {}, "_meta": envelope}
+    headers = {
+        "Accept": ACCEPT_BOTH,
+        "MCP-Protocol-Version": MODERN,
+        "Mcp-Method": "tools/call",
+        "Mcp-Name": "own__counter",
+    }
+    message = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}
+    response = await client.post("/mcp", json=message, headers=headers)
+    assert response.status == 200, await response.text()
+    return int((await response.json())["result"]["structuredContent"]["count"])
+
+
+@pytest.mark.parametrize("how", ["/rpc", "/mcp", MODERN])
 async def test_each_request_without_a_client_session_gets_an_upstream_session_of_its_own(
-    start: GatewayStarter, counting_upstream: RunningUpstream, path: str
+    start: GatewayStarter, counting_upstream: RunningUpstream, how: str
 ) -> None:
     client = await start("per-client")
     deleted = (await counting_upstream.stats())["sessions_deleted"]
-    assert [await count(client, None, path) for _ in range(3)] == [1, 1, 1]
+    for _ in range(3):
+        assert await (count_modern(client) if how == MODERN else count(client, None, how)) == 1
     await stat_is(counting_upstream, "sessions_deleted", deleted + 3)
 
 
