@@ -240,6 +240,11 @@ class UpstreamSessions:
         held = _Held(backend, config, keeper, now, now)
         self.held[key] = held
         self._bound()
+        shared = self.registry.full_backends.get(key[1])
+        if shared is not None:
+            # The upstream's own notifications come on the shared session's stream, which
+            # is listened to once that session is open: open it, if no call has yet.
+            self._spawn(shared.connect())
         return held
 
     def _bound(self) -> None:

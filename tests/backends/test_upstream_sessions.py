@@ -143,11 +143,22 @@ async def test_a_client_session_opens_its_upstream_session_once(
     start: GatewayStarter, counting_upstream: RunningUpstream
 ) -> None:
     client = await start("per-client")
+    await count(client, await open_session(client))
+    await stat_is(counting_upstream, "open_streams", 1)  # the shared session is open too
     session = await open_session(client)
     before = (await counting_upstream.stats())["initialize"]
     for _ in range(3):
         await count(client, session)
     assert (await counting_upstream.stats())["initialize"] == before + 1
+
+
+async def test_the_shared_session_of_a_per_client_upstream_listens_for_its_notifications(
+    start: GatewayStarter, counting_upstream: RunningUpstream
+) -> None:
+    client = await start("per-client")
+    await count(client, await open_session(client))
+    # One event stream: the shared session's; per-client sessions hold none.
+    await stat_is(counting_upstream, "open_streams", 1)
 
 
 async def test_resources_and_prompts_of_a_per_client_upstream_go_through_the_clients_session(
@@ -253,9 +264,10 @@ async def test_a_worker_leaves_its_upstream_sessions_open_when_it_stops(
 ) -> None:
     client = await start("per-client")
     await count(client, await open_session(client))
-    deleted = (await counting_upstream.stats())["sessions_deleted"]
+    await stat_is(counting_upstream, "sessions", 2)  # the client's, and the shared one
     await client.close()
-    assert (await counting_upstream.stats())["sessions_deleted"] == deleted
+    # The shared session ends with the worker; the client's is left to the other workers.
+    assert (await counting_upstream.stats())["sessions"] == 1
 
 
 # --- requests without a client session --------------------------------------------------------

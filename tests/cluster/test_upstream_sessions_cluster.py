@@ -181,6 +181,14 @@ async def test_a_client_sessions_calls_on_both_workers_reach_one_upstream_sessio
 ) -> None:
     url = cluster.url
     async with one_connection_per_worker(url) as (first, second):
+        # Each worker's shared session opens with its first per-client call: let them.
+        warm = await open_session(first, url)
+        await asyncio.gather(count(first, url, warm), count(second, url, warm))
+
+        async def both_shared_sessions_listen() -> bool:
+            return await upstream_stat(cluster, "open_streams") == WORKERS
+
+        await wait_until(both_shared_sessions_listen, 10.0, "both shared sessions listen")
         session = await open_session(first, url)
         initialised = await upstream_stat(cluster, "initialize")
         # Both workers need the upstream session at once: one opens it, the other adopts it.
@@ -200,13 +208,12 @@ async def test_delete_on_either_worker_ends_the_upstream_session_once(cluster: C
         session = await open_session(first, url)
         assert [await count(http, url, session) for http in (first, second)] == [1, 2]
         deleted = await upstream_stat(cluster, "sessions_deleted")
-        live = await upstream_stat(cluster, "sessions")
         stray = await upstream_stat(cluster, "unknown_session_deletes")
         async with second.delete(f"{url}/mcp", headers=headers(session)) as response:
             assert response.status == 204
 
         async def ended() -> bool:
-            return await upstream_stat(cluster, "sessions") == live - 1
+            return await upstream_stat(cluster, "sessions_deleted") == deleted + 1
 
         await wait_until(ended, 10.0, "the upstream session ended")
         # Both workers held it; exactly one of them ended it.
