@@ -76,6 +76,7 @@ class Consistency:
         self.worker = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._ack_ttl = 2 * max(timeout, 1.0)
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def start(self) -> None:
         """Become a member before anything is loaded, so no write can miss this worker."""
@@ -89,6 +90,9 @@ class Consistency:
         self._task = asyncio.create_task(self._heartbeat())
 
     async def close(self) -> None:
+        # The flag ends the heartbeat even if a cache call turned the cancellation into
+        # a failure it carries on from.
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -174,7 +178,7 @@ class Consistency:
         await self.use.run(self.use.cache.set(worker_key(self.worker), b"1", HEARTBEAT_TTL))
 
     async def _heartbeat(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(HEARTBEAT_INTERVAL)
             try:
                 await self._beat()

@@ -16,14 +16,19 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg2
 import pytest
+from structlog.testing import capture_logs
 
+from gateway.cacheuse import CacheUse
+from gateway.consistency import Consistency
+from gateway_plugins.cache_memory import MemoryCache
+from gateway_plugins.cache_redis import RedisCache
 from tests.cluster.deployment import (
     ADMIN,
     USER,
@@ -350,3 +355,89 @@ async def _serves_two_workers(deployment: Deployment, exclude: int) -> bool:
         return len(await deployment.views(exclude=[exclude])) >= 2
     except AssertionError:
         return False
+
+
+# --- the barrier itself, two members in one process ----------------------------------------
+
+BARRIER_TIMEOUT = 1.0
+
+
+@pytest.fixture
+async def members(redis_base_url: str, cache_prefix: str) -> AsyncIterator[list[Consistency]]:
+    """Two members of one cluster on a real Redis, as two workers would be."""
+    cache = RedisCache(redis_base_url, cache_prefix, timeout=2.0)
+    await cache.start()
+    use = CacheUse(cache, "redis", "consistency", 2.0)
+    started = [Consistency(use, BARRIER_TIMEOUT, shared=True) for _ in range(2)]
+    for member in started:
+        await member.start()
+    yield started
+    for member in started:
+        await member.close()
+    await cache.close()
+
+
+async def test_a_write_returns_once_the_other_member_applied_it(
+    members: list[Consistency],
+) -> None:
+    writer, other = members
+    announced: list[str] = []
+
+    async def announce(change: str) -> None:
+        announced.append(change)
+        await other.applied(change)
+
+    started = time.perf_counter()
+    with capture_logs() as logs:
+        await writer.everywhere("catalogue", announce)
+    assert time.perf_counter() - started < BARRIER_TIMEOUT
+    assert len(announced) == 1
+    assert not [entry for entry in logs if entry["log_level"] == "warning"]
+
+
+async def test_a_write_no_member_confirms_returns_at_the_timeout_naming_the_silent_one(
+    members: list[Consistency],
+) -> None:
+    writer, silent = members
+    announced: list[str] = []
+
+    async def announce(change: str) -> None:
+        announced.append(change)
+
+    started = time.perf_counter()
+    with capture_logs() as logs:
+        await writer.everywhere("session-closed", announce)
+    took = time.perf_counter() - started
+    assert BARRIER_TIMEOUT <= took < BARRIER_TIMEOUT + 5.0
+    # Announced again while waiting, in case pub/sub lost the message; always the same change.
+    assert len(announced) >= 2 and len(set(announced)) == 1
+    [warning] = [entry for entry in logs if entry["log_level"] == "warning"]
+    assert warning["workers"] == [silent.worker] and warning["change"] == "session-closed"
+
+
+async def test_a_member_that_left_is_not_waited_for(members: list[Consistency]) -> None:
+    writer, leaving = members
+    await leaving.close()
+
+    async def announce(change: str) -> None:
+        pass
+
+    started = time.perf_counter()
+    with capture_logs() as logs:
+        await writer.everywhere("catalogue", announce)
+    assert time.perf_counter() - started < BARRIER_TIMEOUT
+    assert not [entry for entry in logs if entry["log_level"] == "warning"]
+
+
+async def test_with_a_cache_of_one_worker_a_write_announces_and_waits_for_nobody() -> None:
+    use = CacheUse(MemoryCache(100, "p"), "memory", "consistency", 1.0)
+    member = Consistency(use, timeout=60.0, shared=False)
+    await member.start()
+    announced: list[str] = []
+
+    async def announce(change: str) -> None:
+        announced.append(change)
+
+    await asyncio.wait_for(member.everywhere("catalogue", announce), timeout=5.0)
+    assert len(announced) == 1
+    await member.close()
