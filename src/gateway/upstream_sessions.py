@@ -29,20 +29,14 @@ import orjson
 import structlog
 
 from gateway.cacheuse import CacheUnavailable, CacheUse
+from gateway.client_backend import ClientBackend
 from gateway.contracts import (
-    JSON,
-    AskClient,
     Backend,
     BackendError,
     FullBackend,
-    Notify,
-    PromptDef,
-    ResourceDef,
-    ResourceTemplateDef,
-    ToolDef,
     UpstreamConfig,
 )
-from gateway.mcpclient import McpClient, SessionState
+from gateway.mcpclient import CLOSE_TIMEOUT, McpClient, SessionState
 from gateway.plugins import Plugins
 from gateway.registry import Registry, backend_config
 from gateway.sessions import SessionStore
@@ -162,9 +156,14 @@ class UpstreamSessions:
             stopped.append(self._sweeping)
         for task in stopped:
             task.cancel()
-        # Endings and renewals still running are bounded by the cache's and the upstream's
-        # timeouts: let them finish, so that no backend is left half closed.
-        await asyncio.gather(*stopped, *self._tasks, return_exceptions=True)
+        await asyncio.gather(*stopped, return_exceptions=True)
+        # Endings (a DELETE is bounded by CLOSE_TIMEOUT) get the time to finish, so that no
+        # backend is left half closed; what is still running then is cancelled.
+        if self._tasks:
+            _, late = await asyncio.wait(self._tasks, timeout=CLOSE_TIMEOUT * 2)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
         held, self.held = self.held, OrderedDict()
         # Other workers may go on serving these clients: leave their sessions open.
         await asyncio.gather(*(h.backend.detach() for h in held.values()), return_exceptions=True)
@@ -401,70 +400,3 @@ class UpstreamSessions:
             await work
         except Exception as exc:
             log.info("per-client upstream session upkeep failed", error=str(exc))
-
-
-class ClientBackend:
-    """The `FullBackend` a call to a per-client upstream goes through: the caller's own
-    upstream session, or one for this request alone."""
-
-    def __init__(self, pool: UpstreamSessions, upstream: str, client: str | None) -> None:
-        self.pool = pool
-        self.upstream = upstream
-        self.client = client
-        self.capabilities: JSON = {}
-
-    async def start(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
-
-    def set_listener(self, listener: Notify | None, ask: AskClient | None = None) -> None:
-        """Per-client sessions hold no event stream; the shared session listens."""
-
-    async def connect(self) -> None:
-        if self.client is not None:
-            held = await self.pool.acquire(self.upstream, self.client)
-            self.capabilities = held.backend.capabilities
-            return
-        # The upstream's capabilities are the same in every session: ask the shared one
-        # rather than open a session only for that.
-        shared = self.pool.registry.full_backends.get(self.upstream)
-        if shared is not None:
-            await shared.connect()
-            self.capabilities = shared.capabilities
-
-    async def call_tool(self, name: str, arguments: JSON, timeout: float) -> JSON:
-        async with self.pool.using(self.upstream, self.client) as backend:
-            return await backend.call_tool(name, arguments, timeout)
-
-    async def request(
-        self,
-        method: str,
-        params: JSON,
-        timeout: float,
-        on_notification: Notify | None = None,
-        on_request: AskClient | None = None,
-    ) -> JSON:
-        async with self.pool.using(self.upstream, self.client) as backend:
-            return await backend.request(method, params, timeout, on_notification, on_request)
-
-    async def notify(self, method: str, params: JSON) -> None:
-        async with self.pool.using(self.upstream, self.client) as backend:
-            await backend.notify(method, params)
-
-    async def list_tools(self) -> list[ToolDef]:
-        async with self.pool.using(self.upstream, self.client) as backend:
-            return await backend.list_tools()
-
-    async def list_resources(self) -> list[ResourceDef]:
-        async with self.pool.using(self.upstream, self.client) as backend:
-            return await backend.list_resources()
-
-    async def list_resource_templates(self) -> list[ResourceTemplateDef]:
-        async with self.pool.using(self.upstream, self.client) as backend:
-            return await backend.list_resource_templates()
-
-    async def list_prompts(self) -> list[PromptDef]:
-        async with self.pool.using(self.upstream, self.client) as backend:
-            return await backend.list_prompts()
