@@ -10,6 +10,7 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -21,7 +22,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.settings import Settings
 
-pytest_plugins = ["tests.upstreams.fixtures"]
+pytest_plugins = ["tests.upstreams.fixtures", "tests.support.gunicorn_process"]
 
 POSTGRES_URL = os.environ.get(
     "GATEWAY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -58,9 +59,9 @@ def postgres_base_url() -> str:
     return POSTGRES_URL
 
 
-@pytest.fixture
-def postgres_url(postgres_base_url: str) -> Iterator[str]:
-    """A DATABASE_URL pointing at a fresh schema, dropped afterwards."""
+@contextmanager
+def fresh_schema(postgres_base_url: str) -> Iterator[str]:
+    """A DATABASE_URL pointing at a schema of its own, dropped afterwards."""
     schema = f"t_{uuid.uuid4().hex[:12]}"
     conn = psycopg2.connect(postgres_base_url)
     conn.autocommit = True
@@ -72,6 +73,13 @@ def postgres_url(postgres_base_url: str) -> Iterator[str]:
         with conn.cursor() as cur:
             cur.execute(f"DROP SCHEMA {schema} CASCADE")
         conn.close()
+
+
+@pytest.fixture
+def postgres_url(postgres_base_url: str) -> Iterator[str]:
+    """A DATABASE_URL pointing at a fresh schema, dropped after the test."""
+    with fresh_schema(postgres_base_url) as url:
+        yield url
 
 
 @pytest.fixture

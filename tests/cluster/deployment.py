@@ -22,11 +22,8 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
-from tests.conftest import TEST_SECRET, free_port, make_token
-from tests.support.gunicorn_process import GunicornGateway
-
-ADMIN = {"Authorization": f"Bearer {make_token('root', ('admin',), minutes=30)}"}
-USER = {"Authorization": f"Bearer {make_token('user', minutes=30)}"}
+from tests.conftest import free_port
+from tests.support.gunicorn_process import ADMIN, USER, GunicornGateway, gunicorn_env
 
 T = TypeVar("T")
 
@@ -36,19 +33,8 @@ RATE_LIMITED = -32029
 
 def gateway_env(database_url: str, cache_type: str, **extra: str) -> dict[str, str]:
     """The settings every gateway of a test shares; `extra` adds or overrides."""
-    return {
-        "DATABASE_URL": database_url,
-        "CACHE_TYPE": cache_type,
-        "JWT_SECRET_KEY": TEST_SECRET,
-        "AUTH_ENCRYPTION_SECRET": "cluster-encryption-secret",
-        "TOOL_TIMEOUT": "5",
-        "GUNICORN_GRACEFUL_TIMEOUT": "3",
-        "LOG_LEVEL": "info",
-        # gunicorn 25+ gives every master the same control socket path in the home
-        # directory; several masters on one host would replace each other's.
-        "GUNICORN_CMD_ARGS": "--no-control-socket",
-        **extra,
-    }
+    defaults = {"CACHE_TYPE": cache_type, "TOOL_TIMEOUT": "5", "LOG_LEVEL": "info"}
+    return gunicorn_env(database_url, **{**defaults, **extra})
 
 
 # --- the client side ---------------------------------------------------------------------

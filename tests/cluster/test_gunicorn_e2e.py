@@ -6,47 +6,29 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiohttp
 import orjson
 import pytest
 
-from tests.conftest import TEST_SECRET, free_port, make_token
-from tests.support.gunicorn_process import REPO, GunicornGateway
+from tests.cluster.deployment import worker_views
+from tests.conftest import TEST_SECRET, free_port
+from tests.support.gunicorn_process import (
+    ADMIN,
+    REPO,
+    USER,
+    GunicornGateway,
+    StartGunicorn,
+    gunicorn_env,
+)
 from tests.upstreams.processes import RunningUpstream
 
 pytestmark = pytest.mark.timeout(180)
 
-Starter = Callable[..., GunicornGateway]
-ADMIN = {"Authorization": f"Bearer {make_token('root', ('admin',))}"}
-USER = {"Authorization": f"Bearer {make_token('user')}"}
-
-
-@pytest.fixture
-def run_gateway(tmp_path: Path) -> Iterator[Starter]:
-    started: list[GunicornGateway] = []
-
-    def start(**env: str) -> GunicornGateway:
-        gateway = GunicornGateway(env, free_port(), tmp_path).start()
-        started.append(gateway)
-        return gateway
-
-    yield start
-    for gateway in started:
-        gateway.stop()
-
 
 def base_env(database_url: str, **extra: str) -> dict[str, str]:
-    return {
-        "DATABASE_URL": database_url,
-        "CACHE_TYPE": "database",
-        "JWT_SECRET_KEY": TEST_SECRET,
-        "AUTH_ENCRYPTION_SECRET": "e2e-encryption-secret",
-        "TOOL_TIMEOUT": "5",
-        **extra,
-    }
+    return gunicorn_env(database_url, CACHE_TYPE="database", TOOL_TIMEOUT="5", **extra)
 
 
 async def call(url: str, method: str, params: object, headers: dict[str, str]) -> dict[str, object]:
@@ -77,24 +59,10 @@ async def register(url: str, upstream_url: str, name: str = "own") -> dict[str, 
             return body
 
 
-async def worker_catalogues(
-    url: str, workers: int = 2, rounds: int = 50
-) -> dict[int, dict[str, int]]:
-    """Each worker's catalogue as `/version` reports it, asking until every worker answered."""
-    seen: dict[int, dict[str, int]] = {}
-    connector = aiohttp.TCPConnector(force_close=True)
-    async with aiohttp.ClientSession(connector=connector) as session:
-
-        async def ask() -> None:
-            async with session.get(f"{url}/version") as response:
-                body = await response.json()
-                seen[body["worker"]] = body["catalogue"]
-
-        for _ in range(rounds):
-            await asyncio.gather(*(ask() for _ in range(8)))
-            if len(seen) >= workers:
-                break
-    return seen
+async def worker_catalogues(url: str) -> dict[int, dict[str, int]]:
+    """Each worker's catalogue as `/version` reports it, once every worker has answered."""
+    views = await worker_views(url, workers=2, within=30.0)
+    return {pid: view["catalogue"] for pid, view in views.items()}
 
 
 async def check_registration_reaches_every_worker(
@@ -128,27 +96,27 @@ async def check_registration_reaches_every_worker(
 
 
 async def test_registration_on_sqlite_is_served_by_both_workers(
-    run_gateway: Starter,
+    gunicorn: StartGunicorn,
     sqlite_url: str,
     own_upstream: RunningUpstream,
 ) -> None:
-    gateway = run_gateway(**base_env(sqlite_url))
+    gateway = gunicorn(base_env(sqlite_url))
     await check_registration_reaches_every_worker(gateway, own_upstream.url)
 
 
 async def test_registration_on_postgres_is_served_by_both_workers(
-    run_gateway: Starter,
+    gunicorn: StartGunicorn,
     postgres_url: str,
     own_upstream: RunningUpstream,
 ) -> None:
-    gateway = run_gateway(**base_env(postgres_url))
+    gateway = gunicorn(base_env(postgres_url))
     await check_registration_reaches_every_worker(gateway, own_upstream.url)
 
 
 async def test_load_test_payload_is_answered_by_the_time_plugin(
-    run_gateway: Starter, sqlite_url: str
+    gunicorn: StartGunicorn, sqlite_url: str
 ) -> None:
-    gateway = run_gateway(**base_env(sqlite_url))
+    gateway = gunicorn(base_env(sqlite_url))
     payload = orjson.loads((REPO / "tests" / "hey" / "payload.json").read_bytes())
     body = await call(gateway.url, payload["method"], payload["params"], USER)
     result = body["result"]
@@ -157,12 +125,12 @@ async def test_load_test_payload_is_answered_by_the_time_plugin(
 
 
 async def test_stored_jwt_secret_is_shared_by_workers_and_the_token_command(
-    run_gateway: Starter,
+    gunicorn: StartGunicorn,
     sqlite_url: str,
 ) -> None:
     env = base_env(sqlite_url)
     del env["JWT_SECRET_KEY"]
-    gateway = run_gateway(**env)
+    gateway = gunicorn(env)
     completed = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "gateway", "token", "create", "--sub", "ops", "--scope", "admin"],
@@ -231,8 +199,10 @@ def test_unreachable_postgres_stops_start_up_without_traceback(tmp_path: Path) -
     assert "Traceback" not in output
 
 
-async def test_logs_are_json_lines_with_request_ids(run_gateway: Starter, sqlite_url: str) -> None:
-    gateway = run_gateway(**base_env(sqlite_url, GUNICORN_ACCESS_LOG="true"))
+async def test_logs_are_json_lines_with_request_ids(
+    gunicorn: StartGunicorn, sqlite_url: str
+) -> None:
+    gateway = gunicorn(base_env(sqlite_url, GUNICORN_ACCESS_LOG="true"))
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{gateway.url}/health", headers={"X-Request-ID": "trace-me-42"}):
             pass

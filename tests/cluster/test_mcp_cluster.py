@@ -18,20 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import psycopg2
 import pytest
 from mcp import Client
 from mcp_types import ToolListChangedNotification
 
-from tests.conftest import free_port, with_search_path
-from tests.interop.test_interop_sdk import (
-    ADMIN,
-    gateway_env,
-    http_client_factory,
-    register_upstream,
-    sdk_client,
-)
-from tests.support.gunicorn_process import GunicornGateway
+from tests.cluster.deployment import worker_views
+from tests.conftest import free_port, fresh_schema
+from tests.support.gunicorn_process import ADMIN, GunicornGateway, gunicorn_env, register_upstream
+from tests.support.sdk import http_client_factory, sdk_client
 from tests.upstreams.fixtures import eventually
 from tests.upstreams.processes import start_own, stop_upstream
 
@@ -53,28 +47,19 @@ class Cluster:
 @pytest.fixture(scope="module")
 def module_postgres_url(postgres_base_url: str) -> Iterator[str]:
     """A schema of this module's own, since one gateway serves all its tests."""
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    conn = psycopg2.connect(postgres_base_url)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f"CREATE SCHEMA {schema}")
-    try:
-        yield with_search_path(postgres_base_url, schema)
-    finally:
-        with conn.cursor() as cur:
-            cur.execute(f"DROP SCHEMA {schema} CASCADE")
-        conn.close()
+    with fresh_schema(postgres_base_url) as url:
+        yield url
 
 
 def variant_env(request: pytest.FixtureRequest, workdir: Path) -> dict[str, str]:
     if request.param == "redis":
-        return gateway_env(
+        return gunicorn_env(
             f"sqlite:///{workdir / 'gateway.db'}",
             CACHE_TYPE="redis",
             REDIS_URL=str(request.getfixturevalue("redis_base_url")),
             CACHE_PREFIX=f"test-{uuid.uuid4().hex[:10]}",
         )
-    return gateway_env(str(request.getfixturevalue("module_postgres_url")), CACHE_TYPE="database")
+    return gunicorn_env(str(request.getfixturevalue("module_postgres_url")), CACHE_TYPE="database")
 
 
 @pytest.fixture(scope="module", params=["redis", "database-postgresql"])
@@ -99,24 +84,11 @@ def cluster(
 # --- reaching every worker -------------------------------------------------------------------
 
 
-async def worker_views(url: str, within: float = 10.0) -> dict[int, dict[str, Any]]:
-    """Every worker's `/version`, asking on fresh connections until all have answered."""
-    seen: dict[int, dict[str, Any]] = {}
-    make = http_client_factory(fresh_connections=True)
-    async with make() as http, asyncio.timeout(within):
-        while len(seen) < WORKERS:
-            replies = await asyncio.gather(*(http.get(f"{url}/version") for _ in range(4)))
-            for reply in replies:
-                body = reply.json()
-                seen[body["worker"]] = body
-    return seen
-
-
 async def both_workers_serve(url: str, tool: str, within: float = 15.0) -> None:
     """Wait until each worker's catalogue has caught up with the registration."""
     async with asyncio.timeout(within):
         while True:
-            views = await worker_views(url)
+            views = await worker_views(url, WORKERS)
             # The worker that took the registration reloaded before answering it.
             if len({view["catalogue"]["version"] for view in views.values()}) == 1:
                 break

@@ -10,15 +10,14 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
 
 from gateway.settings import SettingsError, load_settings
-from tests.conftest import TEST_SECRET, free_port
-from tests.support.gunicorn_process import GunicornGateway, status_of
+from tests.conftest import free_port
+from tests.support.gunicorn_process import StartGunicorn, gunicorn_env, status_of
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -27,13 +26,7 @@ _HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def gateway_env(workdir: Path, **extra: str) -> dict[str, str]:
-    return {
-        "DATABASE_URL": f"sqlite:///{workdir / 'gateway.db'}",
-        "JWT_SECRET_KEY": TEST_SECRET,
-        "AUTH_ENCRYPTION_SECRET": "event-loop-test-secret",
-        "LOG_LEVEL": "warning",
-        **extra,
-    }
+    return gunicorn_env(f"sqlite:///{workdir / 'gateway.db'}", LOG_LEVEL="warning", **extra)
 
 
 def loops_by_worker(url: str, asks: int = 12) -> dict[int, str]:
@@ -47,23 +40,16 @@ def loops_by_worker(url: str, asks: int = 12) -> dict[int, str]:
     return loops
 
 
-@pytest.fixture
-def gunicorn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[GunicornGateway]]:
+@pytest.fixture(autouse=True)
+def no_event_loop_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     # The gateway inherits this process's environment: a developer's EVENT_LOOP must not
     # decide what "the default" means here.
     monkeypatch.delenv("EVENT_LOOP", raising=False)
-    started: list[GunicornGateway] = []
-    yield started
-    for gateway in started:
-        gateway.stop()
 
 
 @pytest.mark.cluster
-def test_gunicorn_workers_run_on_uvloop_by_default(
-    tmp_path: Path, gunicorn: list[GunicornGateway]
-) -> None:
-    gateway = GunicornGateway(gateway_env(tmp_path), free_port(), tmp_path)
-    gunicorn.append(gateway.start())
+def test_gunicorn_workers_run_on_uvloop_by_default(tmp_path: Path, gunicorn: StartGunicorn) -> None:
+    gateway = gunicorn(gateway_env(tmp_path))
 
     loops = loops_by_worker(gateway.url)
 
@@ -72,19 +58,16 @@ def test_gunicorn_workers_run_on_uvloop_by_default(
 
 @pytest.mark.cluster
 def test_event_loop_asyncio_runs_gunicorn_workers_on_asyncio(
-    tmp_path: Path, gunicorn: list[GunicornGateway]
+    tmp_path: Path, gunicorn: StartGunicorn
 ) -> None:
-    env = gateway_env(tmp_path, EVENT_LOOP="asyncio")
-    gateway = GunicornGateway(env, free_port(), tmp_path)
-    gunicorn.append(gateway.start())
+    gateway = gunicorn(gateway_env(tmp_path, EVENT_LOOP="asyncio"))
 
     loops = loops_by_worker(gateway.url)
 
     assert set(loops.values()) == {"asyncio"}, loops
 
 
-def test_serve_runs_on_uvloop_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("EVENT_LOOP", raising=False)
+def test_serve_runs_on_uvloop_by_default(tmp_path: Path) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path / "serve.log"

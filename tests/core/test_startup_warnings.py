@@ -17,7 +17,7 @@ from gateway.plugins import Plugins
 from gateway.settings import Settings
 from gateway.startup import startup_warnings
 from tests.conftest import free_port
-from tests.support.gunicorn_process import GunicornGateway, status_of
+from tests.support.gunicorn_process import StartGunicorn, status_of
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -61,17 +61,17 @@ def test_a_per_worker_cache_needs_no_warning_with_one_worker() -> None:
 
 
 @pytest.mark.cluster
-def test_gunicorn_says_each_warning_once_for_all_its_workers(tmp_path: Path) -> None:
+def test_gunicorn_says_each_warning_once_for_all_its_workers(
+    tmp_path: Path, gunicorn: StartGunicorn
+) -> None:
     env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'gateway.db'}", **RISKY}
-    gateway = GunicornGateway(env, free_port(), tmp_path, workers=WORKERS).start()
-    try:
-        wait_for(
-            lambda: gateway.log_path.read_text().count("gateway started") == WORKERS,
-            within=30,
-            what=f"{WORKERS} workers started",
-        )
-    finally:
-        gateway.stop()
+    gateway = gunicorn(env, workers=WORKERS)
+    wait_for(
+        lambda: gateway.log_path.read_text().count("gateway started") == WORKERS,
+        within=30,
+        what=f"{WORKERS} workers started",
+    )
+    gateway.stop()
     output = gateway.log_path.read_text()
     for warning in expected_warnings(WORKERS):
         assert output.count(warning) == 1, (warning, output[-3000:])

@@ -18,15 +18,15 @@ from mcp_types import TextContent, TextResourceContents
 
 from gateway_plugins.auth_jwt import create_token
 from tests.conftest import free_port
-from tests.interop.test_interop_sdk import (
+from tests.support.gunicorn_process import (
     USER,
+    GunicornGateway,
     admin_post,
-    gateway_env,
+    gunicorn_env,
     register_upstream,
-    sdk_client,
     start_together,
 )
-from tests.support.gunicorn_process import GunicornGateway
+from tests.support.sdk import sdk_client
 from tests.upstreams.processes import start_own, stop_upstream
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(60)]
@@ -49,10 +49,13 @@ class Federation:
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
     workdir = tmp_path_factory.mktemp("federation")
     upstream = start_own()
-    a_env = gateway_env(f"sqlite:///{workdir / 'a.db'}", JWT_SECRET_KEY=A_SECRET)
+    a_env = gunicorn_env(
+        f"sqlite:///{workdir / 'a.db'}", CACHE_TYPE="memory", JWT_SECRET_KEY=A_SECRET
+    )
     b_database = workdir / "b.db"
     a = GunicornGateway(a_env, free_port(), workdir, workers=1)
-    b = GunicornGateway(gateway_env(f"sqlite:///{b_database}"), free_port(), workdir, workers=1)
+    b_env = gunicorn_env(f"sqlite:///{b_database}", CACHE_TYPE="memory")
+    b = GunicornGateway(b_env, free_port(), workdir, workers=1)
     try:
         start_together(a, b)
         register_upstream(a.url, upstream, A_ADMIN)

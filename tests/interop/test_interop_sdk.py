@@ -4,8 +4,6 @@ Both of the SDK's connect modes (`legacy`: the initialize handshake; `auto`: pro
 `server/discover` first) over every MCP endpoint: the whole gateway at `/mcp`, a virtual
 server at `/servers/{id}/mcp`, and the legacy HTTP+SSE transport at `/sse`. Behind the
 gateway is our own upstream server, so every answer crosses a real upstream hop.
-
-`sdk_client` is also the way the cluster and federation tests reach a gateway.
 """
 
 from __future__ import annotations
@@ -14,9 +12,8 @@ import asyncio
 import contextlib
 import time
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,7 +23,6 @@ import httpx2
 import pytest
 from mcp import Client
 from mcp.client.sse import sse_client
-from mcp.client.streamable_http import streamable_http_client
 from mcp.client.subscriptions import ResourceUpdated
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp_types import (
@@ -38,8 +34,15 @@ from mcp_types import (
     TextResourceContents,
 )
 
-from tests.conftest import TEST_SECRET, free_port, make_token
-from tests.support.gunicorn_process import GunicornGateway
+from tests.conftest import free_port
+from tests.support.gunicorn_process import (
+    USER,
+    GunicornGateway,
+    admin_post,
+    gunicorn_env,
+    register_upstream,
+)
+from tests.support.sdk import sdk_client
 from tests.upstreams.fixtures import eventually
 from tests.upstreams.processes import RunningUpstream, start_own, stop_upstream
 
@@ -47,8 +50,6 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(60)]
 
 T = TypeVar("T")
 
-ADMIN = {"Authorization": f"Bearer {make_token('root', ('admin',), minutes=30)}"}
-USER = {"Authorization": f"Bearer {make_token('user', minutes=30)}"}
 HANDSHAKE_VERSION = "2025-11-25"
 MODERN_VERSION = "2026-07-28"
 # The SDK's own limit for the auto-mode probe; falling back must not wait for it.
@@ -83,50 +84,7 @@ SHUTDOWN_BUG = (
 GRACEFUL_TIMEOUT = 8.0
 
 
-# --- the SDK client --------------------------------------------------------------------------
-
-
-def http_client_factory(fresh_connections: bool = False) -> Callable[..., httpx2.AsyncClient]:
-    """Make the SDK's HTTP clients; with `fresh_connections` no connection is reused, so
-    gunicorn may hand every request to any worker."""
-    limits = httpx2.Limits(max_keepalive_connections=0) if fresh_connections else httpx2.Limits()
-
-    def make(
-        headers: dict[str, str] | None = None,
-        timeout: httpx2.Timeout | None = None,
-        auth: httpx2.Auth | None = None,
-    ) -> httpx2.AsyncClient:
-        return httpx2.AsyncClient(
-            headers=headers,
-            timeout=timeout or httpx2.Timeout(10.0, read=60.0),
-            auth=auth,
-            limits=limits,
-        )
-
-    return make
-
-
-@asynccontextmanager
-async def sdk_client(
-    url: str,
-    mode: str,
-    *,
-    headers: Mapping[str, str] = USER,
-    fresh_connections: bool = False,
-    **options: Any,
-) -> AsyncIterator[Client]:
-    """An entered SDK `Client` on `url`: HTTP+SSE when the path ends in `/sse`, Streamable
-    HTTP otherwise; `options` go to `Client` (message_handler, read_timeout_seconds...)."""
-    make = http_client_factory(fresh_connections)
-    if url.endswith("/sse"):
-        transport = sse_client(url, headers=dict(headers), httpx_client_factory=make)
-        async with Client(transport, mode=mode, **options) as client:
-            yield client
-        return
-    async with make(headers=dict(headers)) as http:
-        transport = streamable_http_client(url, http_client=http)
-        async with Client(transport, mode=mode, **options) as client:
-            yield client
+# --- waiting for what the SDK client hears ----------------------------------------------------
 
 
 async def until_received(
@@ -155,39 +113,7 @@ def update_trigger(upstream: RunningUpstream, uri: str) -> Callable[[], Awaitabl
 
 
 def gateway_env(database_url: str, **extra: str) -> dict[str, str]:
-    return {
-        "DATABASE_URL": database_url,
-        "CACHE_TYPE": "memory",
-        "JWT_SECRET_KEY": TEST_SECRET,
-        "AUTH_ENCRYPTION_SECRET": "interop-encryption-secret",
-        "TOOL_TIMEOUT": TOOL_TIMEOUT,
-        "GUNICORN_GRACEFUL_TIMEOUT": "3",
-        **extra,
-    }
-
-
-def admin_post(
-    base_url: str, path: str, body: dict[str, Any], headers: Mapping[str, str] = ADMIN
-) -> dict[str, Any]:
-    response = httpx2.post(f"{base_url}{path}", json=body, headers=dict(headers), timeout=15.0)
-    assert response.status_code == 201, response.text
-    reply: dict[str, Any] = response.json()
-    return reply
-
-
-def register_upstream(
-    base_url: str, upstream: RunningUpstream, headers: Mapping[str, str] = ADMIN
-) -> None:
-    """Register our upstream as `own`."""
-    body = {"name": "own", "url": upstream.url, "transport": "streamable-http"}
-    admin_post(base_url, "/upstreams", body, headers)
-
-
-def start_together(*gateways: GunicornGateway) -> None:
-    """Start gateways at once: each spends its seconds of start-up mostly waiting."""
-    with ThreadPoolExecutor(len(gateways)) as pool:
-        for started in [pool.submit(gateway.start) for gateway in gateways]:
-            started.result()
+    return gunicorn_env(database_url, CACHE_TYPE="memory", TOOL_TIMEOUT=TOOL_TIMEOUT, **extra)
 
 
 @dataclass(frozen=True)
@@ -220,17 +146,13 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
 
 
 @pytest.fixture
-def fresh_deployment(tmp_path: Path, own_upstream: RunningUpstream) -> Iterator[Deployment]:
+def fresh_deployment(
+    gunicorn: Callable[..., GunicornGateway], tmp_path: Path, own_upstream: RunningUpstream
+) -> Deployment:
     """A gateway of this test's own, whose worker has not talked to the upstream yet."""
-    gateway = GunicornGateway(
-        gateway_env(f"sqlite:///{tmp_path / 'gateway.db'}"), free_port(), tmp_path, workers=1
-    )
-    try:
-        gateway.start()
-        register_upstream(gateway.url, own_upstream)
-        yield Deployment(gateway, own_upstream)
-    finally:
-        gateway.stop()
+    gateway = gunicorn(gateway_env(f"sqlite:///{tmp_path / 'gateway.db'}"), workers=1)
+    register_upstream(gateway.url, own_upstream)
+    return Deployment(gateway, own_upstream)
 
 
 # --- what each mode and endpoint should give -------------------------------------------------
