@@ -130,6 +130,13 @@ class SessionStore:
         except CacheUnavailable:
             return session
 
+    async def get_stored(self, session_id: str) -> SessionRecord | None:
+        """The session as the cache holds it now, skipping this worker's copy: for a
+        transport whose handshake is answered in the background, on any worker."""
+        if self._has_ended(session_id, time.monotonic()):
+            return None
+        return await self._load(session_id)
+
     async def _load(self, session_id: str) -> SessionRecord | None:
         raw = await self.use.run(self.use.cache.get(self.key(session_id)))
         if raw is None:

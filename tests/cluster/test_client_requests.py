@@ -127,6 +127,22 @@ async def test_sampling_elicitation_and_roots_reach_the_client_and_back(
             assert roots["roots"] == [{"uri": "file:///work/project", "name": "project"}]
 
 
+async def test_log_messages_of_a_running_tool_reach_a_client_that_set_no_level(
+    deployment: Deployment,
+) -> None:
+    received: list[Any] = []
+
+    async def logged(params: Any) -> None:
+        received.append(params.data)
+
+    async with sdk_client(
+        deployment.a.url + "/mcp", "legacy", fresh_connections=True, logging_callback=logged
+    ) as client:
+        result = await client.call_tool("own__log", {"level": "info", "message": "working"})
+    assert not result.is_error
+    assert received == ["working"]
+
+
 async def test_concurrent_calls_each_get_their_own_answers(deployment: Deployment) -> None:
     async with sdk_client(
         deployment.a.url + "/mcp", "legacy", fresh_connections=True, sampling_callback=sampled

@@ -673,6 +673,44 @@ async def test_log_messages_follow_logging_set_level(client: Client, session: st
     assert stored is not None and stored.log_level == "warning"
 
 
+async def test_log_messages_reach_a_client_that_set_no_level_and_asked_no_progress(
+    client: Client, session: str
+) -> None:
+    response = await client.post(
+        "/mcp",
+        json={
+            "jsonrpc": "2.0",
+            "id": 2,
+            "method": "tools/call",
+            "params": {"name": "rich_progress", "arguments": {}},
+        },
+        headers=session_headers(session),
+    )
+    assert response.content_type == "text/event-stream"
+    messages = [event.message for event in parse_events(await response.text())]
+    logged = [m["params"]["data"] for m in messages if m.get("method") == "notifications/message"]
+    assert logged == ["debug line", "info line", "error line"]
+    assert not [m for m in messages if m.get("method") == "notifications/progress"]
+    assert messages[-1]["result"]["content"][0]["text"] == "done"
+
+
+async def test_a_call_that_relays_nothing_answers_as_plain_json(
+    client: Client, session: str
+) -> None:
+    response = await client.post(
+        "/mcp",
+        json={
+            "jsonrpc": "2.0",
+            "id": 3,
+            "method": "tools/call",
+            "params": {"name": "rich_echo", "arguments": {"text": "plain"}},
+        },
+        headers=session_headers(session),
+    )
+    assert response.content_type == "application/json"
+    assert (await response.json())["result"]["content"][0]["text"] == "plain"
+
+
 async def test_logging_set_level_with_an_unknown_level_returns_32602(
     client: Client, session: str
 ) -> None:

@@ -139,9 +139,10 @@ async def _handle(
         message = parse_message(item)
     except RPCError as exc:
         return jsonrpc.error_message(exc.request_id, exc)
-    # The session as stored now: another worker may have changed it (level, version).
+    # The session as stored now: another worker may have changed it since (the handshake
+    # runs in the background on whichever worker took it: version, capabilities, level).
     try:
-        session = await sessions.get(session.id) or session
+        session = await sessions.get_stored(session.id) or session
     except CacheUnavailable:
         pass
 
