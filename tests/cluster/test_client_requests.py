@@ -37,7 +37,7 @@ from tests.cluster.deployment import (
     start_deployment,
     stop_deployment,
 )
-from tests.interop.test_interop_sdk import sdk_client
+from tests.support.sdk import sdk_client
 from tests.upstreams.processes import RunningUpstream, start_own, stop_upstream
 
 pytestmark = pytest.mark.timeout(120)
