@@ -1,20 +1,23 @@
-"""What the two HTTP transports share: one aiohttp session per backend with a keep-alive
-pool, messages POSTed with the upstream's answer checked, event streams opened and read,
-and aiohttp's failures as one-line `BackendError`s naming the upstream."""
+"""What the two HTTP transports share: messages POSTed with the upstream's answer checked,
+on our own keep-alive client (`fasthttp`, far cheaper per call than aiohttp's); event
+streams opened (and Streamable HTTP's DELETE sent) on an aiohttp session, which long-lived
+streams suit; and both clients' failures as one-line `BackendError`s naming the upstream."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import aiohttp
 import orjson
 import structlog
 
 from gateway.contracts import JSON, BackendError, UpstreamConfig
+from gateway.mcpclient import fasthttp
 from gateway.mcpclient.client import McpClient
+from gateway.mcpclient.fasthttp import KEEPALIVE_SECONDS, HttpPool, RequestHead, Response
 from gateway.mcpclient.link import Link, MessageRefused, SessionExpired
 from gateway.mcpclient.sse import SseEvent
 from gateway.mcpclient.wire import json_messages, one_line
@@ -23,10 +26,6 @@ if TYPE_CHECKING:
     from gateway.settings import Settings
 
 log = structlog.get_logger(__name__)
-
-# Below the 5 s idle timeout of uvicorn and Node.js, so the pool drops an idle connection
-# before the upstream does, instead of racing it and failing a call on a dead socket.
-KEEPALIVE_SECONDS = 4.0
 
 
 def json_dumps(obj: Any) -> str:
@@ -54,13 +53,23 @@ class HttpStatusError(MessageRefused):
         self.status = status
 
 
-async def http_error(upstream: str, resp: aiohttp.ClientResponse, what: str) -> HttpStatusError:
+class Answer(Protocol):
+    """What `http_error` reads of either client's response."""
+
+    @property
+    def status(self) -> int: ...
+    @property
+    def reason(self) -> str | None: ...
+    async def read(self) -> bytes: ...
+
+
+async def http_error(upstream: str, resp: Answer, what: str) -> HttpStatusError:
     detail = ""
     try:
         body = orjson.loads(await resp.read())
         if isinstance(body, dict) and isinstance(body.get("error"), dict):
             detail = f": {one_line(str(body['error'].get('message', '')))}"
-    except (orjson.JSONDecodeError, aiohttp.ClientError):
+    except (orjson.JSONDecodeError, aiohttp.ClientError, fasthttp.HttpClientError):
         pass
     return HttpStatusError(
         f"upstream {upstream!r} answered HTTP {resp.status} {resp.reason or ''}".rstrip()
@@ -69,9 +78,21 @@ async def http_error(upstream: str, resp: aiohttp.ClientResponse, what: str) -> 
     )
 
 
-def client_error(upstream: str, url: object, method: str, exc: aiohttp.ClientError) -> BackendError:
+def client_error(
+    upstream: str, url: object, method: str, exc: aiohttp.ClientError | fasthttp.HttpClientError
+) -> BackendError:
     where = f"upstream {upstream!r}"
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if isinstance(exc, fasthttp.CannotConnect):
+        message = f"{where} could not be reached at {url}: {exc}"
+    elif isinstance(exc, fasthttp.Disconnected):
+        message = f"{where} closed the connection before answering {method}"
+    elif isinstance(exc, fasthttp.TruncatedBody):
+        message = f"{where} sent a truncated reply to {method}"
+    elif isinstance(exc, fasthttp.BadResponse):
+        message = f"{where} sent an invalid HTTP response to {method}: {one_line(str(exc))}"
+    elif isinstance(exc, fasthttp.InvalidUrl):
+        message = f"{where} has an invalid URL {str(url)!r}"
+    elif isinstance(exc, aiohttp.ClientConnectorError):
         reason = os.strerror(exc.errno) if exc.errno else one_line(str(exc))
         message = f"{where} could not be reached at {url}: {reason}"
     elif isinstance(exc, aiohttp.ServerDisconnectedError):
@@ -95,6 +116,8 @@ class HttpLink(Link):
         super().__init__(upstream)
         self.url = url
         self.headers = dict(headers)
+        self.head: RequestHead | None = None
+        """`headers` encoded for a POST to `url`, once they are settled."""
 
 
 H = TypeVar("H", bound=HttpLink)
@@ -106,16 +129,21 @@ class HttpClient(McpClient[H]):
     def __init__(self, upstream: UpstreamConfig, settings: Settings) -> None:
         super().__init__(upstream, settings)
         self._http: aiohttp.ClientSession | None = None
+        self._pool: HttpPool | None = None
 
     async def start(self) -> None:
         await super().start()
         self._http = new_http_session()
+        self._pool = HttpPool()
 
     async def close(self) -> None:
         await super().close()
         http, self._http = self._http, None
         if http is not None:
             await http.close()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
 
     def _client(self) -> aiohttp.ClientSession:
         if self._http is None:
@@ -123,23 +151,32 @@ class HttpClient(McpClient[H]):
         return self._http
 
     def _failure(self, exc: Exception, what: str) -> BackendError | None:
-        if isinstance(exc, aiohttp.ClientError):
+        if isinstance(exc, aiohttp.ClientError | fasthttp.HttpClientError):
             return client_error(self.name, self.url, what, exc)
         return None
 
     @asynccontextmanager
-    async def _posting(self, link: H, message: JSON) -> AsyncIterator[aiohttp.ClientResponse]:
+    async def _posting(self, link: H, message: JSON) -> AsyncIterator[Response]:
         """POST `message` on `link`; the response, once the upstream has accepted it."""
         what = str(message.get("method", "a reply"))
         if link.lost is not None:
             raise BackendError(f"upstream {self.name!r} {link.lost}")
-        body = orjson.dumps(message)
-        async with self._client().post(link.url, data=body, headers=link.headers) as resp:
+        if self._pool is None:
+            raise BackendError(f"upstream {self.name!r}: not started or already closed")
+        head = link.head
+        # Headers change only when a session begins, so the encoded head is nearly always
+        # the one built before.
+        if head is None or head.url != link.url or head.headers != link.headers:
+            head = link.head = RequestHead("POST", link.url, link.headers)
+        resp = await self._pool.request(head, orjson.dumps(message))
+        try:
             if resp.status == 404 and link.session_id is not None:
                 raise SessionExpired(self.name, what)
             if resp.status >= 300:
                 raise await http_error(self.name, resp, what)
             yield resp
+        finally:
+            resp.release()
 
     async def _check_stream(self, resp: aiohttp.ClientResponse) -> None:
         """Raise unless `resp` is the event stream a GET asked for."""
