@@ -12,11 +12,6 @@ import pytest
 from tests.conftest import TEST_SECRET, Client, GatewayFactory, make_token
 
 
-@pytest.fixture
-async def client(gateway: GatewayFactory) -> Client:
-    return await gateway()
-
-
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import Client, GatewayFactory, make_token, rpc
-from tests.plugins import faulty
 
 ADMIN = {"Authorization": f"Bearer {make_token('root', ('admin',))}"}
 ALICE = {"Authorization": f"Bearer {make_token('alice')}"}
@@ -15,11 +14,6 @@ BOB = {"Authorization": f"Bearer {make_token('bob')}"}
 async def set_tool(client: Client, name: str, **changes: object) -> None:
     response = await client.patch(f"/tools/{name}", json=changes, headers=ADMIN)
     assert response.status == 200, await response.text()
-
-
-@pytest.fixture
-async def client(gateway: GatewayFactory) -> Client:
-    return await gateway(plugins=[faulty])
 
 
 def text(body: dict[str, object]) -> str:
