@@ -1,7 +1,7 @@
 """The `streamable-http` backend: one upstream MCP server reached over Streamable HTTP.
 
-Each backend instance (one per upstream per worker) keeps one aiohttp session with a
-keep-alive pool and one MCP session, initialised lazily on first use and re-initialised
+Each backend instance (one per upstream per worker) keeps one keep-alive connection
+pool and one MCP session, initialised lazily on first use and re-initialised
 once when the upstream forgets it (HTTP 404); `close()` ends it with DELETE, and fails
 the requests still reading their replies with `BackendError`. Every message is a POST,
 and a request's reply is a JSON body or an SSE stream. That stream belongs to its request,
@@ -36,6 +36,7 @@ from gateway.mcpclient import (
     SessionState,
     SseParser,
 )
+from gateway.mcpclient.fasthttp import Response
 from gateway.mcpclient.wire import decode_json, json_messages
 from gateway.plugin import (
     JSON,
@@ -61,7 +62,7 @@ class _SessionLink(HttpLink):
         super().__init__(upstream, url, headers)
         self.last_event_id = ""
         """Where the listening stream resumes after a drop."""
-        self.replies: dict[aiohttp.ClientResponse, str] = {}
+        self.replies: dict[Response, str] = {}
         """The reply streams being read, with their request's method."""
 
     def adopt(self, headers: Mapping[str, str]) -> None:
@@ -82,7 +83,7 @@ class _SessionLink(HttpLink):
     def end(self, reason: str) -> None:
         super().end(reason)
         for resp, method in self.replies.items():
-            # aiohttp does not wake a reader whose connection is closed under it.
+            # Nothing else wakes a reader whose upstream keeps its stream open.
             failure = BackendError(
                 f"upstream {self.upstream!r} {self.lost} before answering {method}"
             )
@@ -140,9 +141,7 @@ class McpHttpBackend(HttpClient[_SessionLink]):
             else:
                 await self._read_body(resp, link, call)
 
-    async def _read_body(
-        self, resp: aiohttp.ClientResponse, link: _SessionLink, call: Call
-    ) -> None:
+    async def _read_body(self, resp: Response, link: _SessionLink, call: Call) -> None:
         for message in json_messages(decode_json(self.name, await resp.read(), call.method)):
             await self._receive(link, message, call)
         if not call.reply.done():
@@ -150,9 +149,7 @@ class McpHttpBackend(HttpClient[_SessionLink]):
                 f"upstream {self.name!r} sent no response to {call.method} (id {call.request_id})"
             )
 
-    async def _read_stream(
-        self, resp: aiohttp.ClientResponse, link: _SessionLink, call: Call
-    ) -> None:
+    async def _read_stream(self, resp: Response, link: _SessionLink, call: Call) -> None:
         parser = SseParser()
         async for chunk in resp.content.iter_any():
             for event in parser.feed(chunk):
@@ -171,7 +168,7 @@ class McpHttpBackend(HttpClient[_SessionLink]):
                 f"upstream {self.name!r} ended its event stream without answering {call.method}"
             )
 
-    async def _finish_stream(self, resp: aiohttp.ClientResponse) -> None:
+    async def _finish_stream(self, resp: Response) -> None:
         # A stream read to its end lets the connection go back to the pool; servers end it
         # right after the answer. One that keeps streams open loses this after one miss, so
         # it costs a reconnect per call rather than a wait per call.
