@@ -94,7 +94,9 @@ async def test_bearer_scheme_is_case_insensitive(auth: JwtAuthenticator) -> None
     assert who.subject == "dave"
 
 
-async def test_authenticate_works_inside_a_real_aiohttp_app(auth: JwtAuthenticator) -> None:
+async def test_authenticate_in_an_aiohttp_handler_accepts_a_bearer_and_refuses_none(
+    auth: JwtAuthenticator,
+) -> None:
     async def whoami(request: web.Request) -> web.Response:
         try:
             who = await auth.authenticate(request)
