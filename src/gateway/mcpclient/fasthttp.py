@@ -11,8 +11,7 @@ reused connection before any byte of its response arrived (the upstream closed i
 was idle, and the close crossed our request) is sent once more on a new connection;
 nothing else is retried, since a POST is not idempotent.
 
-A response's body is read as it arrives (`Body`, the part of aiohttp's `StreamReader` the
-backends use), with reading paused while too much of it waits unread.
+A response's body is read as it arrives (`body.Body`).
 """
 
 from __future__ import annotations
@@ -29,13 +28,12 @@ import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway import __version__
+from gateway.mcpclient.body import Body
 
 # Below the 5 s idle timeout of uvicorn and Node.js, so the pool drops an idle connection
 # before the upstream does, instead of racing it and failing a call on a dead socket.
 KEEPALIVE_SECONDS = 4.0
 LIMIT_PER_ORIGIN = 256
-# Unread body bytes above which the connection stops reading, and below which it resumes.
-HIGH_WATER = 256 * 1024
 DEFAULT_PORTS = {"http": 80, "https": 443}
 _SAFE_PATH = "/%:@!$&'()*+,;=-._~"
 _SAFE_QUERY = _SAFE_PATH + "?"
@@ -104,106 +102,6 @@ class RequestHead:
             # It would end the head early and smuggle the rest in as headers or a request.
             raise HttpClientError(f"a header or the URL of {url!r} contains a line break")
         self.encoded = ("\r\n".join(lines) + "\r\n").encode()
-
-
-class Body:
-    """A response's body as it arrives; its methods are those of aiohttp's `StreamReader`
-    that the backends use."""
-
-    __slots__ = ("_chunks", "_connection", "_error", "_size", "_waiter", "complete")
-
-    def __init__(self, connection: _Connection) -> None:
-        self._connection = connection
-        self._chunks: list[bytes] = []
-        self._size = 0
-        self._error: BaseException | None = None
-        self._waiter: asyncio.Future[None] | None = None
-        self.complete = False
-
-    def feed(self, data: bytes) -> None:
-        self._chunks.append(data)
-        self._size += len(data)
-        if self._size > HIGH_WATER:
-            self._connection.pause()
-        self._wake()
-
-    def finish(self) -> None:
-        self.complete = True
-        self._wake()
-
-    def set_exception(self, exc: BaseException) -> None:
-        """Fail the reads to come (and the one waiting) with `exc`."""
-        if self._error is None:
-            self._error = exc
-        self._wake()
-
-    @property
-    def failed(self) -> bool:
-        return self._error is not None
-
-    def at_eof(self) -> bool:
-        return self.complete and not self._chunks
-
-    async def readany(self) -> bytes:
-        """What has arrived since the last read, waiting for something; b"" at the end."""
-        while not self._chunks or self._error is not None:
-            if self._error is not None:
-                raise self._error
-            if self.complete:
-                return b""
-            await self._wait()
-        return self._take()
-
-    async def read(self) -> bytes:
-        """The whole body."""
-        if self.complete and self._error is None:
-            return self._take()
-        parts = []
-        while data := await self.readany():
-            parts.append(data)
-        return b"".join(parts)
-
-    def iter_any(self) -> _Chunks:
-        return _Chunks(self)
-
-    def _take(self) -> bytes:
-        chunks = self._chunks
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        self._chunks = []
-        self._size = 0
-        self._connection.resume()
-        return data
-
-    async def _wait(self) -> None:
-        self._waiter = asyncio.get_running_loop().create_future()
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-
-class _Chunks:
-    """`async for chunk in body.iter_any()`: an iterator, not a generator, so a reader
-    that stops early leaves nothing to finalise."""
-
-    __slots__ = ("_body",)
-
-    def __init__(self, body: Body) -> None:
-        self._body = body
-
-    def __aiter__(self) -> _Chunks:
-        return self
-
-    async def __anext__(self) -> bytes:
-        data = await self._body.readany()
-        if not data:
-            raise StopAsyncIteration
-        return data
 
 
 class Response:
