@@ -3,8 +3,9 @@
 Every long-lived part is built here, by the `cleanup_ctx` entries of `RESOURCES`, in the
 order they are listed: store, cache (and what lives in it), this worker's membership of the
 cluster (which writes wait on), authenticator, hub, registry (with the backends), per-client
-upstream sessions, upstream management (with the notifier and the leader's jobs), and the
-dispatcher. Each is handed what it needs; teardown runs in reverse.
+upstream sessions, upstream management (with the notifier and the leader's jobs), the era
+bridge (2026 calls that outlive their request), and the dispatcher. Each is handed what it
+needs; teardown runs in reverse.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from gateway.consistency import Consistency
 from gateway.contracts import Principal
 from gateway.keys import (
     AUTHENTICATOR,
+    BRIDGE,
     CACHE,
     CONSISTENCY,
     DISPATCHER,
@@ -47,10 +49,12 @@ from gateway.limits import RateLimiter
 from gateway.logconfig import configure_logging
 from gateway.mcp import legacy_sse, streamable
 from gateway.mcp.asks import ClientAsks
+from gateway.mcp.bridge import Bridge
 from gateway.mcp.dispatch import Dispatcher
 from gateway.mcp.hub import Hub
 from gateway.mcp.methods import Methods
 from gateway.mcp.notifications import Notifier
+from gateway.mcp.request_state import SECRET_NAME, Sealer
 from gateway.mcp.streams import EventLog
 from gateway.mcp.upstream_calls import UpstreamCalls
 from gateway.middlewares import envelope
@@ -195,17 +199,43 @@ async def _upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
     await notifier.close()
 
 
+async def _bridge_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The 2026 calls that outlive their request while the client answers the upstream,
+    and the key, shared by every instance, that seals their `requestState`."""
+    settings = app[SETTINGS]
+    secret = await app[STORE].get_or_create_secret(SECRET_NAME, new_secret)
+    use = CacheUse(app[CACHE], settings.cache_type, "bridge", settings.cache_timeout)
+    bridge = Bridge(
+        app[HUB], use, Sealer(secret), settings.tool_timeout, settings.bridged_calls_max
+    )
+    app[BRIDGE] = bridge
+    yield
+    await bridge.close()
+
+
 async def _dispatch_ctx(app: web.Application) -> AsyncIterator[None]:
     """The one dispatcher every transport calls, and the tasks transports leave running."""
     settings = app[SETTINGS]
     asks_use = CacheUse(app[CACHE], settings.cache_type, "asks", settings.cache_timeout)
     asks = ClientAsks(app[HUB], asks_use, settings.tool_timeout)
     calls = UpstreamCalls(
-        settings, app[REGISTRY], app[RESULTS], app[LIMITS], asks, app[UPSTREAM_SESSIONS]
+        settings,
+        app[REGISTRY],
+        app[RESULTS],
+        app[LIMITS],
+        asks,
+        app[UPSTREAM_SESSIONS],
+        app[BRIDGE],
     )
     methods = Methods(app[REGISTRY], app[SESSIONS], calls)
     app[DISPATCHER] = Dispatcher(
-        methods, app[LIMITS], settings.rate_limit_per_minute, app[HUB], app[SESSIONS], asks
+        methods,
+        app[LIMITS],
+        settings.rate_limit_per_minute,
+        app[HUB],
+        app[SESSIONS],
+        asks,
+        app[BRIDGE],
     )
     tasks = BackgroundTasks()
     app[TASKS] = tasks
@@ -222,6 +252,7 @@ RESOURCES: tuple[Ctx, ...] = (
     _registry_ctx,
     _upstream_sessions_ctx,
     _upstreams_ctx,
+    _bridge_ctx,
     _dispatch_ctx,
 )
 """Every long-lived part, in the order it is built; teardown runs in reverse."""

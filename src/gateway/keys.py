@@ -9,6 +9,7 @@ from gateway.consistency import Consistency
 from gateway.contracts import Authenticator, Cache
 from gateway.leader import LeaderElection
 from gateway.limits import RateLimiter
+from gateway.mcp.bridge import Bridge
 from gateway.mcp.dispatch import Dispatcher
 from gateway.mcp.hub import Hub
 from gateway.mcp.notifications import Notifier
@@ -40,5 +41,6 @@ UPSTREAMS = web.AppKey("upstreams", UpstreamService)
 UPSTREAM_SESSIONS = web.AppKey("upstream_sessions", UpstreamSessions)
 NOTIFIER = web.AppKey("notifier", Notifier)
 LEADER = web.AppKey("leader", LeaderElection)
+BRIDGE = web.AppKey("bridge", Bridge)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 TASKS = web.AppKey("tasks", BackgroundTasks)

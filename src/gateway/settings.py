@@ -152,6 +152,7 @@ class Settings:
     upstream_refresh_interval: float = 300.0
     session_ttl: float = 3600.0
     per_client_sessions_max: int = 1000
+    bridged_calls_max: int = 1000
     mcp_sessions: str = "optional"
     log_level: str = "info"
     log_format: str = "auto"
@@ -214,6 +215,7 @@ _PARSERS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "UPSTREAM_REFRESH_INTERVAL": ("upstream_refresh_interval", _float),
     "SESSION_TTL": ("session_ttl", _float),
     "PER_CLIENT_SESSIONS_MAX": ("per_client_sessions_max", lambda n, r: _int(n, r, 1)),
+    "BRIDGED_CALLS_MAX": ("bridged_calls_max", lambda n, r: _int(n, r, 1)),
     "MCP_SESSIONS": ("mcp_sessions", lambda n, r: _choice(n, r, ("optional", "required"))),
     "LOG_LEVEL": ("log_level", lambda n, r: _choice(n, r, _LOG_LEVELS)),
     "LOG_FORMAT": ("log_format", lambda n, r: _choice(n, r, ("auto", "json", "console"))),

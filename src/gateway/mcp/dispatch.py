@@ -21,6 +21,7 @@ from gateway.jsonrpc import Id, RPCError
 from gateway.limits import RateLimiter
 from gateway.mcp import versions
 from gateway.mcp.asks import ClientAsks
+from gateway.mcp.bridge import Bridge
 from gateway.mcp.context import Context, Era
 from gateway.mcp.hub import Hub
 from gateway.mcp.methods import SERVER_INFO, Methods
@@ -114,9 +115,11 @@ class Dispatcher:
         hub: Hub,
         sessions: SessionStore,
         asks: ClientAsks,
+        bridge: Bridge,
     ) -> None:
         self.methods = methods
         self.asks = asks
+        self.bridge = bridge
         self.table = method_table(methods)
         self.limits = limits
         self.caller_limit = caller_limit
@@ -163,7 +166,11 @@ class Dispatcher:
                 raise RPCError(
                     jsonrpc.INVALID_REQUEST, "Invalid Request: this method needs an MCP session"
                 )
-            value = await spec.handler(params, ctx)
+            if ctx.era is Era.MODERN and spec.target and "requestState" in params:
+                # A retry after `input_required`: it continues a call, it starts nothing.
+                value = await self.bridge.resume(method, params, ctx)
+            else:
+                value = await spec.handler(params, ctx)
             if ctx.era is Era.MODERN:
                 value = decorate(spec, value)
             return Reply(message.id, value)

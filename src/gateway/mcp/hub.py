@@ -64,7 +64,10 @@ class Hub:
         self.session_listeners: list[Callable[[str], Awaitable[None]]] = []
         """Called on every worker with the id of each session that ends."""
         self.asks: dict[str, tuple[str, asyncio.Future[JSON]]] = {}
-        """Requests relayed to clients, by the id the gateway gave them: (session, answer)."""
+        """Requests relayed to clients, by the id the gateway gave them: (owner, answer); the
+        owner is the session asked, or for a sessionless 2026 call the caller's key."""
+        self.handlers: dict[str, Callable[[JSON], Awaitable[None]]] = {}
+        """Event kinds other parts define (the era bridge's), by kind."""
         self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
 
@@ -232,6 +235,8 @@ class Hub:
             for listener in self.session_listeners:
                 await listener(session_id)
             await self.consistency.applied(event.get("change"))
+        elif isinstance(kind, str) and kind in self.handlers:
+            await self.handlers[kind](event)
 
     async def _listen(self) -> None:
         while True:

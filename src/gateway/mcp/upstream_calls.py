@@ -15,11 +15,12 @@ import structlog
 
 from gateway import jsonrpc
 from gateway.catalogue import Tool
-from gateway.contracts import BackendError, FullBackend, UpstreamError
+from gateway.contracts import AskClient, BackendError, FullBackend, UpstreamError
 from gateway.jsonrpc import RPCError
 from gateway.limits import RateLimiter
 from gateway.mcp import versions
 from gateway.mcp.asks import ClientAsks
+from gateway.mcp.bridge import Bridge
 from gateway.mcp.context import Context
 from gateway.metrics import TOOL_CALLS
 from gateway.registry import Registry
@@ -57,8 +58,10 @@ class UpstreamCalls:
         limits: RateLimiter,
         asks: ClientAsks,
         upstream_sessions: UpstreamSessions,
+        bridge: Bridge,
     ) -> None:
         self.asks = asks
+        self.bridge = bridge
         self.upstream_sessions = upstream_sessions
         self.settings = settings
         self.registry = registry
@@ -93,16 +96,34 @@ class UpstreamCalls:
             record.rate_limit or self.settings.tool_rate_limit_per_minute,
         )
         if not record.cache_ttl:
-            return await self._call_upstream(tool, arguments, ctx, meta)
+            return await self._call(tool, arguments, ctx, meta)
         key = result_key(name, arguments, ctx.caller.subject)
         cached = await self.results.get(key)
         if cached is not None:
             return cached
-        result = await self._call_upstream(tool, arguments, ctx, meta)
+        result = await self._call(tool, arguments, ctx, meta)
+        if result.get("resultType") == "input_required":
+            return result  # only a call's final result is worth keeping
         return await self.results.put(key, result, record.cache_ttl)
 
+    async def _call(self, tool: Tool, arguments: JSON, ctx: Context, meta: JSON | None) -> JSON:
+        """The upstream's answer; for a 2026 client that can be asked things, the era
+        bridge's, which may be `input_required`."""
+        if not self.bridge.wanted(ctx) or tool.record.upstream not in self.registry.full_backends:
+            return await self._call_upstream(tool, arguments, ctx, meta)
+
+        async def work(call_ctx: Context, ask: AskClient | None) -> JSON:
+            return await self._call_upstream(tool, arguments, call_ctx, meta, ask)
+
+        return await self.bridge.call(ctx, tool.record.name, work)
+
     async def _call_upstream(
-        self, tool: Tool, arguments: JSON, ctx: Context, meta: JSON | None
+        self,
+        tool: Tool,
+        arguments: JSON,
+        ctx: Context,
+        meta: JSON | None,
+        on_request: AskClient | None = None,
     ) -> JSON:
         upstream = tool.record.upstream
         backend = self.registry.backends.get(upstream)
@@ -116,12 +137,14 @@ class UpstreamCalls:
                 full = self.registry.full_backends.get(upstream)
                 if upstream in self.registry.per_client:
                     backend = full = self.full_backend(upstream, ctx)
-                if ctx.emit is None or full is None:
+                if full is None or (ctx.emit is None and on_request is None):
                     # Nothing to relay: the plain call (backends cancel upstream themselves
                     # when the caller goes away).
                     return await backend.call_tool(tool.record.definition.name, arguments, timeout)
                 params: JSON = {"name": tool.record.definition.name, "arguments": arguments}
-                return await self.forward(full, "tools/call", params, ctx, meta, timeout)
+                return await self.forward(
+                    full, "tools/call", params, ctx, meta, timeout, on_request
+                )
         except BackendError as exc:
             outcome = "error"
             log.warning(
@@ -143,9 +166,11 @@ class UpstreamCalls:
         ctx: Context,
         meta: JSON | None,
         timeout: float | None = None,
+        on_request: AskClient | None = None,
     ) -> JSON:
         """Send a request upstream, relaying its progress (under the client's own token) and
-        log messages (at the client's level) to the client's stream."""
+        log messages (at the client's level) to the client's stream, and what it asks its
+        client to `on_request` (by default, the client's stream)."""
         client_token = (meta or {}).get("progressToken")
         relay = None
         if ctx.emit is not None:
@@ -172,7 +197,7 @@ class UpstreamCalls:
             params,
             timeout or self.settings.tool_timeout,
             relay,
-            on_request=self.asks.asker(ctx),
+            on_request=on_request or self.asks.asker(ctx),
         )
 
     async def passthrough(
