@@ -1,11 +1,15 @@
 """The multi-process tests: every test in this folder starts gunicorn gateways, so every one
-carries the `cluster` marker (`pytest -m "not cluster"` skips them all)."""
+carries the `cluster` marker (`pytest -m "not cluster"` skips them all). A module whose
+gateways serve all its tests keeps its PostgreSQL data in `module_postgres_url`."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import fresh_schema
 
 HERE = Path(__file__).parent
 
@@ -16,3 +20,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if HERE in item.path.parents:
             item.add_marker(pytest.mark.cluster)
+
+
+@pytest.fixture(scope="module")
+def module_postgres_url(postgres_base_url: str) -> Iterator[str]:
+    """A schema of this module's own, since one deployment serves all its tests."""
+    with fresh_schema(postgres_base_url) as url:
+        yield url

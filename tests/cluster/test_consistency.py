@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psycopg2
 import pytest
 from structlog.testing import capture_logs
 
@@ -45,7 +44,7 @@ from tests.cluster.deployment import (
     upstream_tool_calls,
     wait_until,
 )
-from tests.conftest import with_search_path
+from tests.conftest import fresh_schema
 from tests.upstreams.processes import RunningUpstream
 
 pytestmark = pytest.mark.timeout(300)
@@ -92,22 +91,14 @@ def deployment(
 ) -> Iterator[Deployment]:
     """One deployment per variant serves all its tests, on a PostgreSQL schema of its own."""
     variant: Variant = request.param
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    base = postgres_base_url
-    conn = psycopg2.connect(base)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f"CREATE SCHEMA {schema}")
-    env = environment(variant, request, with_search_path(base, schema))
-    workdir = tmp_path_factory.mktemp(variant.id)
-    running = asyncio.run(start_deployment(env, workdir, variant.instances, workers=2))
-    try:
-        yield running
-    finally:
-        stop_deployment(running)
-        with conn.cursor() as cur:
-            cur.execute(f"DROP SCHEMA {schema} CASCADE")
-        conn.close()
+    with fresh_schema(postgres_base_url) as database_url:
+        env = environment(variant, request, database_url)
+        workdir = tmp_path_factory.mktemp(variant.id)
+        running = asyncio.run(start_deployment(env, workdir, variant.instances, workers=2))
+        try:
+            yield running
+        finally:
+            stop_deployment(running)
 
 
 # --- requests ------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from mcp import Client
 from mcp_types import ToolListChangedNotification
 
 from tests.cluster.deployment import worker_views
-from tests.conftest import free_port, fresh_schema
+from tests.conftest import free_port
 from tests.support.gunicorn_process import ADMIN, GunicornGateway, gunicorn_env, register_upstream
 from tests.support.sdk import http_client_factory, sdk_client
 from tests.upstreams.fixtures import eventually
@@ -42,13 +42,6 @@ class Cluster:
     @property
     def url(self) -> str:
         return self.gateway.url
-
-
-@pytest.fixture(scope="module")
-def module_postgres_url(postgres_base_url: str) -> Iterator[str]:
-    """A schema of this module's own, since one gateway serves all its tests."""
-    with fresh_schema(postgres_base_url) as url:
-        yield url
 
 
 def variant_env(request: pytest.FixtureRequest, workdir: Path) -> dict[str, str]:

@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import psycopg2
 import pytest
 
 from tests.cluster.deployment import ADMIN, USER, fetch, gateway_env, wait_until
-from tests.conftest import free_port, with_search_path
+from tests.conftest import free_port
 from tests.support.gunicorn_process import GunicornGateway
 from tests.upstreams.processes import RunningUpstream, start_own, stop_upstream
 
@@ -41,22 +40,6 @@ class Cluster:
     @property
     def url(self) -> str:
         return self.gateway.url
-
-
-@pytest.fixture(scope="module")
-def module_postgres_url(postgres_base_url: str) -> Iterator[str]:
-    """A schema of this module's own, since one gateway serves all its tests."""
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    conn = psycopg2.connect(postgres_base_url)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f"CREATE SCHEMA {schema}")
-    try:
-        yield with_search_path(postgres_base_url, schema)
-    finally:
-        with conn.cursor() as cur:
-            cur.execute(f"DROP SCHEMA {schema} CASCADE")
-        conn.close()
 
 
 @pytest.fixture(scope="module", params=["redis", "database-postgresql"])
