@@ -7,8 +7,8 @@ nobody to ask, the upstream gets an error at once."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,12 +21,9 @@ from gateway.contracts import (
     BackendError,
     ClientRequestError,
     FullBackend,
-    UpstreamConfig,
     UpstreamError,
 )
-from gateway.settings import Settings
-from gateway_plugins.backend_mcp_http import McpHttpBackend
-from gateway_plugins.backend_mcp_sse import McpSseBackend
+from tests.backends.conftest import backend_for as installed_backend
 from tests.upstreams.fixtures import Recorder, eventually, stat_is
 from tests.upstreams.processes import RunningUpstream, start_sdk, stop_upstream
 
@@ -118,20 +115,12 @@ def upstream(request: pytest.FixtureRequest) -> Upstream:
     return chosen
 
 
-@asynccontextmanager
-async def backend_for(upstream: Upstream, tool_timeout: float = 10.0) -> AsyncIterator[FullBackend]:
-    config = UpstreamConfig(name="asker", transport=upstream.transport, url=upstream.url)
-    settings = Settings(tool_timeout=tool_timeout)
-    backend: FullBackend = (
-        McpSseBackend(config, settings)
-        if upstream.transport == "sse"
-        else McpHttpBackend(config, settings)
+def backend_for(
+    upstream: Upstream, tool_timeout: float = 10.0
+) -> AbstractAsyncContextManager[FullBackend]:
+    return installed_backend(
+        upstream.transport, upstream.url, name="asker", tool_timeout=tool_timeout
     )
-    await backend.start()
-    try:
-        yield backend
-    finally:
-        await backend.close()
 
 
 async def call(
