@@ -238,7 +238,7 @@ class UpstreamSessions:
         now = time.monotonic()
         held = _Held(backend, config, keeper, now, now)
         self.held[key] = held
-        self._bound()
+        self._bound(key)
         shared = self.registry.full_backends.get(key[1])
         if shared is not None:
             # The upstream's own notifications come on the shared session's stream, which
@@ -246,9 +246,10 @@ class UpstreamSessions:
             self._spawn(shared.connect())
         return held
 
-    def _bound(self) -> None:
+    def _bound(self, opened: Key) -> None:
         while len(self.held) > self.limit:
-            victim = next((k for k, h in self.held.items() if h.busy == 0), next(iter(self.held)))
+            idle = (k for k, h in self.held.items() if h.busy == 0 and k != opened)
+            victim = next(idle, next(iter(self.held)))
             held = self.held.pop(victim)
             log.info(
                 "per-client upstream session ended: this worker holds too many",
@@ -334,17 +335,19 @@ class UpstreamSessions:
                 if not await self.use.run(self.use.cache.add(claim, b"1", END_CLAIM_TTL)):
                     continue
                 if state == keeper.state:
-                    await held.backend.close()
                     ended = True
+                    await held.backend.close()
                 else:
                     await self._end_elsewhere(held.config, state)
             if recorded is not None:
                 await self.use.run(self.use.cache.delete(keeper.key))
         except CacheUnavailable:
-            await held.backend.close()  # nobody to agree with: end what this worker holds
-            return
-        if not ended:
-            await held.backend.detach()
+            if not ended:  # nobody to agree with: end what this worker holds
+                ended = True
+                await held.backend.close()
+        finally:
+            if not ended:
+                await held.backend.detach()
 
     async def _end_elsewhere(self, config: UpstreamConfig, state: SessionState) -> None:
         backend = self._new_backend(config)
