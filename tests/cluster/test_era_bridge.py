@@ -1,0 +1,311 @@
+"""A 2026-07-28 client calls tools whose handshake-era upstream asks its client while they
+run (sampling, elicitation, roots): the gateway answers `input_required`, and the client's
+retry completes that same upstream call, whichever worker or instance the retry lands on.
+
+Two instances with two workers each share PostgreSQL and Redis; behind them is our own
+upstream with its asking tools. The SDK client (in 2026-07-28 mode, driving its own
+input_required rounds) posts every request on a fresh connection, so its retries land on
+any worker; the raw tests send the retry to the other instance, and send the states the
+gateway must refuse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from mcp_types import CreateMessageResult, ElicitResult, ListRootsResult, Root, TextContent
+
+from tests.cluster.deployment import (
+    USER,
+    Deployment,
+    Reply,
+    fetch,
+    gateway_env,
+    register,
+    start_deployment,
+    stop_deployment,
+    wait_until,
+)
+from tests.conftest import fresh_schema, make_token
+from tests.support.sdk import sdk_client
+from tests.upstreams.processes import RunningUpstream, start_own, stop_upstream
+
+pytestmark = pytest.mark.timeout(120)
+
+JSON = dict[str, Any]
+TOOL_TIMEOUT = 6.0
+VERSION = "2026-07-28"
+INVALID_PARAMS = -32602
+
+
+@pytest.fixture(scope="module")
+def asking_upstream() -> Iterator[RunningUpstream]:
+    upstream = start_own("--asking-tools")
+    yield upstream
+    stop_upstream(upstream)
+
+
+@pytest.fixture(scope="module", params=["redis", "database"])
+def deployment(
+    request: pytest.FixtureRequest,
+    postgres_base_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    asking_upstream: RunningUpstream,
+) -> Iterator[Deployment]:
+    """Two instances of two workers sharing a PostgreSQL schema of their own and the cache
+    (Redis, or the database's), with the asking upstream registered; one deployment per
+    cache serves the whole module."""
+    cache = str(request.param)
+    extra = {"CACHE_PREFIX": f"test-{uuid.uuid4().hex[:10]}", "TOOL_TIMEOUT": str(TOOL_TIMEOUT)}
+    if cache == "redis":
+        extra["REDIS_URL"] = str(request.getfixturevalue("redis_base_url"))
+    workdir = tmp_path_factory.mktemp(cache)
+    with fresh_schema(postgres_base_url) as database_url:
+        env = gateway_env(database_url, cache, **extra)
+        deployment = asyncio.run(start_deployment(env, workdir, instances=2, workers=2))
+        try:
+            asyncio.run(register_everywhere(deployment, asking_upstream.url))
+            yield deployment
+        finally:
+            stop_deployment(deployment)
+
+
+async def register_everywhere(deployment: Deployment, upstream_url: str) -> None:
+    await register(deployment.a.url, upstream_url)
+    await deployment.catalogue_version()
+
+
+# --- the SDK client in 2026-07-28 mode -----------------------------------------------------------
+
+
+async def sampled(context: Any, params: Any) -> CreateMessageResult:
+    asked = params.messages[0].content.text
+    return CreateMessageResult(
+        role="assistant", content=TextContent(type="text", text=f"sampled: {asked}"), model="m"
+    )
+
+
+async def elicited(context: Any, params: Any) -> ElicitResult:
+    schema = params.requested_schema
+    colour = schema["properties"]["colour"]
+    assert colour["enum"] == ["red", "green", "blue"]
+    count = schema["properties"]["count"]["default"]
+    return ElicitResult(action="accept", content={"colour": colour["default"], "count": count})
+
+
+async def rooted(context: Any) -> ListRootsResult:
+    return ListRootsResult(roots=[Root(uri="file:///work/project", name="project")])
+
+
+def structured(result: Any) -> JSON:
+    assert not result.is_error, result
+    value: JSON = result.structured_content
+    return value
+
+
+async def test_a_2026_client_samples_elicits_and_lists_roots_through_input_required(
+    deployment: Deployment,
+) -> None:
+    async with sdk_client(
+        deployment.a.url + "/mcp",
+        VERSION,
+        fresh_connections=True,
+        sampling_callback=sampled,
+        elicitation_callback=elicited,
+        list_roots_callback=rooted,
+    ) as client:
+        for round_ in range(4):
+            sample = structured(await client.call_tool("own__sample", {"prompt": f"p{round_}"}))
+            assert sample["content"]["text"] == f"sampled: p{round_}"
+            answer = structured(await client.call_tool("own__elicit", {}))
+            assert answer == {"action": "accept", "content": {"colour": "green", "count": 3}}
+            roots = structured(await client.call_tool("own__roots", {}))
+            assert roots["roots"] == [{"uri": "file:///work/project", "name": "project"}]
+
+
+async def test_concurrent_2026_calls_each_get_their_own_answers(deployment: Deployment) -> None:
+    async with sdk_client(
+        deployment.a.url + "/mcp", VERSION, fresh_connections=True, sampling_callback=sampled
+    ) as client:
+        results = await asyncio.gather(
+            *(client.call_tool("own__sample", {"prompt": f"c{n}"}) for n in range(8))
+        )
+    texts = [structured(r)["content"]["text"] for r in results]
+    assert texts == [f"sampled: c{n}" for n in range(8)]
+
+
+async def test_a_2026_client_without_the_capability_makes_the_upstream_fail_at_once(
+    deployment: Deployment,
+) -> None:
+    async with sdk_client(
+        deployment.a.url + "/mcp", VERSION, fresh_connections=True, elicitation_callback=elicited
+    ) as client:
+        started = time.monotonic()
+        result = await client.call_tool("own__sample", {"prompt": "x"})
+    assert result.is_error
+    assert "sampling" in result.content[0].text
+    assert time.monotonic() - started < TOOL_TIMEOUT
+
+
+# --- raw: retries on the other instance, and states the gateway refuses ----------------------
+
+
+def headers(name: str, auth: dict[str, str] = USER) -> dict[str, str]:
+    return {
+        **auth,
+        "Accept": "application/json",
+        "MCP-Protocol-Version": VERSION,
+        "Mcp-Method": "tools/call",
+        "Mcp-Name": name,
+    }
+
+
+async def call(
+    base: str, name: str, arguments: JSON, auth: dict[str, str] = USER, **retry: Any
+) -> Reply:
+    """One 2026-07-28 `tools/call`, declaring every capability; `retry` adds
+    `inputResponses` and `requestState`."""
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": VERSION,
+        "io.modelcontextprotocol/clientCapabilities": {
+            "sampling": {},
+            "elicitation": {},
+            "roots": {},
+        },
+    }
+    params = {"name": name, "arguments": arguments, "_meta": meta, **retry}
+    message = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}
+    return await fetch("POST", f"{base}/mcp", message, headers(name, auth), timeout=30)
+
+
+def input_required(reply: Reply) -> tuple[str, JSON, str]:
+    """The one request a round lists, and the round's state."""
+    assert reply.status == 200, reply
+    result = reply.body["result"]
+    assert result["resultType"] == "input_required", result
+    [(key, asked)] = result["inputRequests"].items()
+    return key, asked, result["requestState"]
+
+
+def sampling_answer(text: str) -> JSON:
+    return {"role": "assistant", "content": {"type": "text", "text": text}, "model": "raw"}
+
+
+def refusal(reply: Reply) -> str:
+    assert reply.status == 400 and reply.error_code == INVALID_PARAMS, reply
+    message: str = reply.body["error"]["message"]
+    return message
+
+
+async def test_a_retry_sent_to_the_other_instance_completes_the_call(
+    deployment: Deployment,
+) -> None:
+    key, asked, state = input_required(
+        await call(deployment.a.url, "own__sample", {"prompt": "across"})
+    )
+    assert asked["method"] == "sampling/createMessage"
+    assert asked["params"]["messages"][0]["content"]["text"] == "across"
+    reply = await call(
+        deployment.b.url,
+        "own__sample",
+        {"prompt": "across"},
+        inputResponses={key: sampling_answer("from b")},
+        requestState=state,
+    )
+    assert reply.status == 200, reply
+    result = reply.body["result"]
+    assert result["resultType"] == "complete"
+    assert result["structuredContent"]["content"]["text"] == "from b"
+
+
+def tampered(state: str) -> str:
+    body, signature = state.split(".")
+    flipped = "A" if body[5] != "A" else "B"
+    return f"{body[:5]}{flipped}{body[6:]}.{signature}"
+
+
+async def test_tampered_foreign_and_replayed_states_are_refused_and_the_call_goes_on(
+    deployment: Deployment, asking_upstream: RunningUpstream
+) -> None:
+    arguments = {"prompt": "strict"}
+    key, _, state = input_required(await call(deployment.a.url, "own__sample", arguments))
+    answers = {key: sampling_answer("intruder")}
+
+    reply = await call(
+        deployment.b.url, "own__sample", arguments, inputResponses=answers, requestState="x.y"
+    )
+    assert "not one the gateway issued" in refusal(reply)
+    reply = await call(
+        deployment.b.url,
+        "own__sample",
+        arguments,
+        inputResponses=answers,
+        requestState=tampered(state),
+    )
+    assert "tampered" in refusal(reply)
+    other = {"Authorization": f"Bearer {make_token('someone-else', minutes=30)}"}
+    reply = await call(
+        deployment.b.url,
+        "own__sample",
+        arguments,
+        other,
+        inputResponses=answers,
+        requestState=state,
+    )
+    assert "another caller" in refusal(reply)
+    reply = await call(
+        deployment.a.url, "own__elicit", {}, inputResponses=answers, requestState=state
+    )
+    assert "another request" in refusal(reply)
+
+    # Undisturbed: the real retry completes the call, on the other instance.
+    reply = await call(
+        deployment.b.url,
+        "own__sample",
+        arguments,
+        inputResponses={key: sampling_answer("the real one")},
+        requestState=state,
+    )
+    assert reply.status == 200, reply
+    assert reply.body["result"]["structuredContent"]["content"]["text"] == "the real one"
+
+    # Once answered, the state is spent, on every instance.
+    for base in (deployment.a.url, deployment.b.url):
+        reply = await call(
+            base, "own__sample", arguments, inputResponses=answers, requestState=state
+        )
+        assert "already answered" in refusal(reply)
+    assert (await asking_upstream.stats())["pending_asks"] == 0
+
+
+async def test_a_client_that_never_retries_ends_the_upstream_call_at_the_tool_timeout(
+    deployment: Deployment, asking_upstream: RunningUpstream
+) -> None:
+    before = await asking_upstream.stats()
+    started = time.monotonic()
+    key, _, state = input_required(
+        await call(deployment.a.url, "own__sample", {"prompt": "silence"})
+    )
+    assert (await asking_upstream.stats())["pending_asks"] == 1
+
+    async def ended() -> bool:
+        stats = await asking_upstream.stats()
+        return bool(stats["pending_asks"] == 0 and stats["cancelled"] > before["cancelled"])
+
+    await wait_until(ended, TOOL_TIMEOUT + 5, "the upstream call was cancelled")
+    assert time.monotonic() - started >= TOOL_TIMEOUT - 1
+    # Nothing waits any more: the state has expired, on either instance.
+    for base in (deployment.a.url, deployment.b.url):
+        reply = await call(
+            base,
+            "own__sample",
+            {"prompt": "silence"},
+            inputResponses={key: sampling_answer("late")},
+            requestState=state,
+        )
+        assert "expired" in refusal(reply)
