@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
 from aiohttp import web
 
 from gateway import jsonrpc
@@ -56,6 +57,36 @@ async def read_body(request: web.Request) -> bytes:
             jsonrpc.INVALID_REQUEST,
             f"Invalid Request: body is larger than MAX_REQUEST_BYTES ({limit} bytes)",
         ) from None
+
+
+def _refused(status: int, code: int, message: str) -> RPCError:
+    error = RPCError(code, message)
+    error.status = status
+    return error
+
+
+async def read_json(request: web.Request) -> Any:
+    """The decoded JSON body; an `RPCError` carrying its HTTP status otherwise (413 past
+    `MAX_REQUEST_BYTES`, 400 for a parse error)."""
+    try:
+        return orjson.loads(await read_body(request))
+    except orjson.JSONDecodeError as exc:
+        raise _refused(400, jsonrpc.PARSE_ERROR, f"Parse error: {exc}") from None
+
+
+def require_json(request: web.Request) -> None:
+    """`RPCError` (415) unless the body is declared JSON."""
+    if request.content_type != "application/json":
+        raise _refused(
+            415,
+            jsonrpc.INVALID_REQUEST,
+            "Unsupported Media Type: Content-Type must be application/json",
+        )
+
+
+def status_error(exc: RPCError) -> web.Response:
+    """An `RPCError` raised with its HTTP status, as the response."""
+    return rpc_error(exc.status or 400, exc.code, exc.message)
 
 
 def origin_allowed(request: web.Request) -> bool:

@@ -24,12 +24,13 @@ from gateway.mcp import sse, versions
 from gateway.mcp.context import Context, Endpoint, Era
 from gateway.mcp.dispatch import MethodSpec, Reply
 from gateway.mcp.framing import (
-    BodyTooLarge,
     accepts,
     error_response,
-    read_body,
+    read_json,
     reply,
+    require_json,
     rpc_error,
+    status_error,
 )
 from gateway.mcp.streams import ListenStream
 
@@ -140,18 +141,11 @@ def _envelope(meta: Any) -> JSON:
 async def post(request: web.Request, ep: Endpoint) -> web.StreamResponse:
     if not accepts(request, "application/json", default=""):
         return web.Response(status=406)
-    if request.content_type != "application/json":
-        return rpc_error(
-            415,
-            jsonrpc.INVALID_REQUEST,
-            "Unsupported Media Type: Content-Type must be application/json",
-        )
     try:
-        body = orjson.loads(await read_body(request))
-    except BodyTooLarge as exc:
-        return rpc_error(413, exc.code, exc.message)
-    except orjson.JSONDecodeError:
-        return rpc_error(400, jsonrpc.PARSE_ERROR, "Parse error")
+        require_json(request)
+        body = await read_json(request)
+    except RPCError as exc:
+        return status_error(exc)
     if isinstance(body, dict) and "method" in body and "id" not in body:
         # Notifications mean nothing over stateless HTTP: acknowledged and dropped.
         return web.Response(status=202)

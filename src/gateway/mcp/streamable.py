@@ -23,14 +23,15 @@ from gateway.mcp import modern, sse, versions
 from gateway.mcp.context import Context, Endpoint, Era, Refused
 from gateway.mcp.dispatch import Dispatcher, parse_message
 from gateway.mcp.framing import (
-    BodyTooLarge,
     accepts,
     endpoint,
-    read_body,
+    read_json,
     refusal,
     reply,
+    require_json,
     respond,
     rpc_error,
+    status_error,
 )
 from gateway.mcp.streams import SessionStream
 from gateway.sessions import SessionRecord
@@ -84,25 +85,17 @@ async def post(request: web.Request) -> web.StreamResponse:
     header_version = request.headers.get(VERSION_HEADER)
     if header_version in versions.MODERN_VERSIONS:
         return await modern.post(request, ep)
-    if not request.content_type == "application/json":
-        return rpc_error(
-            415,
-            jsonrpc.INVALID_REQUEST,
-            "Unsupported Media Type: Content-Type must be application/json",
-        )
-    # Answers are JSON unless the request streams (then SSE, if accepted), so JSON is a must.
-    if not accepts(request, "application/json"):
-        return rpc_error(
-            406,
-            jsonrpc.INVALID_REQUEST,
-            "Not Acceptable: accept application/json (and text/event-stream for streams)",
-        )
     try:
-        body = orjson.loads(await read_body(request))
-    except BodyTooLarge as exc:
-        return rpc_error(413, exc.code, exc.message)
-    except orjson.JSONDecodeError as exc:
-        return rpc_error(400, jsonrpc.PARSE_ERROR, f"Parse error: {exc}")
+        require_json(request)
+        # Answers are JSON unless the request relays (then SSE, if accepted): JSON is a must.
+        if not accepts(request, "application/json"):
+            raise RPCError(
+                jsonrpc.INVALID_REQUEST,
+                "Not Acceptable: accept application/json (and text/event-stream for streams)",
+            )
+        body = await read_json(request)
+    except RPCError as exc:
+        return status_error(exc) if exc.status else rpc_error(406, exc.code, exc.message)
     if header_version is not None and header_version not in versions.SUPPORTED_VERSIONS:
         if modern.is_modern_body(body):
             # The one answer SDK auto-mode clients act on: what we support instead.
@@ -218,13 +211,21 @@ async def _initialize(request: web.Request, ep: Endpoint, body: JSON) -> web.Res
     return respond(reply.body(), headers={SESSION_HEADER: ctx.session.id})
 
 
-async def get(request: web.Request) -> web.StreamResponse:
+def _handshake_endpoint(request: web.Request) -> Endpoint | web.Response:
+    """The endpoint of a GET or DELETE, which only the handshake era has (2026: 405)."""
     try:
         ep = endpoint(request)
     except Refused as exc:
         return refusal(exc)
     if request.headers.get(VERSION_HEADER) in versions.MODERN_VERSIONS:
         return web.Response(status=405, headers={"Allow": "POST"})
+    return ep
+
+
+async def get(request: web.Request) -> web.StreamResponse:
+    ep = _handshake_endpoint(request)
+    if isinstance(ep, web.Response):
+        return ep
     if not accepts(request, "text/event-stream"):
         return rpc_error(
             406, jsonrpc.INVALID_REQUEST, "Not Acceptable: the GET stream is text/event-stream"
@@ -251,12 +252,9 @@ async def get(request: web.Request) -> web.StreamResponse:
 
 
 async def delete(request: web.Request) -> web.Response:
-    try:
-        ep = endpoint(request)
-    except Refused as exc:
-        return refusal(exc)
-    if request.headers.get(VERSION_HEADER) in versions.MODERN_VERSIONS:
-        return web.Response(status=405, headers={"Allow": "POST"})
+    ep = _handshake_endpoint(request)
+    if isinstance(ep, web.Response):
+        return ep
     try:
         session = await _session(request, ep)
         await request.app[HUB].end_session(session.id)
