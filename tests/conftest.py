@@ -121,6 +121,8 @@ async def unused_port() -> AsyncIterator[int]:
 # --- in-process gateways ---------------------------------------------------------------------
 
 TEST_SECRET = "test-secret-with-enough-entropy-0123456789abcdef"
+RUN_MINUTES = 24 * 60
+"""The life of a token made at import time: longer than any run of the suite."""
 
 
 def make_token(subject: str = "tester", scopes: tuple[str, ...] = (), minutes: float = 5) -> str:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import Client, GatewayFactory, make_token, rpc
+from tests.conftest import RUN_MINUTES, Client, GatewayFactory, make_token, rpc
 
-ADMIN = {"Authorization": f"Bearer {make_token('root', ('admin',))}"}
-ALICE = {"Authorization": f"Bearer {make_token('alice')}"}
-BOB = {"Authorization": f"Bearer {make_token('bob')}"}
+# Made at import, so they must outlive the whole run, not just this module's tests.
+ADMIN = {"Authorization": f"Bearer {make_token('root', ('admin',), minutes=RUN_MINUTES)}"}
+ALICE = {"Authorization": f"Bearer {make_token('alice', minutes=RUN_MINUTES)}"}
+BOB = {"Authorization": f"Bearer {make_token('bob', minutes=RUN_MINUTES)}"}
 
 
 async def set_tool(client: Client, name: str, **changes: object) -> None:

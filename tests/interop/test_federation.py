@@ -17,7 +17,7 @@ import pytest
 from mcp_types import TextContent, TextResourceContents
 
 from gateway_plugins.auth_jwt import create_token
-from tests.conftest import free_port
+from tests.conftest import RUN_MINUTES, free_port
 from tests.support.gunicorn_process import (
     USER,
     GunicornGateway,
@@ -32,8 +32,8 @@ from tests.upstreams.processes import start_own, stop_upstream
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(60)]
 
 A_SECRET = "gateway-a-signs-with-this-secret-0123456789abcdef"
-A_TOKEN = create_token(A_SECRET, "gateway-b", [], 30)
-A_ADMIN = {"Authorization": f"Bearer {create_token(A_SECRET, 'root', ['admin'], 30)}"}
+A_TOKEN = create_token(A_SECRET, "gateway-b", [], RUN_MINUTES)
+A_ADMIN = {"Authorization": f"Bearer {create_token(A_SECRET, 'root', ['admin'], RUN_MINUTES)}"}
 TOOL = "a__own__echo"
 
 

@@ -21,14 +21,14 @@ from typing import Any
 import httpx2
 import pytest
 
-from tests.conftest import TEST_SECRET, free_port, make_token
+from tests.conftest import RUN_MINUTES, TEST_SECRET, free_port, make_token
 from tests.upstreams.processes import RunningUpstream
 
 REPO = Path(__file__).resolve().parents[2]
 
-# Tokens that outlive a gateway shared by a whole module.
-ADMIN = {"Authorization": f"Bearer {make_token('root', ('admin',), minutes=30)}"}
-USER = {"Authorization": f"Bearer {make_token('user', minutes=30)}"}
+# Made at import, so they must outlive the whole run.
+ADMIN = {"Authorization": f"Bearer {make_token('root', ('admin',), minutes=RUN_MINUTES)}"}
+USER = {"Authorization": f"Bearer {make_token('user', minutes=RUN_MINUTES)}"}
 
 
 def gunicorn_env(database_url: str, **settings: str) -> dict[str, str]:
