@@ -153,6 +153,7 @@ class Settings:
     session_ttl: float = 3600.0
     per_client_sessions_max: int = 1000
     bridged_calls_max: int = 1000
+    detached_calls_max: int = 1000
     mcp_sessions: str = "optional"
     log_level: str = "info"
     log_format: str = "auto"
@@ -216,6 +217,7 @@ _PARSERS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "SESSION_TTL": ("session_ttl", _float),
     "PER_CLIENT_SESSIONS_MAX": ("per_client_sessions_max", lambda n, r: _int(n, r, 1)),
     "BRIDGED_CALLS_MAX": ("bridged_calls_max", lambda n, r: _int(n, r, 1)),
+    "DETACHED_CALLS_MAX": ("detached_calls_max", lambda n, r: _int(n, r, 0)),
     "MCP_SESSIONS": ("mcp_sessions", lambda n, r: _choice(n, r, ("optional", "required"))),
     "LOG_LEVEL": ("log_level", lambda n, r: _choice(n, r, _LOG_LEVELS)),
     "LOG_FORMAT": ("log_format", lambda n, r: _choice(n, r, ("auto", "json", "console"))),

@@ -68,7 +68,9 @@ def _event(lines: list[str]) -> Event | None:
             data.append(value)
         else:
             fields[name] = value
-    if not data and not fields:
+    if not any(data):
+        # As browsers do: an event without data (a 2025-11-25 priming event, which only
+        # sets the id to resume from) is not dispatched.
         return None
     return Event(data="\n".join(data), name=fields.get("event", "message"), id=fields.get("id"))
 

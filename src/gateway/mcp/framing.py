@@ -3,6 +3,8 @@ resolve the endpoint, read a bounded body, and frame JSON-RPC answers as respons
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -13,11 +15,16 @@ from aiohttp import web
 from gateway import jsonrpc
 from gateway.access import principal
 from gateway.jsonrpc import Id, RPCError
-from gateway.keys import DISPATCHER, REGISTRY, SETTINGS
+from gateway.keys import DISPATCHER, EVENTS, HUB, REGISTRY, SETTINGS
 from gateway.limits import RateLimited
-from gateway.mcp import sse
+from gateway.mcp import sse, versions
 from gateway.mcp.context import JSON, Context, Endpoint, Refused
-from gateway.mcp.dispatch import Reply
+from gateway.mcp.dispatch import REQUEST_CANCELLED, Dispatcher, Reply
+from gateway.mcp.streams import ResponseRecord, ResponseStream
+
+DETACHED_GRACE = 5.0
+"""Seconds past `TOOL_TIMEOUT` a resumable request may run: the upstream's own timeout
+answers first; this ends whatever ignores it."""
 
 
 class BodyTooLarge(RPCError):
@@ -121,20 +128,34 @@ def refusal(exc: Refused) -> web.Response:
 class _LazyStream:
     """An SSE response opened only when something must reach the client before the answer
     (progress, a log message, a request to the client); until then the answer can still
-    be plain JSON."""
+    be plain JSON. With `resumable`, its events carry ids and can be resumed."""
 
-    def __init__(self, request: web.Request, headers: dict[str, str] | None) -> None:
+    def __init__(
+        self,
+        request: web.Request,
+        headers: dict[str, str] | None,
+        resumable: ResponseStream | None = None,
+    ) -> None:
         self.request = request
         self.headers = headers
+        self.resumable = resumable
         self.stream: sse.EventStream | None = None
+        self._opening = asyncio.Lock()
 
     async def open(self) -> sse.EventStream:
-        if self.stream is None:
-            self.stream = await sse.EventStream.open(self.request, self.headers)
-        return self.stream
+        async with self._opening:
+            if self.stream is None:
+                self.stream = await sse.EventStream.open(self.request, self.headers)
+                if self.resumable is not None:
+                    await self.resumable.start(self.stream)
+            return self.stream
 
     async def emit(self, message: JSON) -> None:
-        await (await self.open()).send(sse.message_event(message))
+        stream = await self.open()
+        if self.resumable is not None:
+            await self.resumable.send(message)
+        else:
+            await stream.send(sse.message_event(message))
 
 
 def _json_answer(answer: Reply, headers: dict[str, str] | None) -> web.Response:
@@ -152,16 +173,19 @@ async def reply(
 ) -> web.StreamResponse:
     """Answer one request that may relay messages first: as JSON (framed by `as_json`) if
     nothing was relayed, else on the SSE stream the first relayed message opened. `eager`
-    opens the stream at once, for a client that asked for progress."""
-    lazy = _LazyStream(request, headers)
+    opens the stream at once, for a client that asked for progress.
+
+    On a 2025-11-25 session the stream is resumable, and a client that goes away once it is
+    open does not cancel the call (`notifications/cancelled` does): the call runs on, one
+    of at most `DETACHED_CALLS_MAX` per worker, for the client to resume on any worker."""
+    lazy = _LazyStream(request, headers, _resumable(request, ctx, message))
     ctx.emit = lazy.emit
     try:
         if eager:
             await lazy.open()
-        answer = await request.app[DISPATCHER].request(message, ctx)
+        answer = await _answer(request, ctx, message, lazy)
         if lazy.stream is None:
             return as_json(answer, headers)
-        await lazy.stream.send(sse.message_event(answer.message()))
     except (ConnectionError, RuntimeError):
         # The client went away; the dispatcher has cancelled what it ran.
         if lazy.stream is None:
@@ -171,3 +195,60 @@ async def reply(
             await lazy.stream.close()
     assert lazy.stream is not None
     return lazy.stream.response
+
+
+def _resumable(
+    request: web.Request, ctx: Context, message: jsonrpc.Request
+) -> ResponseStream | None:
+    session = ctx.session
+    if session is None or not versions.resumes_streams(session.protocol_version):
+        return None
+    deadline = time.time() + request.app[SETTINGS].tool_timeout + DETACHED_GRACE
+    record = ResponseRecord(message.id, deadline)
+    return ResponseStream(request.app[HUB], request.app[EVENTS], session.id, record)
+
+
+async def _answer(
+    request: web.Request, ctx: Context, message: jsonrpc.Request, lazy: _LazyStream
+) -> Reply:
+    """The request's answer, also sent on the stream if one was opened."""
+    dispatcher = request.app[DISPATCHER]
+    if lazy.resumable is None:
+        answer = await dispatcher.request(message, ctx)
+        if lazy.stream is not None:
+            await lazy.emit(answer.message())
+        return answer
+    call = asyncio.ensure_future(_detachable(dispatcher, message, ctx, lazy))
+    try:
+        return await asyncio.shield(call)
+    except asyncio.CancelledError:
+        # The client went away. Once it holds an event id it may resume the stream, so the
+        # call runs on if this worker may keep one more; otherwise it ends here.
+        limit = request.app[SETTINGS].detached_calls_max
+        if lazy.stream is not None and request.app[HUB].keep_running(call, limit):
+            lazy.resumable.detach()
+        else:
+            call.cancel()
+        raise
+
+
+async def _detachable(
+    dispatcher: Dispatcher, message: jsonrpc.Request, ctx: Context, lazy: _LazyStream
+) -> Reply:
+    """Run a resumable request to its answer and send that, whether or not its client is
+    still connected; a stream that has to end early still gets an answer."""
+    assert lazy.resumable is not None
+    try:
+        async with asyncio.timeout(lazy.resumable.record.deadline - time.time()):
+            answer = await dispatcher.request(message, ctx)
+    except TimeoutError:
+        late = RPCError(jsonrpc.INTERNAL_ERROR, "Internal error: the request outlived TOOL_TIMEOUT")
+        answer = Reply(message.id, error=late)
+    except asyncio.CancelledError:
+        if lazy.stream is not None:
+            ended = RPCError(REQUEST_CANCELLED, "Request cancelled after its client went away")
+            await lazy.emit(Reply(message.id, error=ended).message())
+        raise
+    if lazy.stream is not None:
+        await lazy.emit(answer.message())
+    return answer

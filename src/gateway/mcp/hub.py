@@ -4,7 +4,9 @@ A client's stream (a GET stream, a legacy SSE stream, a `subscriptions/listen` s
 TCP connection held by one worker; the request that produces a message for it may land on
 any worker. So every message for a session travels over one cache channel, `mcp-events`,
 and the worker holding the stream writes it. The same channel carries cancellations (to
-the worker running the request) and resource updates (to every worker's subscribers).
+the worker running the request), resource updates (to every worker's subscribers), and
+the events of calls whose client went away (to the worker holding the stream that resumed
+the call's response with `Last-Event-ID`).
 Catalogue changes need no channel: every worker reloads and notifies its own streams.
 """
 
@@ -50,6 +52,9 @@ class ClientStream:
     async def resource_updated(self, uri: str) -> None:
         """An upstream resource changed; send it if this stream's client subscribed."""
 
+    async def call_event(self, number: int, message: JSON) -> None:
+        """Event `number` of the call whose response this stream resumed."""
+
     async def close(self) -> None: ...
 
 
@@ -68,6 +73,10 @@ class Hub:
         owner is the session asked, or for a sessionless 2026 call the caller's key."""
         self.handlers: dict[str, Callable[[JSON], Awaitable[None]]] = {}
         """Event kinds other parts define (the era bridge's), by kind."""
+        self.followers: dict[tuple[str, str], set[ClientStream]] = {}
+        """Streams resuming a call's response, by (session, the response stream's epoch)."""
+        self.detached: set[asyncio.Task[Any]] = set()
+        """Calls running on after their client went away, each until it answers."""
         self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
 
@@ -75,7 +84,7 @@ class Hub:
         self._task = asyncio.create_task(self._listen())
 
     async def close(self) -> None:
-        tasks = [*self._background, *([self._task] if self._task else [])]
+        tasks = [*self._background, *self.detached, *([self._task] if self._task else [])]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -83,7 +92,7 @@ class Hub:
 
     async def close_streams(self) -> None:
         """End every open client stream, so shutdown need not wait for clients to leave."""
-        for streams in list(self.streams.values()):
+        for streams in [*self.streams.values(), *self.followers.values()]:
             for stream in list(streams):
                 await _quietly(stream.close())
 
@@ -101,6 +110,39 @@ class Hub:
 
     def stream_count(self) -> int:
         return sum(len(s) for s in self.streams.values())
+
+    def follow(self, session_id: str, epoch: str, stream: ClientStream) -> None:
+        self.followers.setdefault((session_id, epoch), set()).add(stream)
+
+    def unfollow(self, session_id: str, epoch: str, stream: ClientStream) -> None:
+        followers = self.followers.get((session_id, epoch))
+        if followers is not None:
+            followers.discard(stream)
+            if not followers:
+                del self.followers[(session_id, epoch)]
+
+    async def send_to_follower(
+        self, session_id: str, epoch: str, number: int, message: JSON
+    ) -> None:
+        """Event `number` of a call's response stream whose client went away: to the stream
+        that resumed it, directly when this worker holds it. The event is in the event log
+        already, so a stream that resumes later replays it instead."""
+        local = self.followers.get((session_id, epoch))
+        if local:
+            for stream in list(local):
+                await _quietly(stream.call_event(number, message))
+            return
+        event = {"session": session_id, "epoch": epoch, "number": number, "message": message}
+        await self.publish({"kind": "call-event", **event})
+
+    def keep_running(self, task: asyncio.Task[Any], limit: int) -> bool:
+        """Keep a call running after its client went away, unless this worker already keeps
+        `limit` such calls; the task is forgotten once it ends."""
+        if len(self.detached) >= limit:
+            return False
+        self.detached.add(task)
+        task.add_done_callback(self.detached.discard)
+        return True
 
     # --- in-flight requests ----------------------------------------------------------------
 
@@ -222,6 +264,10 @@ class Hub:
                 task.cancel()
         elif kind == "answer":
             self._resolve(str(event.get("session")), str(event.get("id")), event["message"])
+        elif kind == "call-event":
+            key = (str(event.get("session")), str(event.get("epoch")))
+            for stream in list(self.followers.get(key, ())):
+                await _quietly(stream.call_event(int(event["number"]), event["message"]))
         elif kind == "resource-updated":
             uri = str(event.get("uri"))
             for streams in list(self.streams.values()):
@@ -232,6 +278,10 @@ class Hub:
             self.sessions.forget(session_id)
             for stream in list(self.streams.get(session_id, ())):
                 await stream.close()
+            for (followed, _), streams in list(self.followers.items()):
+                if followed == session_id:
+                    for stream in list(streams):
+                        await stream.close()
             for listener in self.session_listeners:
                 await listener(session_id)
             await self.consistency.applied(event.get("change"))

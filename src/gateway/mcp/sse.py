@@ -9,17 +9,33 @@ import orjson
 from aiohttp import web
 
 KEEPALIVE_SECONDS = 15.0
+RETRY_MS = 1000
+"""How long a client waits before it reconnects to a stream it lost (the `retry` field)."""
 
 
-def event(data: bytes, *, name: str | None = None, event_id: str | None = None) -> bytes:
+def event(
+    data: bytes,
+    *,
+    name: str | None = None,
+    event_id: str | None = None,
+    retry_ms: int | None = None,
+) -> bytes:
     """One SSE event; `data` must be a single line (JSON from orjson is)."""
     parts = []
     if event_id is not None:
         parts.append(b"id: " + event_id.encode())
     if name is not None:
         parts.append(b"event: " + name.encode())
+    if retry_ms is not None:
+        parts.append(b"retry: %d" % retry_ms)
     parts.append(b"data: " + data)
     return b"\n".join(parts) + b"\n\n"
+
+
+def priming(event_id: str) -> bytes:
+    """The event a 2025-11-25 stream starts with: an id to resume from and the reconnection
+    delay, with empty data, which clients record but do not dispatch."""
+    return event(b"", event_id=event_id, retry_ms=RETRY_MS)
 
 
 def message_event(

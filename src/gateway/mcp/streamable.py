@@ -3,9 +3,11 @@ versions (2025-03-26, 2025-06-18, 2025-11-25; 2024-11-05 clients may use it too)
 
 POST carries one message (a batch for sessions that negotiated 2025-03-26); answers are
 JSON, or SSE when the client accepts it and the request may stream progress. GET opens the
-session's server-to-client stream (with event ids and `Last-Event-ID` resumption). DELETE
-ends the session. Sessions live in the cache, so any worker sharing it serves any session.
-A request carrying a 2026-07-28 `MCP-Protocol-Version` goes to `modern.py`.
+session's server-to-client stream (with event ids and `Last-Event-ID` resumption), or,
+with the `Last-Event-ID` of a POST's response stream (2025-11-25), resumes that. Every SSE
+stream of a 2025-11-25 session starts with a priming event. DELETE ends the session.
+Sessions live in the cache, so any worker sharing it serves any session. A request
+carrying a 2026-07-28 `MCP-Protocol-Version` goes to `modern.py`.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from gateway.mcp.framing import (
     rpc_error,
     status_error,
 )
-from gateway.mcp.streams import SessionStream
+from gateway.mcp.streams import ResumedResponse, SessionStream, response_event
 from gateway.sessions import SessionRecord
 
 JSON = dict[str, Any]
@@ -234,19 +236,44 @@ async def get(request: web.Request) -> web.StreamResponse:
         session = await _session(request, ep)
     except Refused as exc:
         return _session_error(exc)
+    last = request.headers.get("Last-Event-ID")
+    resumed = response_event(last) if last else None
+    if resumed is not None:
+        return await _resume_response(request, session, *resumed)
     hub = request.app[HUB]
     stream = await sse.EventStream.open(request, {SESSION_HEADER: session.id})
     client = SessionStream(
         stream, session.id, ep.server, request.app[SESSIONS], request.app[EVENTS]
     )
     hub.attach(session.id, client)
-    last = request.headers.get("Last-Event-ID")
-    if last:
-        await client.replay(last)
     try:
+        await client.start(last, prime=versions.resumes_streams(session.protocol_version))
         await client.closed.wait()
     finally:
         hub.detach(session.id, client)
+        await stream.close()
+    return stream.response
+
+
+async def _resume_response(
+    request: web.Request, session: SessionRecord, epoch: str, last: int
+) -> web.StreamResponse:
+    """Resume the response stream of a POST: what it missed, then the rest of the call,
+    wherever it runs, up to the answer."""
+    events = request.app[EVENTS]
+    record = await events.response(session.id, epoch)
+    if record is None:
+        return rpc_error(
+            404, jsonrpc.INVALID_REQUEST, "Not Found: no such stream to resume (ended or expired)"
+        )
+    hub = request.app[HUB]
+    stream = await sse.EventStream.open(request, {SESSION_HEADER: session.id})
+    follower = ResumedResponse(stream, session.id, epoch, last, events, record)
+    hub.follow(session.id, epoch, follower)
+    try:
+        await follower.run()
+    finally:
+        hub.unfollow(session.id, epoch, follower)
         await stream.close()
     return stream.response
 

@@ -1,23 +1,61 @@
 """The kinds of client stream: a session's GET stream (Streamable HTTP, with event ids and
-resumption), a legacy HTTP+SSE stream, and a 2026 `subscriptions/listen` stream."""
+resumption), the resumable response stream of a POST and the GET stream resuming it, a
+legacy HTTP+SSE stream, and a 2026 `subscriptions/listen` stream."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from gateway import jsonrpc
 from gateway.cacheuse import CacheUnavailable, CacheUse
+from gateway.jsonrpc import Id
 from gateway.mcp import sse
-from gateway.mcp.hub import LIST_CHANGED, ClientStream
+from gateway.mcp.hub import LIST_CHANGED, ClientStream, Hub
 from gateway.mcp.versions import META_SUBSCRIPTION
 from gateway.sessions import SessionStore
 
 JSON = dict[str, Any]
 EVENT_TTL = 300.0
 """Seconds a sent event stays available for a client resuming with `Last-Event-ID`."""
+RESPONSE_EPOCH = "r"
+"""How the epoch of a POST's response stream starts; a GET stream's epoch is hex."""
+CATCH_UP_SECONDS = 1.0
+"""How often a resumed response stream also reads the event log, for events the hub lost."""
+DEADLINE_SLACK = 2.0
+"""Seconds past its call's deadline a resumed response stream still waits for the answer
+(for it to travel, and for clocks that differ between machines)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseRecord:
+    """What any worker needs to resume a POST's response stream: the request it answers, and
+    the wall-clock time by which its call has answered or been ended."""
+
+    request_id: Id
+    deadline: float
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps({"id": self.request_id, "deadline": self.deadline})
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> ResponseRecord:
+        data = orjson.loads(raw)
+        return cls(data["id"], float(data["deadline"]))
+
+
+def response_event(last_event_id: str) -> tuple[str, int] | None:
+    """(epoch, number) when `last_event_id` names an event of a POST's response stream."""
+    epoch, _, number = last_event_id.rpartition("-")
+    if epoch.startswith(RESPONSE_EPOCH) and number.isdigit():
+        return epoch, int(number)
+    return None
 
 
 class EventLog:
@@ -42,6 +80,22 @@ class EventLog:
             await self.use.run(self.use.cache.set(self.key(session_id, event_id), data, EVENT_TTL))
         except CacheUnavailable:
             pass  # the event is still sent; it just cannot be replayed
+
+    async def open_response(self, session_id: str, epoch: str, record: ResponseRecord) -> None:
+        """Record a response stream, for as long as its events may still be asked for."""
+        ttl = max(0.0, record.deadline - time.time()) + EVENT_TTL
+        key = f"response:{session_id}:{epoch}"
+        try:
+            await self.use.run(self.use.cache.set(key, record.to_bytes(), ttl))
+        except CacheUnavailable:
+            pass  # the stream is still served; it just cannot be resumed
+
+    async def response(self, session_id: str, epoch: str) -> ResponseRecord | None:
+        try:
+            raw = await self.use.run(self.use.cache.get(f"response:{session_id}:{epoch}"))
+        except CacheUnavailable:
+            return None
+        return None if raw is None else ResponseRecord.from_bytes(raw)
 
     async def after(self, session_id: str, epoch: str, last: int) -> list[tuple[int, bytes]]:
         found: list[tuple[int, bytes]] = []
@@ -130,19 +184,154 @@ class SessionStream(_SessionBound):
             await self.events.keep(self.session_id, event_id, data)
             await self.stream.send(sse.event(data, name="message", event_id=event_id))
 
-    async def replay(self, last_event_id: str) -> None:
-        """Resume a stream: send what it missed, then carry on with its numbering. Live
-        messages wait for the replay, so order is kept."""
-        epoch, _, number = last_event_id.rpartition("-")
-        if not epoch or not number.isdigit():
-            return
+    async def start(self, last_event_id: str | None, prime: bool) -> None:
+        """Begin the stream: with a priming event when `prime` (2025-11-25), then, resuming
+        from `last_event_id`, with what it missed, carrying on with its numbering. Live
+        messages wait for this, so order is kept."""
+        epoch, _, number = (last_event_id or "").rpartition("-")
+        resuming = bool(epoch) and number.isdigit()
         assert self.session_id is not None
         async with self._lock:
-            self.epoch, self.count = epoch, int(number)
+            if resuming:
+                self.epoch, self.count = epoch, int(number)
+            if prime:
+                await self.stream.send(sse.priming(f"{self.epoch}-{self.count}"))
+            if not resuming:
+                return
             for count, data in await self.events.after(self.session_id, epoch, self.count):
                 event_id = f"{epoch}-{count}"
                 await self.stream.send(sse.event(data, name="message", event_id=event_id))
                 self.count = count
+
+
+class ResponseStream:
+    """The SSE answer to one POST of a 2025-11-25 session, which the client may resume.
+
+    Its events carry ids `<epoch>-<n>` and are kept in the event log. When its client goes
+    away the call runs on: each event is still kept, and goes through the hub to whichever
+    worker holds a stream that resumed this one (`ResumedResponse`).
+    """
+
+    def __init__(self, hub: Hub, events: EventLog, session_id: str, record: ResponseRecord) -> None:
+        self.hub = hub
+        self.events = events
+        self.session_id = session_id
+        self.record = record
+        self.epoch = RESPONSE_EPOCH + secrets.token_hex(6)
+        self.count = 0
+        self.live: sse.EventStream | None = None
+        self._lock = asyncio.Lock()
+
+    async def start(self, stream: sse.EventStream) -> None:
+        """Record the stream, so any worker can resume it, then prime the client with it."""
+        await self.events.open_response(self.session_id, self.epoch, self.record)
+        self.live = stream
+        await self._write(sse.priming(f"{self.epoch}-0"))
+
+    async def send(self, message: JSON) -> None:
+        data = orjson.dumps(message)
+        async with self._lock:
+            self.count += 1
+            event_id = f"{self.epoch}-{self.count}"
+            await self.events.keep(self.session_id, event_id, data)
+            if not await self._write(sse.event(data, name="message", event_id=event_id)):
+                await self.hub.send_to_follower(self.session_id, self.epoch, self.count, message)
+
+    async def _write(self, chunk: bytes) -> bool:
+        """Write on the client's own connection; False once that is gone."""
+        if self.live is None:
+            return False
+        try:
+            await self.live.send(chunk)
+        except (ConnectionError, RuntimeError):
+            self.live = None
+            return False
+        return True
+
+    def detach(self) -> None:
+        """The client went away: from now on events go through the hub."""
+        self.live = None
+
+
+class ResumedResponse(ClientStream):
+    """A POST's response stream resumed with GET + `Last-Event-ID`, on any worker: the events
+    the client missed (from the event log), then the rest of the call as it happens (from
+    the hub), each once and in order, up to the answer. If no answer has come by the call's
+    deadline, its worker stopped: the client gets an error answer instead."""
+
+    session_id: str
+
+    def __init__(
+        self,
+        stream: sse.EventStream,
+        session_id: str,
+        epoch: str,
+        last: int,
+        events: EventLog,
+        record: ResponseRecord,
+    ) -> None:
+        self.stream = stream
+        self.session_id = session_id
+        self.epoch = epoch
+        self.count = last
+        self.events = events
+        self.record = record
+        self.closed = asyncio.Event()
+        """Set once the answer is sent, the client left or the session ended."""
+        self._lock = asyncio.Lock()
+
+    async def run(self) -> None:
+        async with self._lock:
+            await self._send(sse.priming(f"{self.epoch}-{self.count}"))
+            await self._catch_up()
+        while not self.closed.is_set():
+            left = self.record.deadline + DEADLINE_SLACK - time.time()
+            if left <= 0:
+                break
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(CATCH_UP_SECONDS, left)):
+                    await self.closed.wait()
+            async with self._lock:
+                await self._catch_up()
+        if not self.closed.is_set():
+            lost = jsonrpc.RPCError(
+                jsonrpc.INTERNAL_ERROR,
+                "Internal error: the call ended without an answer (the worker running it stopped)",
+            )
+            await self._send(sse.event(jsonrpc.error(self.record.request_id, lost), name="message"))
+
+    async def call_event(self, number: int, message: JSON) -> None:
+        async with self._lock:
+            if number > self.count + 1:
+                await self._catch_up()  # an event the hub lost is in the log
+            if number > self.count and not self.closed.is_set():
+                await self._event(number, orjson.dumps(message))
+
+    async def _catch_up(self) -> None:
+        if self.closed.is_set():
+            return
+        for number, data in await self.events.after(self.session_id, self.epoch, self.count):
+            await self._event(number, data)
+            if self.closed.is_set():
+                return
+
+    async def _event(self, number: int, data: bytes) -> None:
+        await self._send(sse.event(data, name="message", event_id=f"{self.epoch}-{number}"))
+        self.count = number
+        if "method" not in orjson.loads(data):
+            self.closed.set()  # the answer: the response stream is complete
+
+    async def _send(self, chunk: bytes) -> None:
+        if self.closed.is_set():
+            return
+        try:
+            await self.stream.send(chunk)
+        except (ConnectionError, RuntimeError):
+            self.closed.set()
+
+    async def close(self) -> None:
+        self.closed.set()
+        await self.stream.close()
 
 
 class LegacyStream(_SessionBound):

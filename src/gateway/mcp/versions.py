@@ -30,6 +30,12 @@ def allows_batches(version: str) -> bool:
     return version == "2025-03-26"
 
 
+def resumes_streams(version: str) -> bool:
+    """2025-11-25 primes every SSE stream with an event id, and a client that loses a
+    request's stream resumes it instead of abandoning the request."""
+    return version == "2025-11-25"
+
+
 def negotiate(requested: object) -> str:
     """The version to answer `initialize` with: the client's if we speak it, else our latest."""
     return (
