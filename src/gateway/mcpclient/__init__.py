@@ -3,7 +3,8 @@
 A transport builds on `McpClient` (`client`, the `FullBackend` on top of the MCP session in
 `session`), which holds everything but moving bytes: the transport provides how a `Link`
 (`link`) opens, how a message goes out on it and how its stream is held open. HTTP
-transports build on `HttpClient` (`http`). `sse` parses event streams, `wire` reads and
+transports build on `HttpClient` (`http`), which POSTs with the keep-alive HTTP/1.1 client
+in `fasthttp` (response bodies in `body`). `sse` parses event streams, `wire` reads and
 writes JSON-RPC, `catalogue` maps an upstream's listings to the gateway's definitions, and
 `asking` turns a client's answers into responses for the upstream.
 

@@ -91,6 +91,8 @@ class RequestHead:
         lines = [f"{method} {target} HTTP/1.1", f"Host: {parts.netloc.rpartition('@')[2]}"]
         if "user-agent" not in given:
             lines.append(f"User-Agent: aio-mcp-gateway/{__version__}")
+        if "accept" not in given:
+            lines.append("Accept: */*")  # as aiohttp sent it
         if parts.username is not None and "authorization" not in given:
             userinfo = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
             lines.append(f"Authorization: Basic {b64encode(userinfo.encode()).decode()}")
@@ -144,8 +146,8 @@ class Response:
 
 
 class _Pool:
-    """The connections to one origin: at most `limit` in use, the idle ones most recent
-    last, each dropped `keepalive` seconds after it was last used."""
+    """The connections to one origin: at most `limit_per_origin` in use, the idle ones most
+    recent last, each dropped `keepalive` seconds after it was last used."""
 
     def __init__(self, origin: Origin, context: ssl.SSLContext | None, owner: HttpPool) -> None:
         self.scheme, self.host, self.port = origin
