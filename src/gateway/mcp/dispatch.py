@@ -155,7 +155,7 @@ class Dispatcher:
         method, params = message.method, message.params
         spec = self.spec(method, ctx)
         try:
-            if spec is None or spec.limited:
+            if self.caller_limit and (spec is None or spec.limited):
                 await self.limits.hit(f"caller:{ctx.caller_key}", "this caller", self.caller_limit)
             if spec is None:
                 if ctx.era is Era.PLAIN and method in ctx.view.tools:

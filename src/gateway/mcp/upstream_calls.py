@@ -90,11 +90,9 @@ class UpstreamCalls:
         if problem is not None:
             raise RPCError(jsonrpc.INVALID_PARAMS, f"Invalid arguments for {name}: {problem}")
         record = tool.record
-        await self.limits.hit(
-            f"tool:{name}",
-            f"tool '{name}'",
-            record.rate_limit or self.settings.tool_rate_limit_per_minute,
-        )
+        limit = record.rate_limit or self.settings.tool_rate_limit_per_minute
+        if limit:
+            await self.limits.hit(f"tool:{name}", f"tool '{name}'", limit)
         if not record.cache_ttl:
             return await self._call(tool, arguments, ctx, meta)
         key = result_key(name, arguments, ctx.caller.subject)
