@@ -1,12 +1,18 @@
-"""A 2026-07-28 client calls tools whose handshake-era upstream asks its client while they
+"""The era bridge, both ways.
+
+A 2026-07-28 client calls tools whose handshake-era upstream asks its client while they
 run (sampling, elicitation, roots): the gateway answers `input_required`, and the client's
 retry completes that same upstream call, whichever worker or instance the retry lands on.
+A handshake-era client calls tools whose 2026-07-28 upstream answers `input_required`: the
+client receives ordinary requests on its call's stream, and the gateway retries upstream
+with its answers.
 
-Two instances with two workers each share PostgreSQL and Redis; behind them is our own
-upstream with its asking tools. The SDK client (in 2026-07-28 mode, driving its own
-input_required rounds) posts every request on a fresh connection, so its retries land on
-any worker; the raw tests send the retry to the other instance, and send the states the
-gateway must refuse.
+Two instances with two workers each share PostgreSQL and a cache (Redis, or the
+database's); behind them are our own upstream with its asking tools (`own`) and an SDK
+server of 2026-07-28 whose tools ask through input_required (`modern`). The SDK client
+posts every request on a fresh connection, so its retries and answers land on any worker;
+the raw tests send the retry to the other instance, and send the states the gateway must
+refuse.
 """
 
 from __future__ import annotations
@@ -32,8 +38,15 @@ from tests.cluster.deployment import (
     wait_until,
 )
 from tests.conftest import fresh_schema, make_token
+from tests.support.gunicorn_process import ADMIN
 from tests.support.sdk import sdk_client
-from tests.upstreams.processes import RunningUpstream, start_own, stop_upstream
+from tests.upstreams.processes import (
+    HERE,
+    RunningUpstream,
+    start_own,
+    start_upstream,
+    stop_upstream,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -50,15 +63,23 @@ def asking_upstream() -> Iterator[RunningUpstream]:
     stop_upstream(upstream)
 
 
+@pytest.fixture(scope="module")
+def modern_upstream() -> Iterator[RunningUpstream]:
+    upstream = start_upstream(HERE / "sdk_input_required_server.py", timeout=30)
+    yield upstream
+    stop_upstream(upstream)
+
+
 @pytest.fixture(scope="module", params=["redis", "database"])
 def deployment(
     request: pytest.FixtureRequest,
     postgres_base_url: str,
     tmp_path_factory: pytest.TempPathFactory,
     asking_upstream: RunningUpstream,
+    modern_upstream: RunningUpstream,
 ) -> Iterator[Deployment]:
     """Two instances of two workers sharing a PostgreSQL schema of their own and the cache
-    (Redis, or the database's), with the asking upstream registered; one deployment per
+    (Redis, or the database's), with both asking upstreams registered; one deployment per
     cache serves the whole module."""
     cache = str(request.param)
     extra = {"CACHE_PREFIX": f"test-{uuid.uuid4().hex[:10]}", "TOOL_TIMEOUT": str(TOOL_TIMEOUT)}
@@ -69,14 +90,19 @@ def deployment(
         env = gateway_env(database_url, cache, **extra)
         deployment = asyncio.run(start_deployment(env, workdir, instances=2, workers=2))
         try:
-            asyncio.run(register_everywhere(deployment, asking_upstream.url))
+            asyncio.run(register_everywhere(deployment, asking_upstream, modern_upstream))
             yield deployment
         finally:
             stop_deployment(deployment)
 
 
-async def register_everywhere(deployment: Deployment, upstream_url: str) -> None:
-    await register(deployment.a.url, upstream_url)
+async def register_everywhere(
+    deployment: Deployment, own: RunningUpstream, modern: RunningUpstream
+) -> None:
+    await register(deployment.a.url, own.url)
+    body = {"name": "modern", "url": modern.url, "transport": "streamable-http-2026"}
+    reply = await fetch("POST", f"{deployment.a.url}/upstreams", body, ADMIN)
+    assert reply.status == 201, reply
     await deployment.catalogue_version()
 
 
@@ -210,17 +236,19 @@ async def test_a_retry_sent_to_the_other_instance_completes_the_call(
     )
     assert asked["method"] == "sampling/createMessage"
     assert asked["params"]["messages"][0]["content"]["text"] == "across"
+    # Larger than any cache event carries: the answer and the result cross by cache key.
+    text = "from b " * 3000
     reply = await call(
         deployment.b.url,
         "own__sample",
         {"prompt": "across"},
-        inputResponses={key: sampling_answer("from b")},
+        inputResponses={key: sampling_answer(text)},
         requestState=state,
     )
     assert reply.status == 200, reply
     result = reply.body["result"]
     assert result["resultType"] == "complete"
-    assert result["structuredContent"]["content"]["text"] == "from b"
+    assert result["structuredContent"]["content"]["text"] == text
 
 
 def tampered(state: str) -> str:
@@ -309,3 +337,78 @@ async def test_a_client_that_never_retries_ends_the_upstream_call_at_the_tool_ti
             requestState=state,
         )
         assert "expired" in refusal(reply)
+
+
+# --- a handshake-era client, a 2026-07-28 upstream -------------------------------------------
+
+
+async def modern_stats(upstream: RunningUpstream) -> JSON:
+    reply = await fetch("GET", f"{upstream.base_url}/stats")
+    return reply.body
+
+
+@pytest.mark.parametrize("path", ["/mcp", "/sse"])
+async def test_a_handshake_client_answers_a_2026_upstream_through_ordinary_requests(
+    deployment: Deployment,
+    modern_upstream: RunningUpstream,
+    path: str,
+    request: pytest.FixtureRequest,
+) -> None:
+    if path == "/sse" and request.node.callspec.params["deployment"] == "database":
+        pytest.skip(
+            "on /sse every answer crosses workers as a cache event, and the database cache "
+            "carries at most about 5 KB per event: the SDK client's tools/list answer is larger"
+        )
+    before = await modern_stats(modern_upstream)
+    async with sdk_client(
+        deployment.a.url + path,
+        "legacy",
+        fresh_connections=True,
+        sampling_callback=sampled,
+        elicitation_callback=elicited,
+        list_roots_callback=rooted,
+    ) as client:
+        for round_ in range(3):
+            prompt = f"m{round_}"
+            sample = structured(await client.call_tool("modern__sample", {"prompt": prompt}))
+            assert sample["content"]["text"] == f"sampled: {prompt}"
+            answer = structured(await client.call_tool("modern__elicit", {}))
+            assert answer == {"action": "accept", "content": {"colour": "green", "count": 3}}
+            roots = structured(await client.call_tool("modern__roots", {}))
+            assert roots["roots"] == [{"uri": "file:///work/project", "name": "project"}]
+    after = await modern_stats(modern_upstream)
+    # Each call was answered input_required once, then retried with the client's answers.
+    assert after["retries"] - before["retries"] == 9
+    assert after["tools_call"] - before["tools_call"] == 18
+
+
+async def test_a_handshake_client_without_the_capability_fails_the_2026_call_at_once(
+    deployment: Deployment, modern_upstream: RunningUpstream
+) -> None:
+    before = await modern_stats(modern_upstream)
+    async with sdk_client(deployment.a.url + "/mcp", "legacy", fresh_connections=True) as client:
+        started = time.monotonic()
+        result = await client.call_tool("modern__sample", {"prompt": "x"})
+    assert result.is_error
+    assert "sampling" in result.content[0].text
+    assert time.monotonic() - started < TOOL_TIMEOUT
+    assert (await modern_stats(modern_upstream))["retries"] == before["retries"]
+
+
+async def test_a_2026_client_answers_a_2026_upstream_through_both_bridges(
+    deployment: Deployment, modern_upstream: RunningUpstream
+) -> None:
+    async with sdk_client(
+        deployment.a.url + "/mcp",
+        VERSION,
+        fresh_connections=True,
+        sampling_callback=sampled,
+        elicitation_callback=elicited,
+        list_roots_callback=rooted,
+    ) as client:
+        sample = structured(await client.call_tool("modern__sample", {"prompt": "both"}))
+        assert sample["content"]["text"] == "sampled: both"
+        answer = structured(await client.call_tool("modern__elicit", {}))
+        assert answer == {"action": "accept", "content": {"colour": "green", "count": 3}}
+        roots = structured(await client.call_tool("modern__roots", {}))
+        assert roots["roots"] == [{"uri": "file:///work/project", "name": "project"}]

@@ -1,0 +1,301 @@
+"""The `streamable-http-2026` backend: an upstream MCP server of protocol 2026-07-28, reached
+over stateless Streamable HTTP.
+
+No handshake and no session: every request is a POST carrying the version, the client
+capabilities the gateway can relay and its client info in `params._meta`, the version and
+method repeated in the `MCP-Protocol-Version` and `Mcp-Method` headers, and the tool,
+prompt or resource in `Mcp-Name`. `server/discover` tells the upstream's capabilities. A
+reply is a JSON body or an SSE stream; the progress and log messages in a stream go to the
+request's `on_notification` (log messages come only if the params opt in, as 2026 wants).
+
+A request the upstream cannot finish without its client answers `input_required`. This is
+where the era bridge turns that into what a handshake-era client knows: every request in
+`inputRequests` goes to the request's `on_request` (which relays it to the client as an
+ordinary server-to-client request on its call's stream), all at once, and the request is
+sent again with the answers in `inputResponses` and the `requestState` echoed unread,
+round after round, within the caller's time budget. A round with only a `requestState`
+is retried after a short pause. Without an `on_request`, or when the client answers one
+with an error (a retry cannot carry an error), the request fails at once with
+`UpstreamError`.
+
+Not done here: no `subscriptions/listen` stream is held, so the upstream's list changes
+reach the gateway through its periodic refresh; `Mcp-Param-*` headers (arguments a tool
+marks with `x-mcp-header`) are not sent. Cancelling a request closes its connection, which
+is how 2026 cancels; `notify` has nothing to send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import aiohttp
+import orjson
+
+from gateway.jsonrpc import METHOD_NOT_FOUND
+from gateway.mcpclient import SseParser
+from gateway.mcpclient.catalogue import (
+    collect,
+    prompt_def,
+    resource_def,
+    resource_template_def,
+    tool_def,
+)
+from gateway.mcpclient.wire import CLIENT_INFO, decode_json, json_messages, request, rpc_result
+from gateway.plugin import (
+    JSON,
+    AskClient,
+    BackendError,
+    BackendSpec,
+    ClientRequestError,
+    Notify,
+    PromptDef,
+    Registrar,
+    ResourceDef,
+    ResourceTemplateDef,
+    Settings,
+    ToolDef,
+    UpstreamConfig,
+    UpstreamError,
+    hookimpl,
+)
+
+T = TypeVar("T")
+
+TRANSPORT = "streamable-http-2026"
+VERSION = "2026-07-28"
+CLIENT_CAPABILITIES: JSON = {"sampling": {}, "elicitation": {"form": {}, "url": {}}, "roots": {}}
+NAMED_BY = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+"""The param each request names its target with, mirrored in `Mcp-Name`."""
+REQUEST_NOTIFICATIONS = frozenset({"notifications/progress", "notifications/message"})
+STATE_ONLY_PAUSE = 0.1
+"""Before retrying a round that asked nothing (the upstream shedding load)."""
+
+
+def _header_value(value: str) -> str:
+    """Header values that are not plain ASCII travel as `=?base64?...?=`."""
+    if value.isascii() and value.isprintable():
+        return value
+    return f"=?base64?{base64.b64encode(value.encode()).decode()}?="
+
+
+class McpModernBackend:
+    def __init__(self, upstream: UpstreamConfig, settings: Settings) -> None:
+        self.name = upstream.name
+        self.url = upstream.url
+        self.headers = dict(upstream.headers)
+        self.discovery_timeout = settings.tool_timeout
+        self.capabilities: JSON = {}
+        self._ids = itertools.count(1)
+        self._http: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        # No network here: the first request connects.
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
+
+    async def close(self) -> None:
+        http, self._http = self._http, None
+        if http is not None:
+            await http.close()
+
+    def set_listener(self, listener: Notify | None, ask: AskClient | None = None) -> None:
+        """Nothing listens: 2026 has no stream of the upstream's own to hold (see above)."""
+
+    async def notify(self, method: str, params: JSON) -> None:
+        """2026 clients send no notifications; a request is cancelled by closing it."""
+
+    # --- discovery ---
+
+    async def connect(self) -> None:
+        if self.capabilities:
+            return
+        result = await self.request("server/discover", {}, self.discovery_timeout)
+        supported = result.get("supportedVersions")
+        if not isinstance(supported, list) or VERSION not in supported:
+            raise BackendError(f"upstream {self.name!r} does not speak {VERSION}: {supported!r}")
+        capabilities = result.get("capabilities")
+        self.capabilities = capabilities if isinstance(capabilities, dict) else {}
+
+    async def list_tools(self) -> list[ToolDef]:
+        return await self._collect("tools/list", "tools", None, tool_def)
+
+    async def list_resources(self) -> list[ResourceDef]:
+        return await self._collect("resources/list", "resources", "resources", resource_def)
+
+    async def list_resource_templates(self) -> list[ResourceTemplateDef]:
+        return await self._collect(
+            "resources/templates/list", "resourceTemplates", "resources", resource_template_def
+        )
+
+    async def list_prompts(self) -> list[PromptDef]:
+        return await self._collect("prompts/list", "prompts", "prompts", prompt_def)
+
+    async def _collect(
+        self, method: str, key: str, capability: str | None, convert: Callable[[Any], T | None]
+    ) -> list[T]:
+        await self.connect()
+        if capability is not None and capability not in self.capabilities:
+            return []
+
+        async def fetch(params: JSON | None) -> JSON:
+            return await self.request(method, params or {}, self.discovery_timeout)
+
+        return await collect(self.name, method, key, convert, fetch)
+
+    # --- requests ---
+
+    async def call_tool(self, name: str, arguments: JSON, timeout: float) -> JSON:
+        return await self.request("tools/call", {"name": name, "arguments": arguments}, timeout)
+
+    async def request(
+        self,
+        method: str,
+        params: JSON | None,
+        timeout: float,
+        on_notification: Notify | None = None,
+        on_request: AskClient | None = None,
+    ) -> JSON:
+        """Send a request, round after round while the upstream needs its client's input,
+        and return its final `result`. A JSON-RPC error raises `UpstreamError`; every
+        other failure `BackendError`."""
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._rounds(method, params or {}, on_notification, on_request)
+        except TimeoutError:
+            raise BackendError(
+                f"upstream {self.name!r} did not answer within {timeout:g}s ({method})"
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise BackendError(f"upstream {self.name!r} failed during {method}: {exc}") from None
+
+    async def _rounds(
+        self,
+        method: str,
+        params: JSON,
+        on_notification: Notify | None,
+        on_request: AskClient | None,
+    ) -> JSON:
+        while True:
+            result = await self._exchange(method, params, on_notification)
+            if result.get("resultType") != "input_required":
+                return result
+            asked = result.get("inputRequests") or {}
+            if not isinstance(asked, dict):
+                raise BackendError(f"upstream {self.name!r} sent malformed inputRequests")
+            params = {
+                k: v for k, v in params.items() if k not in ("inputResponses", "requestState")
+            }
+            if asked:
+                params["inputResponses"] = await self._ask(asked, on_request)
+            else:
+                await asyncio.sleep(STATE_ONLY_PAUSE)
+            if result.get("requestState") is not None:
+                params["requestState"] = result["requestState"]
+
+    async def _ask(self, asked: JSON, on_request: AskClient | None) -> JSON:
+        """The client's answers to a round's requests, asked all at once."""
+        if on_request is None:
+            raise UpstreamError(
+                self.name, METHOD_NOT_FOUND, "the upstream needs input and no client can be asked"
+            )
+        answers: JSON = {}
+
+        async def one(key: str, wanted: Any) -> None:
+            if not isinstance(wanted, dict) or not isinstance(wanted.get("method"), str):
+                raise BackendError(f"upstream {self.name!r} sent a malformed input request")
+            params = wanted.get("params")
+            try:
+                answers[key] = await on_request(
+                    wanted["method"], params if isinstance(params, dict) else {}
+                )
+            except ClientRequestError as exc:
+                why = f"the client answered {wanted['method']} with error {exc.code}: {exc.message}"
+                raise UpstreamError(self.name, exc.code, why, exc.data) from None
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for key, wanted in asked.items():
+                    group.create_task(one(key, wanted))
+        except ExceptionGroup as failed:
+            raise failed.exceptions[0] from None
+        return answers
+
+    async def _exchange(self, method: str, params: JSON, on_notification: Notify | None) -> JSON:
+        """One POST: its reply's `result`, the request's notifications handed on meanwhile."""
+        if self._http is None:
+            raise BackendError(f"upstream {self.name!r}: not started or already closed")
+        meta = params.get("_meta")
+        envelope = {
+            **(meta if isinstance(meta, dict) else {}),
+            "io.modelcontextprotocol/protocolVersion": VERSION,
+            "io.modelcontextprotocol/clientCapabilities": CLIENT_CAPABILITIES,
+            "io.modelcontextprotocol/clientInfo": CLIENT_INFO,
+        }
+        request_id = next(self._ids)
+        body = request(request_id, method, {**params, "_meta": envelope})
+        headers = {
+            **self.headers,
+            "Content-Type": "application/json",
+            "Accept": "application/json, text/event-stream",
+            "MCP-Protocol-Version": VERSION,
+            "Mcp-Method": method,
+        }
+        target = params.get(NAMED_BY.get(method, ""))
+        if isinstance(target, str):
+            headers["Mcp-Name"] = _header_value(target)
+        async with self._http.post(self.url, data=orjson.dumps(body), headers=headers) as resp:
+            if resp.content_type == "text/event-stream":
+                reply = await self._read_stream(resp, request_id, method, on_notification)
+            elif resp.content_type == "application/json":
+                decoded = decode_json(self.name, await resp.read(), method)
+                reply = self._reply_in(json_messages(decoded), request_id, method)
+            else:
+                raise BackendError(
+                    f"upstream {self.name!r} answered {method} with HTTP {resp.status} "
+                    f"({resp.content_type or 'no content type'})"
+                )
+        return rpc_result(self.name, reply, method)
+
+    def _reply_in(self, messages: list[JSON], request_id: int, method: str) -> JSON:
+        for message in messages:
+            if message.get("id") == request_id and "method" not in message:
+                return message
+        raise BackendError(f"upstream {self.name!r} sent no answer to {method}")
+
+    async def _read_stream(
+        self,
+        resp: aiohttp.ClientResponse,
+        request_id: int,
+        method: str,
+        on_notification: Notify | None,
+    ) -> JSON:
+        parser = SseParser()
+        async for chunk in resp.content.iter_any():
+            for event in parser.feed(chunk):
+                if event.event != "message" or not event.data.strip():
+                    continue
+                for message in json_messages(decode_json(self.name, event.data, method)):
+                    if "method" not in message:
+                        if message.get("id") == request_id:
+                            return message
+                        continue
+                    note = message["method"]
+                    if on_notification is not None and note in REQUEST_NOTIFICATIONS:
+                        params = message.get("params")
+                        await on_notification(note, params if isinstance(params, dict) else {})
+        raise BackendError(f"upstream {self.name!r} ended its event stream without answering")
+
+
+@hookimpl(trylast=True)
+def gateway_register_backends(register: Registrar[BackendSpec]) -> None:
+    register.add(
+        BackendSpec(
+            name="mcp-streamable-http-2026",
+            transport=TRANSPORT,
+            factory=McpModernBackend,
+            description="an MCP server of protocol 2026-07-28 over stateless Streamable HTTP",
+        )
+    )
