@@ -20,7 +20,6 @@ import orjson
 import pytest
 
 from tests.cluster.deployment import (
-    USER,
     Deployment,
     gateway_env,
     register,
@@ -30,6 +29,7 @@ from tests.cluster.deployment import (
     wait_until,
 )
 from tests.conftest import fresh_schema
+from tests.support.gunicorn_process import USER
 from tests.upstreams.processes import RunningUpstream, start_own, stop_upstream
 
 pytestmark = pytest.mark.timeout(120)
