@@ -52,8 +52,9 @@ class ClientStream:
     async def resource_updated(self, uri: str) -> None:
         """An upstream resource changed; send it if this stream's client subscribed."""
 
-    async def call_event(self, number: int, message: JSON) -> None:
-        """Event `number` of the call whose response this stream resumed."""
+    async def call_event(self, number: int, message: JSON | None) -> None:
+        """Event `number` of the call whose response this stream resumed; None: read it from
+        the event log."""
 
     async def close(self) -> None: ...
 
@@ -122,17 +123,20 @@ class Hub:
                 del self.followers[(session_id, epoch)]
 
     async def send_to_follower(
-        self, session_id: str, epoch: str, number: int, message: JSON
+        self, session_id: str, epoch: str, number: int, message: JSON, *, inline: bool = True
     ) -> None:
         """Event `number` of a call's response stream whose client went away: to the stream
         that resumed it, directly when this worker holds it. The event is in the event log
-        already, so a stream that resumes later replays it instead."""
+        already, so a stream that resumes later replays it instead, and a message that is
+        not `inline` stays out of the event between workers (some caches carry only small
+        events): the stream reads it from the log."""
         local = self.followers.get((session_id, epoch))
         if local:
             for stream in list(local):
                 await _quietly(stream.call_event(number, message))
             return
-        event = {"session": session_id, "epoch": epoch, "number": number, "message": message}
+        carried = message if inline else None
+        event = {"session": session_id, "epoch": epoch, "number": number, "message": carried}
         await self.publish({"kind": "call-event", **event})
 
     def keep_running(self, task: asyncio.Task[Any], limit: int) -> bool:
@@ -267,7 +271,7 @@ class Hub:
         elif kind == "call-event":
             key = (str(event.get("session")), str(event.get("epoch")))
             for stream in list(self.followers.get(key, ())):
-                await _quietly(stream.call_event(int(event["number"]), event["message"]))
+                await _quietly(stream.call_event(int(event["number"]), event.get("message")))
         elif kind == "resource-updated":
             uri = str(event.get("uri"))
             for streams in list(self.streams.values()):

@@ -28,6 +28,9 @@ RESPONSE_EPOCH = "r"
 """How the epoch of a POST's response stream starts; a GET stream's epoch is hex."""
 CATCH_UP_SECONDS = 1.0
 """How often a resumed response stream also reads the event log, for events the hub lost."""
+INLINE_BYTES = 2048
+"""Events of a response stream larger than this reach another worker's resumed stream
+through the event log only: some caches carry only small events between workers."""
 DEADLINE_SLACK = 2.0
 """Seconds past its call's deadline a resumed response stream still waits for the answer
 (for it to travel, and for clocks that differ between machines)."""
@@ -235,7 +238,13 @@ class ResponseStream:
             event_id = f"{self.epoch}-{self.count}"
             await self.events.keep(self.session_id, event_id, data)
             if not await self._write(sse.event(data, name="message", event_id=event_id)):
-                await self.hub.send_to_follower(self.session_id, self.epoch, self.count, message)
+                await self.hub.send_to_follower(
+                    self.session_id,
+                    self.epoch,
+                    self.count,
+                    message,
+                    inline=len(data) <= INLINE_BYTES,
+                )
 
     async def _write(self, chunk: bytes) -> bool:
         """Write on the client's own connection; False once that is gone."""
@@ -300,11 +309,11 @@ class ResumedResponse(ClientStream):
             )
             await self._send(sse.event(jsonrpc.error(self.record.request_id, lost), name="message"))
 
-    async def call_event(self, number: int, message: JSON) -> None:
+    async def call_event(self, number: int, message: JSON | None) -> None:
         async with self._lock:
-            if number > self.count + 1:
-                await self._catch_up()  # an event the hub lost is in the log
-            if number > self.count and not self.closed.is_set():
+            if message is None or number > self.count + 1:
+                await self._catch_up()  # from the log: a large event, or one the hub lost
+            if message is not None and number > self.count and not self.closed.is_set():
                 await self._event(number, orjson.dumps(message))
 
     async def _catch_up(self) -> None:
