@@ -5,7 +5,6 @@ back to the client's stream."""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import os
 import time
@@ -16,6 +15,7 @@ import structlog
 from gateway import jsonrpc
 from gateway.catalogue import Tool
 from gateway.contracts import AskClient, BackendError, FullBackend, UpstreamError
+from gateway.deadlines import within
 from gateway.jsonrpc import RPCError
 from gateway.limits import RateLimiter
 from gateway.mcp import versions
@@ -131,7 +131,7 @@ class UpstreamCalls:
         started = time.perf_counter()
         outcome = "ok"
         try:
-            async with asyncio.timeout(timeout):
+            async with within(timeout):
                 full = self.registry.full_backends.get(upstream)
                 if upstream in self.registry.per_client:
                     backend = full = self.full_backend(upstream, ctx)

@@ -24,6 +24,7 @@ from gateway.contracts import (
     ResourceTemplateDef,
     ToolDef,
 )
+from gateway.deadlines import within
 from gateway.mcpclient.catalogue import (
     collect,
     prompt_def,
@@ -113,7 +114,7 @@ class McpClient(McpSession[L]):
 
     async def _request(self, call: Call, timeout: float) -> JSON:
         try:
-            async with asyncio.timeout(timeout):
+            async with within(timeout):
                 return await self._send(call)
         except TimeoutError:
             await self._abandon(call, f"timed out after {timeout:g}s")
