@@ -6,7 +6,9 @@ capabilities the gateway can relay and its client info in `params._meta`, the ve
 method repeated in the `MCP-Protocol-Version` and `Mcp-Method` headers, and the tool,
 prompt or resource in `Mcp-Name`. `server/discover` tells the upstream's capabilities. A
 reply is a JSON body or an SSE stream; the progress and log messages in a stream go to the
-request's `on_notification` (log messages come only if the params opt in, as 2026 wants).
+request's `on_notification`. Log messages come only to requests that opt in, in 2026: one
+with an `on_notification` opts in at `debug` (unless its params chose a level), and the
+gateway filters them at its own client's level, as it does for handshake-era upstreams.
 
 A request the upstream cannot finish without its client answers `input_required`. This is
 where the era bridge turns that into what a handshake-era client knows: every request in
@@ -234,6 +236,8 @@ class McpModernBackend:
             "io.modelcontextprotocol/clientCapabilities": CLIENT_CAPABILITIES,
             "io.modelcontextprotocol/clientInfo": CLIENT_INFO,
         }
+        if on_notification is not None:
+            envelope.setdefault("io.modelcontextprotocol/logLevel", "debug")
         request_id = next(self._ids)
         body = request(request_id, method, {**params, "_meta": envelope})
         headers = {

@@ -86,6 +86,20 @@ async def test_input_required_rounds_are_answered_through_on_request(
     assert len(asked) == 1
 
 
+async def test_log_messages_of_a_call_reach_its_on_notification(backend: Any) -> None:
+    received: list[tuple[str, JSON]] = []
+
+    async def note(method: str, params: JSON) -> None:
+        received.append((method, params))
+
+    params = {"name": "note", "arguments": {"message": "working"}}
+    result = await backend.request("tools/call", params, 10, on_notification=note)
+    assert result["content"][0]["text"] == "noted"
+    assert [(m, p["level"], p["data"]) for m, p in received] == [
+        ("notifications/message", "info", "working")
+    ]
+
+
 async def test_without_on_request_a_call_that_needs_input_fails_at_once(backend: Any) -> None:
     started = time.monotonic()
     with pytest.raises(UpstreamError, match="no client can be asked"):

@@ -3,6 +3,7 @@ client through resolvers: to a 2026-07-28 client they answer in the multi round-
 style (an `input_required` result, then the retry with `inputResponses`), as a server of
 that era does. The tools: `sample` (sampling for `prompt`), `elicit` (a form with an enum
 field and defaults) and `roots` (the client's roots); each returns what the client gave.
+`greet` asks nothing, and `note` sends a log message.
 `GET /stats` counts the `tools/call` requests by whether they carried `inputResponses`.
 
 Run as `python tests/upstreams/sdk_input_required_server.py --port N`.
@@ -68,9 +69,16 @@ async def roots(listed: Annotated[ListRootsResult, Resolve(ask_roots)]) -> dict[
 
 
 @server.tool()
-def greet(name: str, ctx: Context) -> str:
+def greet(name: str) -> str:
     """Say hello to someone (asks nothing)."""
     return f"Hello, {name}!"
+
+
+@server.tool()
+async def note(message: str, ctx: Context) -> str:
+    """Log `message` at info (sent only to requests that opt in), then answer."""
+    await ctx.info(message)
+    return "noted"
 
 
 class _Counting:
