@@ -13,6 +13,7 @@ into the call's `TOOL_TIMEOUT`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import secrets
 from typing import Any
@@ -79,6 +80,9 @@ class ClientAsks:
                 message = await answer
         finally:
             self.hub.forget(ask_id)
+            # An answer arriving later, on any worker, is refused as no longer awaited.
+            with contextlib.suppress(CacheUnavailable):
+                await self.use.run(self.use.cache.delete(_key(ask_id)))
         error = message.get("error")
         if error is not None:
             raise ClientRequestError(error["code"], error["message"], error.get("data"))
