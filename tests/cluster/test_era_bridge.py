@@ -352,13 +352,7 @@ async def test_a_handshake_client_answers_a_2026_upstream_through_ordinary_reque
     deployment: Deployment,
     modern_upstream: RunningUpstream,
     path: str,
-    request: pytest.FixtureRequest,
 ) -> None:
-    if path == "/sse" and request.node.callspec.params["deployment"] == "database":
-        pytest.skip(
-            "on /sse every answer crosses workers as a cache event, and the database cache "
-            "carries at most about 5 KB per event: the SDK client's tools/list answer is larger"
-        )
     before = await modern_stats(modern_upstream)
     async with sdk_client(
         deployment.a.url + path,

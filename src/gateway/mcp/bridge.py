@@ -29,7 +29,6 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import orjson
 import structlog
 
 from gateway import jsonrpc
@@ -52,9 +51,6 @@ Work = Callable[[Context, AskClient | None], Coroutine[Any, Any, JSON]]
 GRACE = 5.0
 """How long past the call's end a retry waits for its worker before giving up on it."""
 RESUME, OUTCOME, NOTE, CANCEL = "bridge-resume", "bridge-outcome", "bridge-note", "bridge-cancel"
-INLINE_BYTES = 2048
-"""Answers and outcomes larger than this cross workers through a cache key, not the event:
-some caches carry only small events (the database cache's NOTIFY, about 5 KB)."""
 
 _ids = itertools.count(1)
 _PREFIX = f"br-{secrets.token_hex(6)}-"
@@ -89,11 +85,6 @@ def _final(task: asyncio.Task[JSON]) -> JSON:
         log.error("bridged call failed", error=repr(exc))
         return {"error": {"code": jsonrpc.INTERNAL_ERROR, "message": "Internal error"}}
     return {"result": task.result()}
-
-
-def _lost(what: str) -> JSON:
-    message = f"{what} could not be carried between workers (the cache failed)"
-    return {"error": {"code": jsonrpc.INTERNAL_ERROR, "message": message}}
 
 
 def _answers(value: Any, asked: tuple[str, ...]) -> JSON:
@@ -283,7 +274,7 @@ class Bridge:
             if state.call in self.calls:
                 await self._on_resume(event)
             else:
-                await self._publish(event, "answers")
+                await self.hub.publish(event)
             async with asyncio.timeout(left + GRACE):
                 outcome = await outcome_future
         except TimeoutError:
@@ -328,11 +319,7 @@ class Bridge:
         if not round_ or call.round != round_ or call.caller != event.get("caller"):
             await self._deliver(round_, {"error": refused("was already answered").to_dict()})
             return
-        try:
-            answers = await self._payload(event, "answers")
-        except CacheUnavailable:
-            await self._deliver(round_, _lost("the answers"))
-            return
+        answers = event.get("answers")
         call.round = ""
         for ask_id, result in (answers or {}).items():
             if ask_id in call.open:
@@ -362,41 +349,15 @@ class Bridge:
             if not waiting[0].done():
                 waiting[0].set_result(outcome)
             return
-        await self._publish({"kind": OUTCOME, "round": round_, "outcome": outcome}, "outcome")
+        await self.hub.publish({"kind": OUTCOME, "round": round_, "outcome": outcome})
 
     async def _on_outcome(self, event: JSON) -> None:
         waiting = self.waiting.get(str(event.get("round")))
         if waiting is None or waiting[0].done():
             return
-        try:
-            outcome = await self._payload(event, "outcome")
-        except CacheUnavailable:
-            outcome = _lost("the call's outcome")
-        if not waiting[0].done():
+        outcome = event.get("outcome")
+        if not waiting[0].done() and isinstance(outcome, dict):
             waiting[0].set_result(outcome)
-
-    async def _publish(self, event: JSON, field: str) -> None:
-        """Send `event` to every worker; a large `field` waits in the cache instead, under
-        a key the event names."""
-        raw = orjson.dumps(event[field])
-        if len(raw) > INLINE_BYTES:
-            key = f"bridge-payload:{secrets.token_urlsafe(12)}"
-            try:
-                await self.use.run(self.use.cache.set(key, raw, self.timeout + GRACE))
-                event = {**event, field: None, "stored": key}
-            except CacheUnavailable:
-                pass  # sent whole: the channel may still carry it
-        await self.hub.publish(event)
-
-    async def _payload(self, event: JSON, field: str) -> Any:
-        """The `field` an event carries, fetched from the cache if it waits there."""
-        key = event.get("stored")
-        if not isinstance(key, str):
-            return event.get(field)
-        raw = await self.use.run(self.use.cache.get(key))
-        if raw is None:
-            raise CacheUnavailable(f"{key} has expired")
-        return orjson.loads(raw)
 
     async def _on_note(self, event: JSON) -> None:
         waiting = self.waiting.get(str(event.get("round")))

@@ -13,6 +13,7 @@ Catalogue changes need no channel: every worker reloads and notifies its own str
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -28,6 +29,9 @@ log = structlog.get_logger(__name__)
 
 JSON = dict[str, Any]
 CHANNEL = "mcp-events"
+INLINE_MAX = 2048
+"""Bytes of an event sent on the channel itself; bigger ones are parked in the cache."""
+PARKED_TTL = 60.0
 
 LIST_CHANGED = {
     "tools": "notifications/tools/list_changed",
@@ -165,9 +169,16 @@ class Hub:
     # --- events ------------------------------------------------------------------------------
 
     async def publish(self, event: JSON) -> None:
-        """Send an event to every worker (this one included, through the cache)."""
+        """Send an event to every worker (this one included, through the cache). An event
+        too big for every cache's channel (PostgreSQL's NOTIFY carries under 8 KB) is
+        parked under a key of its own, and the channel carries the key."""
         try:
-            await self.cache.publish(CHANNEL, orjson.dumps(event))
+            raw = orjson.dumps(event)
+            if len(raw) > INLINE_MAX:
+                key = f"hub-event:{secrets.token_urlsafe(12)}"
+                await self.cache.set(key, raw, PARKED_TTL)
+                raw = orjson.dumps({"kind": "parked", "key": key})
+            await self.cache.publish(CHANNEL, raw)
         except Exception as exc:
             # Without the cache only this worker can act on it.
             log.warning("mcp event not published; delivering locally", error=str(exc))
@@ -292,12 +303,21 @@ class Hub:
         elif isinstance(kind, str) and kind in self.handlers:
             await self.handlers[kind](event)
 
+    async def _unparked(self, event: JSON) -> JSON:
+        if event.get("kind") != "parked":
+            return event
+        raw = await self.cache.get(str(event.get("key")))
+        if raw is None:
+            raise LookupError(f"parked event {event.get('key')} has expired")
+        parked: JSON = orjson.loads(raw)
+        return parked
+
     async def _listen(self) -> None:
         while True:
             try:
                 async for raw in self.cache.subscribe(CHANNEL):
                     try:
-                        await self.on_event(orjson.loads(raw))
+                        await self.on_event(await self._unparked(orjson.loads(raw)))
                     except Exception as exc:
                         log.warning("mcp event not handled", error=str(exc))
             except asyncio.CancelledError:
