@@ -206,6 +206,10 @@ class Gateway:
     cache: str = "database"
     settings: Mapping[str, str] = field(default_factory=dict)
     """Further gateway variables, applied last (REDIS_URL, MEMORY_CACHE_MAX_ITEMS, ...)."""
+    conf: Path = REPO / "gunicorn.conf.py"
+    """The gunicorn configuration; another checkout's runs that checkout's gateway."""
+    pythonpath: tuple[Path, ...] = ()
+    """Put before the installed gateway on the import path, so another checkout's code runs."""
     port: int = field(default_factory=free_port)
     secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     process: subprocess.Popen[bytes] | None = None
@@ -224,6 +228,9 @@ class Gateway:
         # worker's counters into files) is dropped and the ones that matter are set here.
         dropped = {*ENVIRONMENT_VARIABLES, "PROMETHEUS_MULTIPROC_DIR"}
         inherited = {k: v for k, v in os.environ.items() if k not in dropped}
+        if self.pythonpath:
+            paths = [*map(str, self.pythonpath), *filter(None, [inherited.get("PYTHONPATH")])]
+            inherited["PYTHONPATH"] = os.pathsep.join(paths)
         return {
             **inherited,
             "HOST": HOST,
@@ -249,7 +256,7 @@ class Gateway:
         with self.log_path.open("ab") as log:
             # The working directory is the temporary one, so no .env of the checkout is read.
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "-c", str(REPO / "gunicorn.conf.py")],
+                [sys.executable, "-m", "gunicorn", "-c", str(self.conf)],
                 cwd=self.workdir,
                 env=self.environment(),
                 stdout=log,
@@ -501,9 +508,16 @@ def running_upstream() -> Iterator[RunningUpstream]:
 
 @contextmanager
 def running_gateway(
-    workdir: Path, workers: int, cache: str = "database", settings: Mapping[str, str] | None = None
+    workdir: Path,
+    workers: int,
+    cache: str = "database",
+    settings: Mapping[str, str] | None = None,
+    checkout: Path = REPO,
+    pythonpath: tuple[Path, ...] = (),
 ) -> Iterator[Gateway]:
-    gateway = Gateway(workdir, workers, cache, dict(settings or {}))
+    """The gateway of `checkout` (this one by default) under gunicorn, stopped on the way out."""
+    conf = checkout / "gunicorn.conf.py"
+    gateway = Gateway(workdir, workers, cache, dict(settings or {}), conf, pythonpath)
     try:
         gateway.start()
         yield gateway
