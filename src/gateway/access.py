@@ -57,17 +57,22 @@ def _denied(error: AuthError) -> web.Response:
     )
 
 
-def auth_middleware(authenticate: Callable[[web.Request], Awaitable[Principal]] | None) -> Any:
-    """Build the middleware; `authenticate` is None when AUTH_REQUIRED=false."""
+Admit = Callable[[web.Request], Awaitable["web.Response | None"]]
 
-    @web.middleware
-    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+
+def gatekeeper(authenticate: Callable[[web.Request], Awaitable[Principal]] | None) -> Admit:
+    """What decides whether a request may reach its route: `admit(request)` sets the
+    request's principal and returns None, or returns the refusal (401/403). `authenticate`
+    is None when AUTH_REQUIRED=false. The front-door middleware calls it, so a request
+    passes one middleware layer, not two."""
+
+    async def admit(request: web.Request) -> web.Response | None:
         access = access_of(request)
         if access == "public" or request.method == "OPTIONS":
-            return await handler(request)
+            return None
         if authenticate is None:
             request[PRINCIPAL] = ANONYMOUS
-            return await handler(request)
+            return None
         try:
             who = await authenticate(request)
             if access == "admin" and not who.is_admin:
@@ -77,6 +82,6 @@ def auth_middleware(authenticate: Callable[[web.Request], Awaitable[Principal]] 
             return _denied(exc)
         request[PRINCIPAL] = who
         structlog.contextvars.bind_contextvars(subject=who.subject)
-        return await handler(request)
+        return None
 
-    return auth
+    return admit

@@ -57,7 +57,7 @@ from gateway.mcp.notifications import Notifier
 from gateway.mcp.request_state import SECRET_NAME, Sealer
 from gateway.mcp.streams import EventLog
 from gateway.mcp.upstream_calls import UpstreamCalls
-from gateway.middlewares import envelope
+from gateway.middlewares import front_door
 from gateway.plugins import Plugins
 from gateway.registry import Registry
 from gateway.results import ResultCache
@@ -276,8 +276,7 @@ def build_app(
         # A client that hangs up cancels its request: upstream calls stop, streams close.
         handler_args={"handler_cancellation": True},
         middlewares=[
-            envelope,
-            access.auth_middleware(_authenticate if settings.auth_required else None),
+            front_door(access.gatekeeper(_authenticate if settings.auth_required else None)),
         ],
     )
     app[SETTINGS] = settings

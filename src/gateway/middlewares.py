@@ -1,4 +1,4 @@
-"""Middlewares every request passes: the request id, and JSON for every error.
+"""The middleware every request passes: its id, admission, and JSON for every error.
 
 No traceback or HTML page ever reaches a client: HTTP errors become
 `{"error": {"status", "message"}}` and anything unexpected becomes a 500 of that shape.
@@ -13,6 +13,9 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from gateway.access import Admit
 
 log = structlog.get_logger(__name__)
 
@@ -31,30 +34,34 @@ def error_response(status: int, message: str, **headers: str) -> web.Response:
     )
 
 
-@web.middleware
-async def envelope(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Tag the request (and its log lines) with its id, and turn every failure into JSON.
+def front_door(admit: Admit) -> Middleware:
+    """The one middleware every request passes: tag it (and its log lines) with its id,
+    admit it or not (`access.gatekeeper`), and turn every failure into JSON. One layer
+    rather than three: every request pays for each layer it passes."""
 
-    One middleware rather than two: every request pays for each layer it passes."""
-    given = request.headers.get(REQUEST_ID_HEADER, "")
-    if 0 < len(given) <= _MAX_REQUEST_ID and given.isprintable():
-        rid = given
-    else:
-        rid = f"{_ID_PREFIX}{next(_ID_COUNTER):012x}"
-    structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(request_id=rid)
-    try:
-        response = await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            exc.headers[REQUEST_ID_HEADER] = rid
-            raise
-        response = _http_error(exc)
-    except Exception:
-        log.exception("request failed", path=request.path, method=request.method)
-        response = error_response(500, "internal server error")
-    response.headers[REQUEST_ID_HEADER] = rid
-    return response
+    @web.middleware
+    async def envelope(request: web.Request, handler: Handler) -> web.StreamResponse:
+        given = request.headers.get(REQUEST_ID_HEADER, "")
+        if 0 < len(given) <= _MAX_REQUEST_ID and given.isprintable():
+            rid = given
+        else:
+            rid = f"{_ID_PREFIX}{next(_ID_COUNTER):012x}"
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=rid)
+        try:
+            response = await admit(request) or await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                exc.headers[REQUEST_ID_HEADER] = rid
+                raise
+            response = _http_error(exc)
+        except Exception:
+            log.exception("request failed", path=request.path, method=request.method)
+            response = error_response(500, "internal server error")
+        response.headers[REQUEST_ID_HEADER] = rid
+        return response
+
+    return envelope
 
 
 def _http_error(exc: web.HTTPException) -> web.Response:
