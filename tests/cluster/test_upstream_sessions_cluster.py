@@ -14,12 +14,22 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.cluster.deployment import ADMIN, USER, fetch, gateway_env, wait_until
+from tests.cluster.deployment import (
+    ADMIN,
+    USER,
+    Deployment,
+    fetch,
+    gateway_env,
+    start_deployment,
+    stop_deployment,
+    wait_until,
+)
 from tests.conftest import free_port
 from tests.support.gunicorn_process import GunicornGateway
 from tests.upstreams.processes import RunningUpstream, start_own, stop_upstream
@@ -203,3 +213,51 @@ async def test_delete_on_either_worker_ends_the_upstream_session_once(cluster: C
         await asyncio.sleep(0.5)
         assert await upstream_stat(cluster, "sessions_deleted") == deleted + 1
         assert await upstream_stat(cluster, "unknown_session_deletes") == stray
+
+
+# --- two instances ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def two_instances(
+    postgres_url: str, redis_base_url: str, cache_prefix: str, tmp_path: Path
+) -> AsyncIterator[tuple[Deployment, RunningUpstream]]:
+    """Two gateways of two workers each, sharing PostgreSQL and Redis, the counting
+    upstream registered per-client."""
+    upstream = start_own("--counter")
+    env = gateway_env(postgres_url, "redis", REDIS_URL=redis_base_url, CACHE_PREFIX=cache_prefix)
+    deployment = await start_deployment(env, tmp_path, instances=2, workers=WORKERS)
+    try:
+        payload = {
+            "name": "own",
+            "url": upstream.url,
+            "transport": "streamable-http",
+            "session": "per-client",
+        }
+        reply = await fetch("POST", f"{deployment.a.url}/upstreams", payload, ADMIN)
+        assert reply.status == 201, reply
+        yield deployment, upstream
+    finally:
+        stop_deployment(deployment)
+        stop_upstream(upstream)
+
+
+async def test_a_client_sessions_calls_on_both_instances_reach_one_upstream_session(
+    two_instances: tuple[Deployment, RunningUpstream],
+) -> None:
+    deployment, upstream = two_instances
+    a, b = deployment.a.url, deployment.b.url
+    async with aiohttp.ClientSession(headers=USER) as http:
+        session = await open_session(http, a)
+        initialised = int((await upstream.stats())["initialize"])
+        # Fresh connections: each call may land on any worker of the instance it goes to.
+        counts = []
+        for url in (a, b) * 4:
+            async with aiohttp.ClientSession(
+                headers=USER, connector=aiohttp.TCPConnector(force_close=True)
+            ) as fresh:
+                counts.append(await count(fresh, url, session))
+        # One upstream session counted all eight, whichever instance and worker served them.
+        assert counts == list(range(1, 9))
+        # Besides it, at most each worker's own shared session (opened with its first call).
+        assert int((await upstream.stats())["initialize"]) <= initialised + 1 + 2 * WORKERS
