@@ -39,13 +39,7 @@ import orjson
 
 from gateway.jsonrpc import METHOD_NOT_FOUND
 from gateway.mcpclient import SseParser
-from gateway.mcpclient.catalogue import (
-    collect,
-    prompt_def,
-    resource_def,
-    resource_template_def,
-    tool_def,
-)
+from gateway.mcpclient.catalogue import Catalogue, collect
 from gateway.mcpclient.wire import CLIENT_INFO, decode_json, json_messages, request, rpc_result
 from gateway.plugin import (
     JSON,
@@ -54,12 +48,8 @@ from gateway.plugin import (
     BackendSpec,
     ClientRequestError,
     Notify,
-    PromptDef,
     Registrar,
-    ResourceDef,
-    ResourceTemplateDef,
     Settings,
-    ToolDef,
     UpstreamConfig,
     UpstreamError,
     hookimpl,
@@ -84,7 +74,7 @@ def _header_value(value: str) -> str:
     return f"=?base64?{base64.b64encode(value.encode()).decode()}?="
 
 
-class McpModernBackend:
+class McpModernBackend(Catalogue):
     def __init__(self, upstream: UpstreamConfig, settings: Settings) -> None:
         self.name = upstream.name
         self.url = upstream.url
@@ -120,20 +110,6 @@ class McpModernBackend:
             raise BackendError(f"upstream {self.name!r} does not speak {VERSION}: {supported!r}")
         capabilities = result.get("capabilities")
         self.capabilities = capabilities if isinstance(capabilities, dict) else {}
-
-    async def list_tools(self) -> list[ToolDef]:
-        return await self._collect("tools/list", "tools", None, tool_def)
-
-    async def list_resources(self) -> list[ResourceDef]:
-        return await self._collect("resources/list", "resources", "resources", resource_def)
-
-    async def list_resource_templates(self) -> list[ResourceTemplateDef]:
-        return await self._collect(
-            "resources/templates/list", "resourceTemplates", "resources", resource_template_def
-        )
-
-    async def list_prompts(self) -> list[PromptDef]:
-        return await self._collect("prompts/list", "prompts", "prompts", prompt_def)
 
     async def _collect(
         self, method: str, key: str, capability: str | None, convert: Callable[[Any], T | None]

@@ -1,5 +1,6 @@
 """An upstream's catalogue: its listed tools, resources, resource templates and prompts,
-mapped to the `gateway.contracts` definitions, page by page.
+mapped to the `gateway.contracts` definitions, page by page. `Catalogue` gives a backend
+the four `list_*` methods of the `FullBackend` contract on top of its own `_collect`.
 
 One malformed entry should not hide the rest of an upstream's catalogue: each mapping
 returns None for an entry it cannot use, and the entry is skipped.
@@ -7,6 +8,7 @@ returns None for an entry it cannot use, and the entry is skipped.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -54,6 +56,32 @@ async def collect(
             raise BackendError(f"upstream {upstream!r} sent a bad or repeated {method} cursor")
         seen.add(next_cursor)
         cursor = next_cursor
+
+
+class Catalogue(ABC):
+    """The `list_*` methods of a backend, each a `_collect` of one listing."""
+
+    @abstractmethod
+    async def _collect(
+        self, method: str, key: str, capability: str | None, convert: Callable[[Any], T | None]
+    ) -> list[T]:
+        """Every entry of the listing `method` returns under `key`, mapped by `convert`;
+        none when the upstream lacks `capability` (None: asked regardless)."""
+
+    async def list_tools(self) -> list[ToolDef]:
+        # Asked even without the capability: some servers with tools do not declare it.
+        return await self._collect("tools/list", "tools", None, tool_def)
+
+    async def list_resources(self) -> list[ResourceDef]:
+        return await self._collect("resources/list", "resources", "resources", resource_def)
+
+    async def list_resource_templates(self) -> list[ResourceTemplateDef]:
+        return await self._collect(
+            "resources/templates/list", "resourceTemplates", "resources", resource_template_def
+        )
+
+    async def list_prompts(self) -> list[PromptDef]:
+        return await self._collect("prompts/list", "prompts", "prompts", prompt_def)
 
 
 def _dict_or_none(value: Any) -> JSON | None:

@@ -3,7 +3,7 @@
 Requests run under the caller's time budget. A timeout, a cancelled caller or any other
 abandonment sends `notifications/cancelled` for the request upstream (bounded by
 `CLOSE_TIMEOUT`) before the error or the cancellation goes on to the caller. Catalogues
-are read page by page (`catalogue.py`).
+are read page by page (`catalogue.py`), as for every backend.
 """
 
 from __future__ import annotations
@@ -14,24 +14,9 @@ from typing import Any, TypeVar, cast
 
 import structlog
 
-from gateway.contracts import (
-    JSON,
-    AskClient,
-    BackendError,
-    Notify,
-    PromptDef,
-    ResourceDef,
-    ResourceTemplateDef,
-    ToolDef,
-)
+from gateway.contracts import JSON, AskClient, BackendError, Notify
 from gateway.deadlines import within
-from gateway.mcpclient.catalogue import (
-    collect,
-    prompt_def,
-    resource_def,
-    resource_template_def,
-    tool_def,
-)
+from gateway.mcpclient.catalogue import Catalogue, collect
 from gateway.mcpclient.link import Call, Link
 from gateway.mcpclient.session import McpSession
 from gateway.mcpclient.wire import notification
@@ -46,7 +31,7 @@ L = TypeVar("L", bound=Link)
 CLOSE_TIMEOUT = 1.0
 
 
-class McpClient(McpSession[L]):
+class McpClient(Catalogue, McpSession[L]):
     """A `FullBackend` for one upstream MCP server over the transport a subclass provides."""
 
     # --- the Backend and FullBackend protocols ---
@@ -81,21 +66,6 @@ class McpClient(McpSession[L]):
 
     async def notify(self, method: str, params: JSON | None) -> None:
         await self._within(method, self.discovery_timeout, self._notify_upstream(method, params))
-
-    async def list_tools(self) -> list[ToolDef]:
-        # Asked even without the capability: some servers with tools do not declare it.
-        return await self._collect("tools/list", "tools", None, tool_def)
-
-    async def list_resources(self) -> list[ResourceDef]:
-        return await self._collect("resources/list", "resources", "resources", resource_def)
-
-    async def list_resource_templates(self) -> list[ResourceTemplateDef]:
-        return await self._collect(
-            "resources/templates/list", "resourceTemplates", "resources", resource_template_def
-        )
-
-    async def list_prompts(self) -> list[PromptDef]:
-        return await self._collect("prompts/list", "prompts", "prompts", prompt_def)
 
     async def _collect(
         self, method: str, key: str, capability: str | None, convert: Callable[[Any], T | None]
