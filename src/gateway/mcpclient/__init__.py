@@ -6,7 +6,7 @@ A transport builds on `McpClient` (`client`, the `FullBackend` on top of the MCP
 transports build on `HttpClient` (`http`), which POSTs with the keep-alive HTTP/1.1 client
 in `fasthttp` (response bodies in `body`). `sse` parses event streams, `wire` reads and
 writes JSON-RPC, `catalogue` maps an upstream's listings to the gateway's definitions, and
-`asking` turns a client's answers into responses for the upstream.
+`asking` answers the requests an upstream sends its client.
 
 Requests from an upstream to its client
 ---------------------------------------

@@ -1,19 +1,26 @@
 """The answers to the requests an upstream sends its client: from the `AskClient` that
 stands for the client in question, or, when there is none, the answer that needs nobody.
-Which client that is, is the session's business (`session.py`); this module only turns
-what it says, or fails to say, into a JSON-RPC response for the upstream."""
+`Answering`, a part of the session (`session.py`), picks that client for each request and
+posts the JSON-RPC response back to the upstream; the functions turn what the client says,
+or fails to say, into that response."""
 
 from __future__ import annotations
 
 import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import Coroutine
+from typing import Any, ClassVar, Generic, TypeVar
 
 import structlog
 
-from gateway.contracts import JSON, AskClient, ClientRequestError
-from gateway.jsonrpc import INTERNAL_ERROR, METHOD_NOT_FOUND
-from gateway.mcpclient.wire import error_response, response
+from gateway.contracts import JSON, AskClient, BackendError, ClientRequestError
+from gateway.jsonrpc import INTERNAL_ERROR, INVALID_PARAMS, METHOD_NOT_FOUND
+from gateway.mcpclient.link import Call, Link
+from gateway.mcpclient.wire import error_response, params_of, related_request, response
 
 log = structlog.get_logger(__name__)
+
+L = TypeVar("L", bound=Link)
 
 
 def unanswered(message: JSON, why: str) -> JSON:
@@ -51,3 +58,72 @@ async def answer(
         log.warning("a client answered with no result object", upstream=upstream, method=method)
         return error_response(request_id, INTERNAL_ERROR, f"{method}: the client sent no result")
     return response(request_id, result)
+
+
+class Answering(ABC, Generic[L]):
+    """The session's part that answers what its upstream asks the client: it finds who
+    answers each request and posts the response back on the request's link."""
+
+    name: str
+    discovery_timeout: float
+    shared_stream: ClassVar[bool]
+    _ask: AskClient | None
+
+    @abstractmethod
+    async def _post(self, link: L, message: JSON, call: Call | None) -> None:
+        """Send one message on `link` (the transport's, see `McpSession`)."""
+
+    @abstractmethod
+    def _failure(self, exc: Exception, what: str) -> BackendError | None:
+        """The `BackendError` for a failure of the transport's library, if it is one."""
+
+    @abstractmethod
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run `work` as a task of the session, cancelled when it closes."""
+
+    async def _on_server_request(self, link: L, message: JSON, call: Call | None) -> None:
+        """A request from the upstream to its client. It relates to `call` when that call's
+        own reply stream carried it; on a shared stream, to the call it names."""
+        params = params_of(message)
+        if call is None and self.shared_stream:
+            related, params = related_request(params)
+            if related is not None:
+                call = link.pending.get(related) if type(related) is int else None
+                if call is None:
+                    why = f"relatedRequestId {related!r} names no request in progress"
+                    await self._reply(link, error_response(message.get("id"), INVALID_PARAMS, why))
+                    return
+        if call is None:
+            if self._ask is None:
+                await self._reply(link, unanswered(message, "outside a request"))
+            else:
+                # No request bounds this one: the tool timeout does.
+                self._spawn(self._answer(link, message, self._ask, params, self.discovery_timeout))
+        elif call.on_request is None:
+            await self._reply(link, unanswered(message, f"during this {call.method}"))
+        else:
+            # The answer may take a person's time; the stream goes on being read meanwhile.
+            task = self._spawn(self._answer(link, message, call.on_request, params, None))
+            call.asking.add(task)
+            task.add_done_callback(call.asking.discard)
+
+    async def _answer(
+        self, link: L, message: JSON, ask: AskClient, params: JSON, timeout: float | None
+    ) -> None:
+        await self._send_reply(link, await answer(self.name, ask, message, params, timeout))
+
+    async def _reply(self, link: L, reply: JSON) -> None:
+        if self.shared_stream:
+            # The stream's reader must not wait for a POST to come back.
+            self._spawn(self._send_reply(link, reply))
+        else:
+            # A server that asks us something may wait for the answer before it goes on.
+            await self._send_reply(link, reply)
+
+    async def _send_reply(self, link: L, reply: JSON) -> None:
+        try:
+            await self._post(link, reply, None)
+        except Exception as exc:
+            if not isinstance(exc, BackendError) and self._failure(exc, "a reply") is None:
+                raise
+            log.info("could not answer upstream request", upstream=self.name, error=repr(exc))

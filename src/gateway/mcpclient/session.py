@@ -12,8 +12,8 @@ what comes back to `_receive`), and how the link's server-to-client stream is he
 - notifications routed: those about a request to its `on_notification`, the upstream's
   own to the listener;
 - the upstream's requests to its client answered: by the `on_request` of the request they
-  relate to, else by the listener's `ask`, each in a task of its own (see the package
-  docstring for the policy);
+  relate to, else by the listener's `ask`, each in a task of its own (`Answering` in
+  `asking.py`; see the package docstring for the policy);
 - while a listener is set, the link's stream held open and reopened with backoff.
 """
 
@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 import structlog
 
 from gateway.contracts import JSON, AskClient, BackendError, Notify, UpstreamConfig
-from gateway.jsonrpc import INVALID_PARAMS
-from gateway.mcpclient.asking import answer, unanswered
+from gateway.mcpclient.asking import Answering
 from gateway.mcpclient.link import (
     Backoff,
     Call,
@@ -43,12 +42,10 @@ from gateway.mcpclient.wire import (
     CLIENT_INFO,
     SUPPORTED_PROTOCOL_VERSIONS,
     client_capabilities,
-    error_response,
     is_response,
     notification,
     params_of,
     progress_token,
-    related_request,
     request,
     rpc_result,
     with_progress_token,
@@ -79,7 +76,7 @@ class SessionKeeper(Protocol):
         ...
 
 
-class McpSession(ABC, Generic[L]):
+class McpSession(Answering[L]):
     """The MCP session with one upstream, over the transport a subclass provides."""
 
     protocol_version: ClassVar[str]
@@ -362,53 +359,6 @@ class McpSession(ABC, Generic[L]):
             # handler failed (which is then abandoned), not to the stream's reader.
             if not call.reply.done():
                 call.reply.set_exception(exc)
-
-    async def _on_server_request(self, link: L, message: JSON, call: Call | None) -> None:
-        """A request from the upstream to its client. It relates to `call` when that call's
-        own reply stream carried it; on a shared stream, to the call it names."""
-        params = params_of(message)
-        if call is None and self.shared_stream:
-            related, params = related_request(params)
-            if related is not None:
-                call = link.pending.get(related) if type(related) is int else None
-                if call is None:
-                    why = f"relatedRequestId {related!r} names no request in progress"
-                    await self._reply(link, error_response(message.get("id"), INVALID_PARAMS, why))
-                    return
-        if call is None:
-            if self._ask is None:
-                await self._reply(link, unanswered(message, "outside a request"))
-            else:
-                # No request bounds this one: the tool timeout does.
-                self._spawn(self._answer(link, message, self._ask, params, self.discovery_timeout))
-        elif call.on_request is None:
-            await self._reply(link, unanswered(message, f"during this {call.method}"))
-        else:
-            # The answer may take a person's time; the stream goes on being read meanwhile.
-            task = self._spawn(self._answer(link, message, call.on_request, params, None))
-            call.asking.add(task)
-            task.add_done_callback(call.asking.discard)
-
-    async def _answer(
-        self, link: L, message: JSON, ask: AskClient, params: JSON, timeout: float | None
-    ) -> None:
-        await self._send_reply(link, await answer(self.name, ask, message, params, timeout))
-
-    async def _reply(self, link: L, reply: JSON) -> None:
-        if self.shared_stream:
-            # The stream's reader must not wait for a POST to come back.
-            self._spawn(self._send_reply(link, reply))
-        else:
-            # A server that asks us something may wait for the answer before it goes on.
-            await self._send_reply(link, reply)
-
-    async def _send_reply(self, link: L, reply: JSON) -> None:
-        try:
-            await self._post(link, reply, None)
-        except Exception as exc:
-            if not isinstance(exc, BackendError) and self._failure(exc, "a reply") is None:
-                raise
-            log.info("could not answer upstream request", upstream=self.name, error=repr(exc))
 
     async def _deliver(self, method: str, params: JSON) -> None:
         """Hand a notification to the listener, if any; its failure must not end a stream."""
