@@ -9,7 +9,6 @@ so its answers land on any worker; the raw tests send the answer to the other in
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -19,14 +18,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from mcp_types import (
-    CreateMessageResult,
-    ElicitResult,
-    ErrorData,
-    ListRootsResult,
-    Root,
-    TextContent,
-)
+from mcp_types import ErrorData
 
 from tests.cluster.deployment import (
     USER,
@@ -36,6 +28,12 @@ from tests.cluster.deployment import (
     register,
     start_deployment,
     stop_deployment,
+)
+from tests.support.asking_client import (
+    ANSWERING,
+    check_asking_tools,
+    check_concurrent_samples,
+    sampled,
 )
 from tests.support.sdk import sdk_client
 from tests.upstreams.processes import RunningUpstream, start_own, stop_upstream
@@ -81,50 +79,14 @@ async def deployment(
 # --- the SDK client, on two workers ------------------------------------------------------------
 
 
-async def sampled(context: Any, params: Any) -> CreateMessageResult:
-    asked = params.messages[0].content.text
-    return CreateMessageResult(
-        role="assistant", content=TextContent(type="text", text=f"sampled: {asked}"), model="m"
-    )
-
-
-async def elicited(context: Any, params: Any) -> ElicitResult:
-    schema = params.requested_schema
-    colour = schema["properties"]["colour"]
-    assert colour["enum"] == ["red", "green", "blue"]
-    count = schema["properties"]["count"]["default"]
-    return ElicitResult(action="accept", content={"colour": colour["default"], "count": count})
-
-
-async def rooted(context: Any) -> ListRootsResult:
-    return ListRootsResult(roots=[Root(uri="file:///work/project", name="project")])
-
-
-def structured(result: Any) -> JSON:
-    assert not result.is_error, result
-    value: JSON = result.structured_content
-    return value
-
-
 @pytest.mark.parametrize("path", ["/mcp", "/sse"])
 async def test_sampling_elicitation_and_roots_reach_the_client_and_back(
     deployment: Deployment, path: str
 ) -> None:
     async with sdk_client(
-        deployment.a.url + path,
-        "legacy",
-        fresh_connections=True,
-        sampling_callback=sampled,
-        elicitation_callback=elicited,
-        list_roots_callback=rooted,
+        deployment.a.url + path, "legacy", fresh_connections=True, **ANSWERING
     ) as client:
-        for round_ in range(4):
-            sample = structured(await client.call_tool("own__sample", {"prompt": f"p{round_}"}))
-            assert sample["content"]["text"] == f"sampled: p{round_}"
-            answer = structured(await client.call_tool("own__elicit", {}))
-            assert answer == {"action": "accept", "content": {"colour": "green", "count": 3}}
-            roots = structured(await client.call_tool("own__roots", {}))
-            assert roots["roots"] == [{"uri": "file:///work/project", "name": "project"}]
+        await check_asking_tools(client, "own", [f"p{round_}" for round_ in range(4)])
 
 
 async def test_log_messages_of_a_running_tool_reach_a_client_that_set_no_level(
@@ -147,11 +109,7 @@ async def test_concurrent_calls_each_get_their_own_answers(deployment: Deploymen
     async with sdk_client(
         deployment.a.url + "/mcp", "legacy", fresh_connections=True, sampling_callback=sampled
     ) as client:
-        results = await asyncio.gather(
-            *(client.call_tool("own__sample", {"prompt": f"c{n}"}) for n in range(8))
-        )
-    texts = [structured(r)["content"]["text"] for r in results]
-    assert texts == [f"sampled: c{n}" for n in range(8)]
+        await check_concurrent_samples(client)
 
 
 async def test_a_client_without_the_capability_makes_the_upstream_fail_at_once(

@@ -24,7 +24,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from mcp_types import CreateMessageResult, ElicitResult, ListRootsResult, Root, TextContent
 
 from tests.cluster.deployment import (
     USER,
@@ -38,6 +37,13 @@ from tests.cluster.deployment import (
     wait_until,
 )
 from tests.conftest import fresh_schema, make_token
+from tests.support.asking_client import (
+    ANSWERING,
+    check_asking_tools,
+    check_concurrent_samples,
+    elicited,
+    sampled,
+)
 from tests.support.gunicorn_process import ADMIN
 from tests.support.sdk import sdk_client
 from tests.upstreams.processes import (
@@ -109,60 +115,20 @@ async def register_everywhere(
 # --- the SDK client in 2026-07-28 mode -----------------------------------------------------------
 
 
-async def sampled(context: Any, params: Any) -> CreateMessageResult:
-    asked = params.messages[0].content.text
-    return CreateMessageResult(
-        role="assistant", content=TextContent(type="text", text=f"sampled: {asked}"), model="m"
-    )
-
-
-async def elicited(context: Any, params: Any) -> ElicitResult:
-    schema = params.requested_schema
-    colour = schema["properties"]["colour"]
-    assert colour["enum"] == ["red", "green", "blue"]
-    count = schema["properties"]["count"]["default"]
-    return ElicitResult(action="accept", content={"colour": colour["default"], "count": count})
-
-
-async def rooted(context: Any) -> ListRootsResult:
-    return ListRootsResult(roots=[Root(uri="file:///work/project", name="project")])
-
-
-def structured(result: Any) -> JSON:
-    assert not result.is_error, result
-    value: JSON = result.structured_content
-    return value
-
-
 async def test_a_2026_client_samples_elicits_and_lists_roots_through_input_required(
     deployment: Deployment,
 ) -> None:
     async with sdk_client(
-        deployment.a.url + "/mcp",
-        VERSION,
-        fresh_connections=True,
-        sampling_callback=sampled,
-        elicitation_callback=elicited,
-        list_roots_callback=rooted,
+        deployment.a.url + "/mcp", VERSION, fresh_connections=True, **ANSWERING
     ) as client:
-        for round_ in range(4):
-            sample = structured(await client.call_tool("own__sample", {"prompt": f"p{round_}"}))
-            assert sample["content"]["text"] == f"sampled: p{round_}"
-            answer = structured(await client.call_tool("own__elicit", {}))
-            assert answer == {"action": "accept", "content": {"colour": "green", "count": 3}}
-            roots = structured(await client.call_tool("own__roots", {}))
-            assert roots["roots"] == [{"uri": "file:///work/project", "name": "project"}]
+        await check_asking_tools(client, "own", [f"p{round_}" for round_ in range(4)])
 
 
 async def test_concurrent_2026_calls_each_get_their_own_answers(deployment: Deployment) -> None:
     async with sdk_client(
         deployment.a.url + "/mcp", VERSION, fresh_connections=True, sampling_callback=sampled
     ) as client:
-        results = await asyncio.gather(
-            *(client.call_tool("own__sample", {"prompt": f"c{n}"}) for n in range(8))
-        )
-    texts = [structured(r)["content"]["text"] for r in results]
-    assert texts == [f"sampled: c{n}" for n in range(8)]
+        await check_concurrent_samples(client)
 
 
 async def test_a_2026_client_without_the_capability_makes_the_upstream_fail_at_once(
@@ -355,21 +321,9 @@ async def test_a_handshake_client_answers_a_2026_upstream_through_ordinary_reque
 ) -> None:
     before = await modern_stats(modern_upstream)
     async with sdk_client(
-        deployment.a.url + path,
-        "legacy",
-        fresh_connections=True,
-        sampling_callback=sampled,
-        elicitation_callback=elicited,
-        list_roots_callback=rooted,
+        deployment.a.url + path, "legacy", fresh_connections=True, **ANSWERING
     ) as client:
-        for round_ in range(3):
-            prompt = f"m{round_}"
-            sample = structured(await client.call_tool("modern__sample", {"prompt": prompt}))
-            assert sample["content"]["text"] == f"sampled: {prompt}"
-            answer = structured(await client.call_tool("modern__elicit", {}))
-            assert answer == {"action": "accept", "content": {"colour": "green", "count": 3}}
-            roots = structured(await client.call_tool("modern__roots", {}))
-            assert roots["roots"] == [{"uri": "file:///work/project", "name": "project"}]
+        await check_asking_tools(client, "modern", [f"m{round_}" for round_ in range(3)])
     after = await modern_stats(modern_upstream)
     # Each call was answered input_required once, then retried with the client's answers.
     assert after["retries"] - before["retries"] == 9
@@ -393,16 +347,6 @@ async def test_a_2026_client_answers_a_2026_upstream_through_both_bridges(
     deployment: Deployment, modern_upstream: RunningUpstream
 ) -> None:
     async with sdk_client(
-        deployment.a.url + "/mcp",
-        VERSION,
-        fresh_connections=True,
-        sampling_callback=sampled,
-        elicitation_callback=elicited,
-        list_roots_callback=rooted,
+        deployment.a.url + "/mcp", VERSION, fresh_connections=True, **ANSWERING
     ) as client:
-        sample = structured(await client.call_tool("modern__sample", {"prompt": "both"}))
-        assert sample["content"]["text"] == "sampled: both"
-        answer = structured(await client.call_tool("modern__elicit", {}))
-        assert answer == {"action": "accept", "content": {"colour": "green", "count": 3}}
-        roots = structured(await client.call_tool("modern__roots", {}))
-        assert roots["roots"] == [{"uri": "file:///work/project", "name": "project"}]
+        await check_asking_tools(client, "modern", ["both"])
