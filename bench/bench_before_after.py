@@ -41,7 +41,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
-from bench_relay import Measured, completeness, one_loop, print_table, worker_loops
+from bench_relay import completeness, one_loop, print_table, worker_loops
 from common import (
     GATEWAY_TOOL,
     PROTOCOL_VERSION,
@@ -49,19 +49,19 @@ from common import (
     TOOL,
     BenchError,
     Gateway,
+    Measured,
     Target,
     check_echo,
-    cpu_seconds,
-    hey,
     http,
+    measure_rounds,
     open_session,
     register,
     run_benchmark,
     running_gateway,
     running_upstream,
     tools_call,
-    upstream_calls,
     wait_until_callable,
+    warm_up,
 )
 
 # Importable because common (imported first) puts the repository on the path.
@@ -271,30 +271,11 @@ def measure(
         f"sample check: echo returns its text directly and through both gateways' /{options.path}"
     )
 
-    warmup = max(options.concurrency, options.requests // 10)
-    for target in targets:
-        hey(target, warmup, options.concurrency)
-    print(f"warm-up:  {warmup} requests each\n")
+    warm_up(targets, options.requests, options.concurrency)
 
-    upstream_pid = [upstream.process.pid]
-    per_call = 1000 / options.requests
-    runs: list[Measured] = []
-    for round_number in range(1, options.rounds + 1):
-        for target in targets:
-            calls = upstream_calls(upstream)
-            cpu = cpu_seconds(workers[target.name]), cpu_seconds(upstream_pid)
-            result = hey(target, options.requests, options.concurrency)
-            cpu_after = cpu_seconds(workers[target.name]), cpu_seconds(upstream_pid)
-            runs.append(
-                Measured(
-                    target.name,
-                    round_number,
-                    result,
-                    upstream_calls(upstream) - calls,
-                    (cpu_after[0] - cpu[0]) * per_call,
-                    (cpu_after[1] - cpu[1]) * per_call,
-                )
-            )
+    runs = measure_rounds(
+        targets, workers, upstream, options.requests, options.concurrency, options.rounds
+    )
     for target in targets:
         check_echo(target, tool_of(target))
     return report(runs, sizes, options.requests)

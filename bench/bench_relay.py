@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -44,23 +43,24 @@ from common import (
     TOOL,
     BenchError,
     Gateway,
-    HeyResult,
     McpSession,
+    Measured,
     Target,
     check_echo,
-    cpu_seconds,
-    hey,
+    children,
     http,
+    measure_rounds,
     open_session,
     register,
     run_benchmark,
     running_gateway,
     running_upstream,
     status_of,
+    stop_master,
     tools_call,
-    upstream_calls,
     wait_until,
     wait_until_callable,
+    warm_up,
 )
 from relay_app import POOL_LIMIT, POOL_LIMIT_PER_HOST
 
@@ -75,13 +75,6 @@ WORKER_CLASSES = {
 }
 RPS_TARGET = 1.1
 P99_TARGET = 1.2
-
-
-def children(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
 
 
 @dataclass
@@ -132,21 +125,7 @@ class Relay:
         return [] if self.process is None else children(self.process.pid)
 
     def stop(self) -> None:
-        process = self.process
-        if process is None or process.poll() is not None:
-            return
-        workers = self.worker_pids()
-        process.terminate()
-        try:
-            process.wait(GRACEFUL_TIMEOUT + 5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            for pid in workers:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        stop_master(self.process)
 
 
 @contextmanager
@@ -189,17 +168,6 @@ def correct_size(target: Target) -> int:
 
 def target_tool(target: Target) -> str:
     return GATEWAY_TOOL if target.name == "gateway" else TOOL
-
-
-@dataclass(frozen=True)
-class Measured:
-    target: str
-    round: int
-    result: HeyResult
-    upstream_calls: int
-    proxy_cpu_ms: float
-    """CPU per call of the relay's or the gateway's workers (0 for direct)."""
-    upstream_cpu_ms: float
 
 
 _ROW = "{:<8} {:>6} {:>11} {:>8} {:>8} {:>8} {:>13} {:>12}"
@@ -379,10 +347,7 @@ def measure(
     sizes = {target.name: correct_size(target) for target in targets}
     print("sample check: echo returns its text directly, through the relay and the gateway")
 
-    warmup = max(options.concurrency, options.requests // 10)
-    for target in targets:
-        hey(target, warmup, options.concurrency)
-    print(f"warm-up:  {warmup} requests each\n")
+    warm_up(targets, options.requests, options.concurrency)
 
     workers: dict[str, list[int]] = {
         "direct": [],
@@ -391,25 +356,9 @@ def measure(
     }
     if any(len(pids) != options.workers for pids in list(workers.values())[1:]):
         raise BenchError(f"cannot read every worker's CPU time: worker pids {workers}")
-    upstream_pid = [upstream.process.pid]
-    per_call = 1000 / options.requests
-    runs: list[Measured] = []
-    for round_number in range(1, options.rounds + 1):
-        for target in targets:
-            calls = upstream_calls(upstream)
-            cpu = cpu_seconds(workers[target.name]), cpu_seconds(upstream_pid)
-            result = hey(target, options.requests, options.concurrency)
-            cpu_after = cpu_seconds(workers[target.name]), cpu_seconds(upstream_pid)
-            runs.append(
-                Measured(
-                    target.name,
-                    round_number,
-                    result,
-                    upstream_calls(upstream) - calls,
-                    (cpu_after[0] - cpu[0]) * per_call,
-                    (cpu_after[1] - cpu[1]) * per_call,
-                )
-            )
+    runs = measure_rounds(
+        targets, workers, upstream, options.requests, options.concurrency, options.rounds
+    )
     for target in targets:
         check_echo(target, target_tool(target))
     return report(runs, sizes, options.requests)

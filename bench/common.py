@@ -282,13 +282,7 @@ class Gateway:
 
     def worker_pids(self) -> list[int]:
         """The workers' pids, for a profiler; empty where /proc does not list children."""
-        if self.process is None:
-            return []
-        pid = self.process.pid
-        try:
-            return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-        except OSError:
-            return []
+        return [] if self.process is None else children(self.process.pid)
 
     def log(self) -> str:
         try:
@@ -297,22 +291,34 @@ class Gateway:
             return ""
 
     def stop(self) -> None:
-        process = self.process
-        if process is None or process.poll() is not None:
-            return
-        workers = self.worker_pids()
-        process.terminate()
-        try:
-            process.wait(GRACEFUL_TIMEOUT + 5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            # A killed master cannot stop its workers; these pids are children of ours.
-            for pid in workers:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        stop_master(self.process)
+
+
+def children(pid: int) -> list[int]:
+    """A process's children, from /proc; empty where /proc does not list them."""
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def stop_master(process: subprocess.Popen[bytes] | None) -> None:
+    """Stop a gunicorn master, gracefully if it will, killing it and its workers if not."""
+    if process is None or process.poll() is not None:
+        return
+    workers = children(process.pid)
+    process.terminate()
+    try:
+        process.wait(GRACEFUL_TIMEOUT + 5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        # A killed master cannot stop its workers; these pids are children of ours.
+        for pid in workers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def register(gateway: Gateway, upstream: RunningUpstream) -> None:
@@ -608,3 +614,58 @@ class CpuPerCall:
 
     gateway_ms: float
     upstream_ms: float
+
+
+# --- interleaved rounds --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Measured:
+    target: str
+    round: int
+    result: HeyResult
+    upstream_calls: int
+    proxy_cpu_ms: float
+    """CPU per call of the workers in front of the upstream (a relay's or a gateway's; 0 for
+    direct)."""
+    upstream_cpu_ms: float
+
+
+def warm_up(targets: tuple[Target, ...], requests: int, concurrency: int) -> None:
+    warmup = max(concurrency, requests // 10)
+    for target in targets:
+        hey(target, warmup, concurrency)
+    print(f"warm-up:  {warmup} requests each\n")
+
+
+def measure_rounds(
+    targets: tuple[Target, ...],
+    workers: Mapping[str, list[int]],
+    upstream: RunningUpstream,
+    requests: int,
+    concurrency: int,
+    rounds: int,
+) -> list[Measured]:
+    """`requests` calls to each target per round, the targets taking turns so that a drift
+    of the machine meets them all; each run with the upstream calls it made and the CPU per
+    call of the target's `workers` and of the upstream."""
+    upstream_pid = [upstream.process.pid]
+    per_call = 1000 / requests
+    runs: list[Measured] = []
+    for round_number in range(1, rounds + 1):
+        for target in targets:
+            calls = upstream_calls(upstream)
+            cpu = cpu_seconds(workers[target.name]), cpu_seconds(upstream_pid)
+            result = hey(target, requests, concurrency)
+            cpu_after = cpu_seconds(workers[target.name]), cpu_seconds(upstream_pid)
+            runs.append(
+                Measured(
+                    target.name,
+                    round_number,
+                    result,
+                    upstream_calls(upstream) - calls,
+                    (cpu_after[0] - cpu[0]) * per_call,
+                    (cpu_after[1] - cpu[1]) * per_call,
+                )
+            )
+    return runs
