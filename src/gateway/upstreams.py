@@ -3,6 +3,7 @@ and tell every worker. Also keeps the in-process (local) backends registered."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
@@ -76,7 +77,41 @@ def _headers(payload: Mapping[str, Any]) -> dict[str, str]:
         isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
     ):
         raise InvalidUpstream("'headers' must be an object of string values")
+    for name, value in headers.items():
+        _check_header(name, value)
     return headers
+
+
+# RFC 9110 section 5.1: a field name is a token.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# Hop-by-hop fields (RFC 9110 section 7.6.1) describe one connection, and Host and
+# Content-Length describe the request the client builds: an override would split or
+# misroute the request.
+_REFUSED = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
+
+
+def _check_header(name: str, value: str) -> None:
+    if not _TOKEN.fullmatch(name):
+        raise InvalidUpstream(f"header {name!r}: a field name must be an RFC 9110 token")
+    if any(c in value for c in "\r\n\0"):
+        raise InvalidUpstream(f"header {name!r}: the value must not contain CR, LF or NUL")
+    lowered = name.lower()
+    if lowered in _REFUSED or lowered.startswith("proxy-"):
+        raise InvalidUpstream(
+            f"header {name!r} is set by the gateway's client for each connection and "
+            "cannot be given for an upstream"
+        )
 
 
 class UpstreamService:
