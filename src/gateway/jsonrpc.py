@@ -57,17 +57,65 @@ class Response:
     is_error: bool = False
 
 
-def parse(body: bytes) -> Request:
+DEPTH_CEILING = 200
+"""The deepest `MAX_JSON_DEPTH` may be: orjson cannot encode values nested past 254, and
+a request's params end up inside answers and upstream messages a few levels down."""
+
+
+def loads(body: bytes, max_depth: int) -> Any:
+    """A client's JSON body, decoded; `RPCError` with HTTP status 400 if it is not JSON
+    (-32700) or nests arrays and objects deeper than `max_depth` (-32600).
+
+    Only a body with more than `max_depth` brackets can be too deep, so most bodies cost
+    two byte counts and no walk."""
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        if "depth" in str(exc):
+            raise _too_deep(max_depth) from None
+        raise _with_status(RPCError(PARSE_ERROR, f"Parse error: {exc}")) from None
+    if body.count(b"[") + body.count(b"{") > max_depth and _deeper_than(value, max_depth):
+        raise _too_deep(max_depth)
+    return value
+
+
+def _too_deep(max_depth: int) -> RPCError:
+    return _with_status(
+        RPCError(
+            INVALID_REQUEST,
+            f"Invalid Request: JSON nested deeper than MAX_JSON_DEPTH ({max_depth})",
+        )
+    )
+
+
+def _with_status(error: RPCError, status: int = 400) -> RPCError:
+    error.status = status
+    return error
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether arrays and objects nest more than `limit` levels; iterative, so a deep value
+    cannot exhaust the stack."""
+    if not isinstance(value, dict | list):
+        return False
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        for child in item.values() if isinstance(item, dict) else item:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+    return False
+
+
+def parse(body: bytes, max_depth: int) -> Request:
     """Parse one JSON-RPC request; raise `RPCError` (-32700 or -32600) otherwise.
 
     The id of a request that is invalid beyond its id is kept in `RPCError.request_id`
     so the error response can echo it.
     """
-    try:
-        message = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise RPCError(PARSE_ERROR, f"Parse error: {exc}") from None
-    return parse_value(message)
+    return parse_value(loads(body, max_depth))
 
 
 def parse_value(message: Any) -> Request:

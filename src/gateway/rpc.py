@@ -11,19 +11,19 @@ from aiohttp import web
 
 from gateway import jsonrpc
 from gateway.jsonrpc import RPCError
-from gateway.keys import DISPATCHER
+from gateway.keys import DISPATCHER, SETTINGS
 from gateway.limits import RateLimited
 from gateway.mcp import versions
 from gateway.mcp.context import Context, Era, Refused
-from gateway.mcp.framing import BodyTooLarge, endpoint, error_response, read_body, respond
+from gateway.mcp.framing import endpoint, error_response, read_body, respond
 
 
 async def handle_rpc(request: web.Request) -> web.StreamResponse:
     try:
-        message = jsonrpc.parse(await read_body(request))
+        body = await read_body(request)
+        message = jsonrpc.parse(body, request.app[SETTINGS].max_json_depth)
     except RPCError as exc:
-        status = exc.status if isinstance(exc, BodyTooLarge) else 400
-        return error_response(exc.request_id, exc, status)
+        return error_response(exc.request_id, exc, exc.status or 400)
     if message.is_notification:
         return web.Response(status=202)
     try:

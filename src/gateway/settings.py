@@ -17,6 +17,8 @@ from typing import Any, Generic, TypeVar, cast
 
 from dotenv import dotenv_values
 
+from gateway.jsonrpc import DEPTH_CEILING
+
 T = TypeVar("T")
 
 
@@ -142,6 +144,7 @@ class Settings:
     tool_timeout: float = 30.0
     tool_name_separator: str = "__"
     max_request_bytes: int = 1_048_576
+    max_json_depth: int = 64
     catalogue_poll_interval: float = 1.0
     cache_timeout: float = 1.0
     consistency_timeout: float = 5.0
@@ -206,6 +209,7 @@ _PARSERS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "TOOL_TIMEOUT": ("tool_timeout", _float),
     "TOOL_NAME_SEPARATOR": ("tool_name_separator", lambda n, r: _separator(n, r)),
     "MAX_REQUEST_BYTES": ("max_request_bytes", lambda n, r: _int(n, r, 1024)),
+    "MAX_JSON_DEPTH": ("max_json_depth", lambda n, r: _at_most(n, _int(n, r, 2), DEPTH_CEILING)),
     "CATALOGUE_POLL_INTERVAL": ("catalogue_poll_interval", _float),
     "CACHE_TIMEOUT": ("cache_timeout", _float),
     "CONSISTENCY_TIMEOUT": ("consistency_timeout", _float),
@@ -237,6 +241,12 @@ _PARSERS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
 }
 
 ENVIRONMENT_VARIABLES = tuple(_PARSERS)
+
+
+def _at_most(name: str, value: int, maximum: int) -> int:
+    if value > maximum:
+        raise SettingsError(f"{name}={value} must be at most {maximum}")
+    return value
 
 
 def _separator(name: str, raw: str) -> str:

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-import orjson
 from aiohttp import web
 
 from gateway import jsonrpc
@@ -74,11 +73,9 @@ def _refused(status: int, code: int, message: str) -> RPCError:
 
 async def read_json(request: web.Request) -> Any:
     """The decoded JSON body; an `RPCError` carrying its HTTP status otherwise (413 past
-    `MAX_REQUEST_BYTES`, 400 for a parse error)."""
-    try:
-        return orjson.loads(await read_body(request))
-    except orjson.JSONDecodeError as exc:
-        raise _refused(400, jsonrpc.PARSE_ERROR, f"Parse error: {exc}") from None
+    `MAX_REQUEST_BYTES`, 400 for a parse error or nesting past `MAX_JSON_DEPTH`)."""
+    body = await read_body(request)
+    return jsonrpc.loads(body, request.app[SETTINGS].max_json_depth)
 
 
 def require_json(request: web.Request) -> None:

@@ -11,18 +11,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 import structlog
 from aiohttp import web
 
 from gateway import jsonrpc
 from gateway.cacheuse import CacheUnavailable
 from gateway.jsonrpc import RPCError
-from gateway.keys import DISPATCHER, HUB, SESSIONS, TASKS
+from gateway.keys import DISPATCHER, HUB, SESSIONS, SETTINGS, TASKS
 from gateway.mcp import sse
 from gateway.mcp.context import Context, Endpoint, Era, Refused
 from gateway.mcp.dispatch import Dispatcher, parse_message
-from gateway.mcp.framing import BodyTooLarge, endpoint, read_body, refusal, rpc_error
+from gateway.mcp.framing import endpoint, read_body, refusal, rpc_error
 from gateway.mcp.hub import Hub
 from gateway.mcp.streams import LegacyStream
 from gateway.sessions import SessionRecord, SessionStore
@@ -94,13 +93,15 @@ async def message(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     try:
         body = await read_body(request)
-    except BodyTooLarge as exc:
+        parsed = jsonrpc.loads(body, request.app[SETTINGS].max_json_depth)
+    except RPCError as exc:
+        # Too large, not JSON or too deep: said on the stream, like every other error.
         await hub.send_to_session(
             session.id, {"jsonrpc": "2.0", "id": None, "error": exc.to_dict()}
         )
         return web.Response(status=202, text="Accepted")
     request.app[TASKS].spawn(
-        _process(request.app[DISPATCHER], request.app[SESSIONS], hub, ep, session, body)
+        _process(request.app[DISPATCHER], request.app[SESSIONS], hub, ep, session, parsed)
     )
     return web.Response(status=202, text="Accepted")
 
@@ -111,16 +112,8 @@ async def _process(
     hub: Hub,
     ep: Endpoint,
     session: SessionRecord,
-    body: bytes,
+    parsed: Any,
 ) -> None:
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        error = RPCError(jsonrpc.PARSE_ERROR, f"Parse error: {exc}")
-        await hub.send_to_session(
-            session.id, {"jsonrpc": "2.0", "id": None, "error": error.to_dict()}
-        )
-        return
     for item in parsed if isinstance(parsed, list) else [parsed]:
         answer = await _handle(dispatcher, sessions, hub, ep, session, item)
         if answer is not None:

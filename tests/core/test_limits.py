@@ -1,0 +1,82 @@
+"""Limits on what a client sends: each is refused with the documented status and JSON-RPC
+error, and the gateway goes on serving afterwards."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.settings import SettingsError, load_settings
+from tests.conftest import GatewayFactory, rpc
+from tests.plugins import faulty
+from tests.transports.conftest import ACCEPT_BOTH, EventReader, init_message, streams_attached
+
+
+def nested(depth: int) -> bytes:
+    """A ping whose params hold arrays nested so the whole body is `depth` deep."""
+    inner = b"[" * (depth - 2) + b"]" * (depth - 2)
+    return b'{"jsonrpc":"2.0","id":7,"method":"ping","params":{"deep":' + inner + b"}}"
+
+
+async def test_rpc_refuses_json_nested_past_max_json_depth_and_serves_on(
+    gateway: GatewayFactory, user_headers: dict[str, str]
+) -> None:
+    client = await gateway(plugins=[faulty], max_json_depth=16)
+    headers = {**user_headers, "Content-Type": "application/json"}
+    for depth in (17, 1000, 5000):
+        response = await client.post("/rpc", data=nested(depth), headers=headers)
+        assert response.status == 400
+        error = (await response.json())["error"]
+        assert error["code"] == -32600
+        assert "MAX_JSON_DEPTH (16)" in error["message"]
+    response = await client.post("/rpc", data=nested(16), headers=headers)
+    assert response.status == 200
+    assert (await response.json())["result"] == {}
+    assert (await rpc(client, "ping", headers=user_headers))["result"] == {}
+
+
+async def test_a_flat_body_with_many_brackets_is_not_too_deep(
+    gateway: GatewayFactory, user_headers: dict[str, str]
+) -> None:
+    client = await gateway(plugins=[faulty], max_json_depth=4)
+    body = await rpc(client, "ping", {"many": [[1], [2]] * 500}, headers=user_headers)
+    assert body["result"] == {}
+
+
+async def test_mcp_refuses_json_nested_past_max_json_depth_and_serves_on(
+    gateway: GatewayFactory, user_headers: dict[str, str]
+) -> None:
+    client = await gateway(plugins=[faulty])
+    headers = {**user_headers, "Content-Type": "application/json", "Accept": ACCEPT_BOTH}
+    response = await client.post("/mcp", data=nested(1000), headers=headers)
+    assert response.status == 400
+    error = (await response.json())["error"]
+    assert error["code"] == -32600
+    assert "MAX_JSON_DEPTH (64)" in error["message"]
+    response = await client.post("/mcp", json=init_message(), headers=headers)
+    assert response.status == 200
+
+
+async def test_legacy_message_says_too_deep_on_the_stream_and_serves_on(
+    gateway: GatewayFactory, user_headers: dict[str, str]
+) -> None:
+    client = await gateway(plugins=[faulty])
+    opened = await client.get("/sse", headers={**user_headers, "Accept": "text/event-stream"})
+    reader = EventReader(opened)
+    endpoint = (await reader.next()).data
+    await streams_attached(client, 1)
+    headers = {**user_headers, "Content-Type": "application/json"}
+    response = await client.post(endpoint, data=nested(1000), headers=headers)
+    assert response.status == 202
+    error = (await reader.message())["error"]
+    assert error["code"] == -32600
+    assert "MAX_JSON_DEPTH" in error["message"]
+    response = await client.post(endpoint, json=init_message("2024-11-05"), headers=headers)
+    assert response.status == 202
+    assert (await reader.message())["result"]["protocolVersion"] == "2024-11-05"
+
+
+def test_max_json_depth_is_bounded_where_answers_can_still_be_encoded() -> None:
+    assert load_settings({"MAX_JSON_DEPTH": "200"}, env_file=None).max_json_depth == 200
+    for bad in ("1", "201"):
+        with pytest.raises(SettingsError, match="MAX_JSON_DEPTH"):
+            load_settings({"MAX_JSON_DEPTH": bad}, env_file=None)
