@@ -145,6 +145,8 @@ class Settings:
     tool_name_separator: str = "__"
     max_request_bytes: int = 1_048_576
     max_json_depth: int = 64
+    max_batch: int = 100
+    max_response_bytes: int = 16_777_216
     catalogue_poll_interval: float = 1.0
     cache_timeout: float = 1.0
     consistency_timeout: float = 5.0
@@ -210,6 +212,8 @@ _PARSERS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "TOOL_NAME_SEPARATOR": ("tool_name_separator", lambda n, r: _separator(n, r)),
     "MAX_REQUEST_BYTES": ("max_request_bytes", lambda n, r: _int(n, r, 1024)),
     "MAX_JSON_DEPTH": ("max_json_depth", lambda n, r: _at_most(n, _int(n, r, 2), DEPTH_CEILING)),
+    "MAX_BATCH": ("max_batch", lambda n, r: _int(n, r, 1)),
+    "MAX_RESPONSE_BYTES": ("max_response_bytes", lambda n, r: _int(n, r, 1024)),
     "CATALOGUE_POLL_INTERVAL": ("catalogue_poll_interval", _float),
     "CACHE_TIMEOUT": ("cache_timeout", _float),
     "CONSISTENCY_TIMEOUT": ("consistency_timeout", _float),

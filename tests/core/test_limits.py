@@ -3,12 +3,21 @@ error, and the gateway goes on serving afterwards."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from gateway.settings import SettingsError, load_settings
 from tests.conftest import GatewayFactory, rpc
 from tests.plugins import faulty
-from tests.transports.conftest import ACCEPT_BOTH, EventReader, init_message, streams_attached
+from tests.transports.conftest import (
+    ACCEPT_BOTH,
+    EventReader,
+    init_message,
+    open_session,
+    session_headers,
+    streams_attached,
+)
 
 
 def nested(depth: int) -> bytes:
@@ -73,6 +82,71 @@ async def test_legacy_message_says_too_deep_on_the_stream_and_serves_on(
     response = await client.post(endpoint, json=init_message("2024-11-05"), headers=headers)
     assert response.status == 202
     assert (await reader.message())["result"]["protocolVersion"] == "2024-11-05"
+
+
+def pings(count: int) -> list[dict[str, object]]:
+    return [{"jsonrpc": "2.0", "id": n, "method": "ping"} for n in range(count)]
+
+
+def check_cut_short(answers: list[dict[str, Any]], count: int) -> None:
+    """Every request answered in order; the first ones ran, the rest were not run once the
+    answers passed the limit."""
+    assert [a["id"] for a in answers] == list(range(count))
+    ran = [a for a in answers if "result" in a]
+    skipped = [a for a in answers if "error" in a]
+    assert ran and skipped
+    assert answers[: len(ran)] == ran
+    assert all(a["error"]["code"] == -32600 for a in skipped)
+    assert "MAX_RESPONSE_BYTES (1024 bytes)" in skipped[0]["error"]["message"]
+
+
+async def test_mcp_batch_longer_than_max_batch_is_refused_with_413(
+    gateway: GatewayFactory, user_headers: dict[str, str]
+) -> None:
+    client = await gateway(plugins=[faulty], max_batch=10)
+    session = await open_session(client, "2025-03-26", headers=user_headers)
+    headers = {**user_headers, **session_headers(session)}
+    response = await client.post("/mcp", json=pings(11), headers=headers)
+    assert response.status == 413
+    error = (await response.json())["error"]
+    assert error["code"] == -32600
+    assert "MAX_BATCH (10)" in error["message"]
+    response = await client.post("/mcp", json=pings(10), headers=headers)
+    assert response.status == 200
+    assert len(await response.json()) == 10
+
+
+async def test_mcp_batch_stops_running_requests_past_max_response_bytes(
+    gateway: GatewayFactory, user_headers: dict[str, str]
+) -> None:
+    client = await gateway(plugins=[faulty], max_response_bytes=1024)
+    session = await open_session(client, "2025-03-26", headers=user_headers)
+    headers = {**user_headers, **session_headers(session)}
+    response = await client.post("/mcp", json=pings(60), headers=headers)
+    assert response.status == 200
+    check_cut_short(await response.json(), 60)
+    response = await client.post("/mcp", json=pings(1)[0], headers=headers)
+    assert (await response.json())["result"] == {}
+
+
+async def test_legacy_batch_limits_are_said_on_the_stream(
+    gateway: GatewayFactory, user_headers: dict[str, str]
+) -> None:
+    client = await gateway(plugins=[faulty], max_batch=80, max_response_bytes=1024)
+    opened = await client.get("/sse", headers={**user_headers, "Accept": "text/event-stream"})
+    reader = EventReader(opened)
+    endpoint = (await reader.next()).data
+    await streams_attached(client, 1)
+    response = await client.post(endpoint, json=pings(81), headers=user_headers)
+    assert response.status == 202
+    error = (await reader.message())["error"]
+    assert error["code"] == -32600
+    assert "MAX_BATCH (80)" in error["message"]
+    response = await client.post(endpoint, json=pings(60), headers=user_headers)
+    assert response.status == 202
+    check_cut_short([await reader.message() for _ in range(60)], 60)
+    response = await client.post(endpoint, json=pings(1)[0], headers=user_headers)
+    assert (await reader.message())["result"] == {}
 
 
 def test_max_json_depth_is_bounded_where_answers_can_still_be_encoded() -> None:

@@ -18,7 +18,7 @@ from gateway import jsonrpc
 from gateway.cacheuse import CacheUnavailable
 from gateway.jsonrpc import RPCError
 from gateway.keys import DISPATCHER, HUB, SESSIONS, SETTINGS, TASKS
-from gateway.mcp import sse
+from gateway.mcp import batches, sse
 from gateway.mcp.context import Context, Endpoint, Era, Refused
 from gateway.mcp.dispatch import Dispatcher, parse_message
 from gateway.mcp.framing import endpoint, read_body, refusal, rpc_error
@@ -91,9 +91,12 @@ async def message(request: web.Request) -> web.Response:
     if session is None:
         return _not_found(404, "Could not find session")
     hub = request.app[HUB]
+    settings = request.app[SETTINGS]
     try:
         body = await read_body(request)
-        parsed = jsonrpc.loads(body, request.app[SETTINGS].max_json_depth)
+        parsed = jsonrpc.loads(body, settings.max_json_depth)
+        if isinstance(parsed, list):
+            batches.check_length(parsed, settings.max_batch)
     except RPCError as exc:
         # Too large, not JSON or too deep: said on the stream, like every other error.
         await hub.send_to_session(
@@ -101,7 +104,15 @@ async def message(request: web.Request) -> web.Response:
         )
         return web.Response(status=202, text="Accepted")
     request.app[TASKS].spawn(
-        _process(request.app[DISPATCHER], request.app[SESSIONS], hub, ep, session, parsed)
+        _process(
+            request.app[DISPATCHER],
+            request.app[SESSIONS],
+            hub,
+            ep,
+            session,
+            parsed,
+            settings.max_response_bytes,
+        )
     )
     return web.Response(status=202, text="Accepted")
 
@@ -113,10 +124,22 @@ async def _process(
     ep: Endpoint,
     session: SessionRecord,
     parsed: Any,
+    response_limit: int,
 ) -> None:
-    for item in parsed if isinstance(parsed, list) else [parsed]:
-        answer = await _handle(dispatcher, sessions, hub, ep, session, item)
+    if not isinstance(parsed, list):
+        answer = await _handle(dispatcher, sessions, hub, ep, session, parsed)
         if answer is not None:
+            await hub.send_to_session(session.id, answer)
+        return
+    budget = batches.AnswerBudget(response_limit)
+    for item in parsed:
+        if budget.spent and isinstance(item, dict) and "method" in item and "id" in item:
+            request_id = item["id"] if isinstance(item["id"], str | int) else None
+            answer = budget.not_run(request_id)
+        else:
+            answer = await _handle(dispatcher, sessions, hub, ep, session, item)
+        if answer is not None:
+            budget.spend(answer)
             await hub.send_to_session(session.id, answer)
 
 

@@ -21,7 +21,7 @@ from gateway import jsonrpc
 from gateway.cacheuse import CacheUnavailable
 from gateway.jsonrpc import RPCError
 from gateway.keys import DISPATCHER, EVENTS, HUB, SESSIONS, SETTINGS
-from gateway.mcp import modern, sse, versions
+from gateway.mcp import batches, modern, sse, versions
 from gateway.mcp.context import Context, Endpoint, Era, Refused
 from gateway.mcp.dispatch import Dispatcher, parse_message
 from gateway.mcp.framing import (
@@ -156,6 +156,11 @@ async def _messages(
     items = body if batch else [body]
     if not items:
         return rpc_error(400, jsonrpc.INVALID_REQUEST, "Invalid Request: empty batch")
+    settings = request.app[SETTINGS]
+    try:
+        batches.check_length(items, settings.max_batch)
+    except RPCError as exc:
+        return status_error(exc)
     try:
         messages = [parse_message(item) for item in items]
     except RPCError as exc:
@@ -186,10 +191,19 @@ async def _messages(
         eager = isinstance(meta, dict) and "progressToken" in meta
         ctx = _context(ep, session, version)
         return await reply(request, ctx, requests[0], headers, eager=eager)
-    replies = [
-        (await dispatcher.request(m, _context(ep, session, version))).message() for m in requests
-    ]
-    return respond(orjson.dumps(replies if batch else replies[0]), headers=headers)
+    if not batch:
+        single = await dispatcher.request(requests[0], _context(ep, session, version))
+        return respond(single.body(), headers=headers)
+    budget = batches.AnswerBudget(settings.max_response_bytes)
+    replies = []
+    for message in requests:
+        if budget.spent:
+            replies.append(budget.not_run(message.id))
+            continue
+        replied = (await dispatcher.request(message, _context(ep, session, version))).message()
+        budget.spend(replied)
+        replies.append(replied)
+    return respond(orjson.dumps(replies), headers=headers)
 
 
 def _relays(dispatcher: Dispatcher, message: jsonrpc.Request) -> bool:
