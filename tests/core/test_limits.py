@@ -149,6 +149,45 @@ async def test_legacy_batch_limits_are_said_on_the_stream(
     assert (await reader.message())["result"] == {}
 
 
+def oversized_init(field: str, version: str = "2025-06-18") -> dict[str, Any]:
+    message = init_message(version)
+    message["params"][field] = {"name": "x" * 20_000, "version": "1"}
+    return message
+
+
+@pytest.mark.parametrize("field", ["clientInfo", "capabilities"])
+async def test_mcp_initialize_with_oversized_client_fields_opens_no_session(
+    gateway: GatewayFactory, user_headers: dict[str, str], field: str
+) -> None:
+    client = await gateway(plugins=[faulty])
+    headers = {**user_headers, "Accept": ACCEPT_BOTH}
+    response = await client.post("/mcp", json=oversized_init(field), headers=headers)
+    assert response.status == 400
+    assert "Mcp-Session-Id" not in response.headers
+    error = (await response.json())["error"]
+    assert error["code"] == -32602
+    assert f"'{field}' is larger than MAX_INITIALIZE_BYTES (16384 bytes)" in error["message"]
+    assert await open_session(client, headers=user_headers)
+
+
+async def test_legacy_initialize_with_oversized_capabilities_is_refused_on_the_stream(
+    gateway: GatewayFactory, user_headers: dict[str, str]
+) -> None:
+    client = await gateway(plugins=[faulty], max_initialize_bytes=1024)
+    opened = await client.get("/sse", headers={**user_headers, "Accept": "text/event-stream"})
+    reader = EventReader(opened)
+    endpoint = (await reader.next()).data
+    await streams_attached(client, 1)
+    await client.post(
+        endpoint, json=oversized_init("capabilities", "2024-11-05"), headers=user_headers
+    )
+    error = (await reader.message())["error"]
+    assert error["code"] == -32602
+    assert "MAX_INITIALIZE_BYTES (1024 bytes)" in error["message"]
+    await client.post(endpoint, json=init_message("2024-11-05"), headers=user_headers)
+    assert (await reader.message())["result"]["protocolVersion"] == "2024-11-05"
+
+
 def test_max_json_depth_is_bounded_where_answers_can_still_be_encoded() -> None:
     assert load_settings({"MAX_JSON_DEPTH": "200"}, env_file=None).max_json_depth == 200
     for bad in ("1", "201"):

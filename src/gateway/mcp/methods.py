@@ -109,6 +109,11 @@ class Methods:
         requested = params.get("protocolVersion")
         if not isinstance(requested, str):
             raise invalid("'protocolVersion' is required and must be a string")
+        # Both are kept with the session, in the cache, for its whole life.
+        limit = self.registry.settings.max_initialize_bytes
+        for name in ("clientInfo", "capabilities"):
+            if name in params and len(orjson.dumps(params[name])) > limit:
+                raise invalid(f"'{name}' is larger than MAX_INITIALIZE_BYTES ({limit} bytes)")
         result: JSON = {
             "protocolVersion": versions.negotiate(requested),
             "capabilities": CAPABILITIES,
