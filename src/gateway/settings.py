@@ -8,6 +8,7 @@ accepts, in one `SettingsError`.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -74,6 +75,14 @@ def _choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
 
 def _list(raw: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _cidrs(name: str, raw: str) -> tuple[str, ...]:
+    """Address ranges in CIDR notation (a bare address is a range of one), normalised."""
+    try:
+        return tuple(str(ipaddress.ip_network(item, strict=False)) for item in _list(raw))
+    except ValueError as exc:
+        raise SettingsError(f"{name}={raw!r} is not a list of CIDR ranges: {exc}") from None
 
 
 def _database_url(name: str, raw: str) -> str:
@@ -166,6 +175,8 @@ class Settings:
     plugins_blocked: tuple[str, ...] = ()
     plugins_trace: bool = False
     allowed_origins: tuple[str, ...] = ()
+    upstream_allow_cidrs: tuple[str, ...] = ()
+    upstream_deny_cidrs: tuple[str, ...] = ()
     event_loop: str = "auto"
     gunicorn_workers: int = field(default_factory=_cpu_workers)
     gunicorn_timeout: int = 60
@@ -234,6 +245,8 @@ _PARSERS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "PLUGINS_BLOCKED": ("plugins_blocked", lambda n, r: _list(r)),
     "PLUGINS_TRACE": ("plugins_trace", _bool),
     "ALLOWED_ORIGINS": ("allowed_origins", lambda n, r: _list(r)),
+    "UPSTREAM_ALLOW_CIDRS": ("upstream_allow_cidrs", lambda n, r: _cidrs(n, r)),
+    "UPSTREAM_DENY_CIDRS": ("upstream_deny_cidrs", lambda n, r: _cidrs(n, r)),
     "EVENT_LOOP": ("event_loop", lambda n, r: _choice(n, r, ("auto", "uvloop", "asyncio"))),
     "GUNICORN_WORKERS": ("gunicorn_workers", lambda n, r: _int(n, r, 1)),
     "GUNICORN_TIMEOUT": ("gunicorn_timeout", lambda n, r: _int(n, r, 1)),

@@ -20,8 +20,11 @@ from gateway.contracts import (
     ResourceTemplateDef,
     ToolDef,
     UpstreamConfig,
+    UpstreamError,
 )
+from gateway.mcpclient.http import HttpStatusError
 from gateway.naming import PREFIX, UPSTREAM_NAME, gateway_name, invalid_tool_names
+from gateway.netguard import AddressPolicy, AddressRefused
 from gateway.plugins import Plugins
 from gateway.registry import Registry, backend_config
 from gateway.settings import Settings
@@ -122,6 +125,7 @@ class UpstreamService:
         self.plugins = plugins
         self.store = store
         self.registry = registry
+        self.guard = AddressPolicy.of(settings)
 
     # --- validation --------------------------------------------------------------------
 
@@ -243,12 +247,16 @@ class UpstreamService:
             headers=dict(upstream.headers),
             prefix=upstream.prefix,
         )
+        try:
+            await self.guard.check_url(upstream.url)
+        except AddressRefused as exc:
+            raise InvalidUpstream(f"'url' {exc}") from None
         backend = spec.factory(config, self.settings)
         try:
             await backend.start()
             return await self._list_all(upstream, backend)
         except BackendError as exc:
-            raise DiscoveryFailed(str(exc)) from None
+            raise DiscoveryFailed(_without_body(upstream.name, exc)) from None
         finally:
             await backend.close()
 
@@ -362,6 +370,16 @@ class UpstreamService:
             await self.store.update_upstream(replace(existing, updated_at=now), tools, features)
         await self.registry.changed()
         return record
+
+
+def _without_body(name: str, exc: BackendError) -> str:
+    """What failed, for the admin, without what the upstream said: a URL may reach a
+    service that is not MCP, and its answers are no business of whoever registers it."""
+    if isinstance(exc, UpstreamError):
+        return f"upstream {name!r} answered with JSON-RPC error {exc.code}"
+    if isinstance(exc, HttpStatusError):
+        return exc.summary
+    return str(exc)
 
 
 def _discovered(records: Iterable[Offered], upstream: str) -> list[Offered]:

@@ -119,7 +119,9 @@ class McpHttpBackend(HttpClient[_SessionLink]):
         # Courtesy only (the spec's DELETE): an upstream that is gone must not slow shutdown.
         try:
             async with asyncio.timeout(CLOSE_TIMEOUT):
-                async with self._client().delete(self.url, headers=link.headers):
+                async with self._client().delete(
+                    self.url, headers=link.headers, allow_redirects=False
+                ):
                     pass
         except (TimeoutError, aiohttp.ClientError):
             pass
@@ -189,7 +191,7 @@ class McpHttpBackend(HttpClient[_SessionLink]):
         if link.last_event_id:
             headers["Last-Event-ID"] = link.last_event_id
         async with asyncio.timeout(self.discovery_timeout):
-            resp = await self._client().get(self.url, headers=headers)
+            resp = await self._client().get(self.url, headers=headers, allow_redirects=False)
         try:
             if resp.status == 405:
                 return ListenOutcome.NO_STREAM

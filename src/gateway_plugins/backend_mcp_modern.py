@@ -41,6 +41,7 @@ from gateway.jsonrpc import METHOD_NOT_FOUND
 from gateway.mcpclient import SseParser
 from gateway.mcpclient.catalogue import Catalogue, collect
 from gateway.mcpclient.wire import CLIENT_INFO, decode_json, json_messages, request, rpc_result
+from gateway.netguard import AddressPolicy, guarded_connector
 from gateway.plugin import (
     JSON,
     AskClient,
@@ -83,10 +84,13 @@ class McpModernBackend(Catalogue):
         self.capabilities: JSON = {}
         self._ids = itertools.count(1)
         self._http: aiohttp.ClientSession | None = None
+        self._guard = AddressPolicy.of(settings)
 
     async def start(self) -> None:
         # No network here: the first request connects.
-        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
+        self._http = aiohttp.ClientSession(
+            connector=guarded_connector(self._guard), timeout=aiohttp.ClientTimeout(total=None)
+        )
 
     async def close(self) -> None:
         http, self._http = self._http, None
@@ -226,7 +230,10 @@ class McpModernBackend(Catalogue):
         target = params.get(NAMED_BY.get(method, ""))
         if isinstance(target, str):
             headers["Mcp-Name"] = _header_value(target)
-        async with self._http.post(self.url, data=orjson.dumps(body), headers=headers) as resp:
+        # Not following redirects keeps the upstream's headers (its credentials) at its origin.
+        async with self._http.post(
+            self.url, data=orjson.dumps(body), headers=headers, allow_redirects=False
+        ) as resp:
             if resp.content_type == "text/event-stream":
                 reply = await self._read_stream(resp, request_id, method, on_notification)
             elif resp.content_type == "application/json":

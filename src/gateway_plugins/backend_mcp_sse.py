@@ -78,7 +78,9 @@ class McpSseBackend(HttpClient[_StreamLink]):
     # --- the stream ---
 
     async def _open(self) -> _StreamLink:
-        resp = await self._client().get(self.url, headers=self._stream_headers)
+        resp = await self._client().get(
+            self.url, headers=self._stream_headers, allow_redirects=False
+        )
         link = _StreamLink(self.name, resp, self._post_headers)
         try:
             await self._check_stream(resp)

@@ -29,6 +29,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway import __version__
 from gateway.mcpclient.body import Body
+from gateway.netguard import AddressPolicy, AddressRefused
 
 # Below the 5 s idle timeout of uvicorn and Node.js, so the pool drops an idle connection
 # before the upstream does, instead of racing it and failing a call on a dead socket.
@@ -341,8 +342,11 @@ class HttpPool:
         limit_per_origin: int = LIMIT_PER_ORIGIN,
         keepalive: float = KEEPALIVE_SECONDS,
         ssl_context: ssl.SSLContext | None = None,
+        guard: AddressPolicy | None = None,
     ) -> None:
         self.limit_per_origin = limit_per_origin
+        self.guard = guard
+        """When set, every connection goes to an address it has checked."""
         self.keepalive = keepalive
         self._ssl_context = ssl_context
         self._pools: dict[Origin, _Pool] = {}
@@ -395,9 +399,16 @@ class HttpPool:
             return _Connection(pool)
 
         try:
-            _, connection = await pool.loop.create_connection(
-                protocol, pool.host, pool.port, ssl=pool.context
-            )
+            if self.guard is None:
+                _, connection = await pool.loop.create_connection(
+                    protocol, pool.host, pool.port, ssl=pool.context
+                )
+            else:
+                _, connection = await self.guard.connect(
+                    protocol, pool.host, pool.port, pool.context
+                )
+        except AddressRefused as exc:
+            raise CannotConnect(str(exc)) from None
         except ssl.SSLError as exc:
             raise CannotConnect(exc.strerror or str(exc)) from None
         except OSError as exc:

@@ -21,6 +21,7 @@ from gateway.mcpclient.fasthttp import KEEPALIVE_SECONDS, HttpPool, RequestHead,
 from gateway.mcpclient.link import Link, MessageRefused, SessionExpired
 from gateway.mcpclient.sse import SseEvent
 from gateway.mcpclient.wire import json_messages, one_line
+from gateway.netguard import AddressPolicy, guarded_connector
 
 if TYPE_CHECKING:
     from gateway.settings import Settings
@@ -32,9 +33,11 @@ def json_dumps(obj: Any) -> str:
     return orjson.dumps(obj).decode()
 
 
-def new_http_session() -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(
-        limit=1024, limit_per_host=256, keepalive_timeout=KEEPALIVE_SECONDS
+def new_http_session(guard: AddressPolicy) -> aiohttp.ClientSession:
+    """A session for event streams and DELETEs; its callers pass `allow_redirects=False`,
+    so the upstream's headers (its credentials) never follow a redirect elsewhere."""
+    connector = guarded_connector(
+        guard, limit=1024, limit_per_host=256, keepalive_timeout=KEEPALIVE_SECONDS
     )
     return aiohttp.ClientSession(
         connector=connector,
@@ -48,9 +51,11 @@ def new_http_session() -> aiohttp.ClientSession:
 class HttpStatusError(MessageRefused):
     """The upstream answered an HTTP error status."""
 
-    def __init__(self, message: str, status: int) -> None:
+    def __init__(self, message: str, status: int, summary: str = "") -> None:
         super().__init__(message)
         self.status = status
+        self.summary = summary or message
+        """The message without anything the upstream's body said."""
 
 
 class Answer(Protocol):
@@ -71,11 +76,11 @@ async def http_error(upstream: str, resp: Answer, what: str) -> HttpStatusError:
             detail = f": {one_line(str(body['error'].get('message', '')))}"
     except (orjson.JSONDecodeError, aiohttp.ClientError, fasthttp.HttpClientError):
         pass
-    return HttpStatusError(
+    summary = (
         f"upstream {upstream!r} answered HTTP {resp.status} {resp.reason or ''}".rstrip()
-        + f" to {what}{detail}",
-        resp.status,
+        + f" to {what}"
     )
+    return HttpStatusError(summary + detail, resp.status, summary)
 
 
 def client_error(
@@ -130,11 +135,12 @@ class HttpClient(McpClient[H]):
         super().__init__(upstream, settings)
         self._http: aiohttp.ClientSession | None = None
         self._pool: HttpPool | None = None
+        self._guard = AddressPolicy.of(settings)
 
     async def start(self) -> None:
         await super().start()
-        self._http = new_http_session()
-        self._pool = HttpPool()
+        self._http = new_http_session(self._guard)
+        self._pool = HttpPool(guard=self._guard)
 
     async def close(self) -> None:
         await super().close()
