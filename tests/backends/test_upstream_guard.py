@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from gateway.contracts import BackendError, UpstreamConfig
-from gateway.settings import Settings
+from gateway.settings import Settings, SettingsError, load_settings
 from tests.backends.conftest import installed_plugins, served
 from tests.conftest import Client, GatewayFactory
 from tests.upstreams.processes import RunningUpstream
@@ -54,6 +54,23 @@ async def started(transport: str, url: str, settings: Settings) -> AsyncIterator
 
 def path_of(transport: str) -> str:
     return "/sse" if transport == "sse" else "/mcp"
+
+
+# --- settings -------------------------------------------------------------------------------
+
+
+def test_cidr_settings_are_read_normalised() -> None:
+    settings = load_settings(
+        {"UPSTREAM_DENY_CIDRS": "10.1.2.3/8, ::1", "UPSTREAM_ALLOW_CIDRS": "10.0.0.7"},
+        env_file=None,
+    )
+    assert settings.upstream_deny_cidrs == ("10.0.0.0/8", "::1/128")
+    assert settings.upstream_allow_cidrs == ("10.0.0.7/32",)
+
+
+def test_a_cidr_setting_that_is_not_a_range_is_refused_naming_the_variable() -> None:
+    with pytest.raises(SettingsError, match=r"^UPSTREAM_DENY_CIDRS=.*intranet"):
+        load_settings({"UPSTREAM_DENY_CIDRS": "10.0.0.0/8,intranet"}, env_file=None)
 
 
 # --- registration ---------------------------------------------------------------------------
