@@ -105,7 +105,9 @@ async def _cache_ctx(app: web.Application) -> AsyncIterator[None]:
 
     app[RESULTS] = ResultCache(use("results"))
     app[LIMITS] = RateLimiter(use("limits"))
-    app[SESSIONS] = SessionStore(use("sessions"), settings.session_ttl)
+    app[SESSIONS] = SessionStore(
+        use("sessions"), settings.session_ttl, settings.max_sessions_per_subject
+    )
     app[EVENTS] = EventLog(use("events"))
     app[LEADER_USE] = use("leader")
     yield

@@ -18,7 +18,22 @@ from typing import Any
 
 import orjson
 
+from gateway import jsonrpc
 from gateway.cacheuse import CacheUnavailable, CacheUse
+from gateway.jsonrpc import RPCError
+
+
+class TooManySessions(RPCError):
+    """The caller holds `MAX_SESSIONS_PER_SUBJECT` live sessions already."""
+
+    status = 429
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            jsonrpc.RATE_LIMITED,
+            f"Too many sessions: this caller holds MAX_SESSIONS_PER_SUBJECT ({limit}) already; "
+            "end one (DELETE it, or close its stream) or let one expire",
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +52,9 @@ class SessionRecord:
     subscriptions: tuple[str, ...] = ()
     created_at: float = 0.0
     last_seen: float = 0.0
+    owner: str = ""
+    """Whom `MAX_SESSIONS_PER_SUBJECT` counts it against: the token subject, or the address
+    of an anonymous caller; empty: nobody."""
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(asdict(self))
@@ -71,9 +89,11 @@ class SessionStore:
     """Seconds a worker remembers that a session ended, so that a request already running
     then cannot bring it back, into this worker's copy or into the cache."""
 
-    def __init__(self, use: CacheUse, ttl: float) -> None:
+    def __init__(self, use: CacheUse, ttl: float, per_subject_max: int = 0) -> None:
         self.use = use
         self.ttl = ttl
+        self.per_subject_max = per_subject_max
+        """Live sessions one subject may hold; 0: no bound."""
         self._local: dict[str, tuple[float, SessionRecord]] = {}
         self._loading: dict[str, asyncio.Future[SessionRecord | None]] = {}
         self._ended: dict[str, float] = {}
@@ -83,11 +103,42 @@ class SessionStore:
     def key(session_id: str) -> str:
         return f"session:{session_id}"
 
+    @staticmethod
+    def owner_key(owner: str) -> str:
+        return f"sessions-of:{owner}"
+
     async def create(self, **fields: Any) -> SessionRecord:
+        """A new session; `TooManySessions` when its subject holds the most it may."""
         now = time.time()
         record = SessionRecord(id=new_session_id(), created_at=now, last_seen=now, **fields)
+        if self.per_subject_max and record.owner:
+            await self._count_in(record)
         await self.save(record)
         return record
+
+    async def _held(self, owner: str) -> dict[str, float]:
+        """The owner's sessions that may still live, each with when it expires at the
+        latest (wall clock), from the owner's index in the cache."""
+        raw = await self.use.run(self.use.cache.get(self.owner_key(owner)))
+        held: dict[str, float] = orjson.loads(raw) if raw is not None else {}
+        now = time.time()
+        return {sid: until for sid, until in held.items() if until > now}
+
+    async def _count_in(self, record: SessionRecord) -> None:
+        """Add the session to its subject's index, or refuse it. Workers creating sessions
+        for one subject at the same instant may each pass: the bound can be passed by
+        those few, never by more."""
+        held = await self._held(record.owner)
+        if len(held) >= self.per_subject_max:
+            raise TooManySessions(self.per_subject_max)
+        await self._write_index(record.owner, {**held, record.id: record.last_seen + self.ttl})
+
+    async def _write_index(self, owner: str, held: dict[str, float]) -> None:
+        key = self.owner_key(owner)
+        if held:
+            await self.use.run(self.use.cache.set(key, orjson.dumps(held), self.ttl))
+        else:
+            await self.use.run(self.use.cache.delete(key))
 
     async def get(self, session_id: str) -> SessionRecord | None:
         now = time.monotonic()
@@ -193,8 +244,18 @@ class SessionStore:
         """Renew the idle TTL of a session in use; at most once per tenth of the TTL."""
         if time.time() - record.last_seen < self.ttl / 10:
             return record
-        return await self.update(record)
+        updated = await self.update(record)
+        if self.per_subject_max and record.owner:
+            held = await self._held(record.owner)
+            held[record.id] = updated.last_seen + self.ttl
+            await self._write_index(record.owner, held)
+        return updated
 
     async def delete(self, session_id: str) -> None:
+        record = await self.get(session_id) if self.per_subject_max else None
         self.forget(session_id)
         await self.use.run(self.use.cache.delete(self.key(session_id)))
+        if record is not None and record.owner:
+            held = await self._held(record.owner)
+            if held.pop(session_id, None) is not None:
+                await self._write_index(record.owner, held)

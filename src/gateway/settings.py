@@ -157,6 +157,7 @@ class Settings:
     max_batch: int = 100
     max_response_bytes: int = 16_777_216
     max_initialize_bytes: int = 16_384
+    max_sessions_per_subject: int = 100
     catalogue_poll_interval: float = 1.0
     cache_timeout: float = 1.0
     consistency_timeout: float = 5.0
@@ -227,6 +228,7 @@ _PARSERS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "MAX_BATCH": ("max_batch", lambda n, r: _int(n, r, 1)),
     "MAX_RESPONSE_BYTES": ("max_response_bytes", lambda n, r: _int(n, r, 1024)),
     "MAX_INITIALIZE_BYTES": ("max_initialize_bytes", lambda n, r: _int(n, r, 256)),
+    "MAX_SESSIONS_PER_SUBJECT": ("max_sessions_per_subject", lambda n, r: _int(n, r, 0)),
     "CATALOGUE_POLL_INTERVAL": ("catalogue_poll_interval", _float),
     "CACHE_TIMEOUT": ("cache_timeout", _float),
     "CONSISTENCY_TIMEOUT": ("consistency_timeout", _float),

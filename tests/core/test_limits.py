@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from gateway.settings import SettingsError, load_settings
-from tests.conftest import GatewayFactory, rpc
+from tests.conftest import GatewayFactory, make_token, rpc
 from tests.plugins import faulty
 from tests.transports.conftest import (
     ACCEPT_BOTH,
@@ -186,6 +186,39 @@ async def test_legacy_initialize_with_oversized_capabilities_is_refused_on_the_s
     assert "MAX_INITIALIZE_BYTES (1024 bytes)" in error["message"]
     await client.post(endpoint, json=init_message("2024-11-05"), headers=user_headers)
     assert (await reader.message())["result"]["protocolVersion"] == "2024-11-05"
+
+
+async def test_sessions_past_max_sessions_per_subject_are_refused_with_429(
+    gateway: GatewayFactory, user_headers: dict[str, str]
+) -> None:
+    client = await gateway(plugins=[faulty], max_sessions_per_subject=3)
+    held = [await open_session(client, headers=user_headers) for _ in range(3)]
+    headers = {**user_headers, "Accept": ACCEPT_BOTH}
+    response = await client.post("/mcp", json=init_message(), headers=headers)
+    assert response.status == 429
+    error = (await response.json())["error"]
+    assert error["code"] == -32029
+    assert "MAX_SESSIONS_PER_SUBJECT (3)" in error["message"]
+    response = await client.get("/sse", headers={**user_headers, "Accept": "text/event-stream"})
+    assert response.status == 429
+    assert "MAX_SESSIONS_PER_SUBJECT (3)" in (await response.json())["error"]["message"]
+    other = {"Authorization": f"Bearer {make_token('someone-else')}"}
+    assert await open_session(client, headers=other)
+    ended = await client.delete("/mcp", headers={**user_headers, **session_headers(held[0])})
+    assert ended.status in (200, 204)
+    assert await open_session(client, headers=user_headers)
+
+
+async def test_max_sessions_per_subject_holds_across_gateways_sharing_a_cache(
+    gateway: GatewayFactory, user_headers: dict[str, str]
+) -> None:
+    first = await gateway(plugins=[faulty], cache_type="database", max_sessions_per_subject=3)
+    second = await gateway(plugins=[faulty], cache_type="database", max_sessions_per_subject=3)
+    for client in (first, second, first):
+        assert await open_session(client, headers=user_headers)
+    headers = {**user_headers, "Accept": ACCEPT_BOTH}
+    response = await second.post("/mcp", json=init_message(), headers=headers)
+    assert response.status == 429
 
 
 def test_max_json_depth_is_bounded_where_answers_can_still_be_encoded() -> None:

@@ -21,10 +21,10 @@ from gateway.keys import DISPATCHER, HUB, SESSIONS, SETTINGS, TASKS
 from gateway.mcp import batches, sse
 from gateway.mcp.context import Context, Endpoint, Era, Refused
 from gateway.mcp.dispatch import Dispatcher, parse_message
-from gateway.mcp.framing import endpoint, read_body, refusal, rpc_error
+from gateway.mcp.framing import endpoint, read_body, refusal, rpc_error, status_error
 from gateway.mcp.hub import Hub
 from gateway.mcp.streams import LegacyStream
-from gateway.sessions import SessionRecord, SessionStore
+from gateway.sessions import SessionRecord, SessionStore, TooManySessions
 
 log = structlog.get_logger(__name__)
 
@@ -43,11 +43,14 @@ async def stream(request: web.Request) -> web.StreamResponse:
         session = await sessions.create(
             protocol_version=LEGACY_VERSION,
             subject=ep.caller.subject,
+            owner=ep.caller_key,
             server=ep.server,
             transport=TRANSPORT,
         )
     except CacheUnavailable:
         return rpc_error(503, jsonrpc.INTERNAL_ERROR, "Session store unavailable")
+    except TooManySessions as exc:
+        return status_error(exc)
     hub = request.app[HUB]
     events = await sse.EventStream.open(request)
     client = LegacyStream(events, session.id, ep.server, sessions)

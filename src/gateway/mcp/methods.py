@@ -144,6 +144,7 @@ class Methods:
             session = await self.sessions.create(
                 protocol_version=version,
                 subject=ctx.caller.subject,
+                owner=ctx.endpoint.caller_key,
                 server=ctx.endpoint.server,
                 transport=ctx.transport,
                 client_info=client_info,
