@@ -40,6 +40,7 @@ from gateway.keys import (
     SESSIONS,
     SETTINGS,
     STORE,
+    STREAM_QUOTA,
     TASKS,
     UPSTREAM_SESSIONS,
     UPSTREAMS,
@@ -55,6 +56,7 @@ from gateway.mcp.hub import Hub
 from gateway.mcp.methods import Methods
 from gateway.mcp.notifications import Notifier
 from gateway.mcp.request_state import SECRET_NAME, Sealer
+from gateway.mcp.stream_quota import StreamQuota
 from gateway.mcp.streams import EventLog
 from gateway.mcp.upstream_calls import UpstreamCalls
 from gateway.middlewares import front_door
@@ -148,6 +150,10 @@ async def _hub_ctx(app: web.Application) -> AsyncIterator[None]:
     hub = Hub(app[CACHE], app[SESSIONS], app[CONSISTENCY])
     await hub.start()
     app[HUB] = hub
+    settings = app[SETTINGS]
+    app[STREAM_QUOTA] = StreamQuota(
+        settings.max_streams_per_session, settings.max_streams_per_subject
+    )
     yield
     await hub.close()
 

@@ -13,6 +13,7 @@ from gateway.mcp.bridge import Bridge
 from gateway.mcp.dispatch import Dispatcher
 from gateway.mcp.hub import Hub
 from gateway.mcp.notifications import Notifier
+from gateway.mcp.stream_quota import StreamQuota
 from gateway.mcp.streams import EventLog
 from gateway.plugins import Plugins
 from gateway.registry import Registry
@@ -36,6 +37,7 @@ LEADER_USE = web.AppKey("leader_use", CacheUse)
 EVENTS = web.AppKey("events", EventLog)
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
 HUB = web.AppKey("hub", Hub)
+STREAM_QUOTA = web.AppKey("stream_quota", StreamQuota)
 REGISTRY = web.AppKey("registry", Registry)
 UPSTREAMS = web.AppKey("upstreams", UpstreamService)
 UPSTREAM_SESSIONS = web.AppKey("upstream_sessions", UpstreamSessions)

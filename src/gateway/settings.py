@@ -158,6 +158,8 @@ class Settings:
     max_response_bytes: int = 16_777_216
     max_initialize_bytes: int = 16_384
     max_sessions_per_subject: int = 100
+    max_streams_per_session: int = 10
+    max_streams_per_subject: int = 100
     catalogue_poll_interval: float = 1.0
     cache_timeout: float = 1.0
     consistency_timeout: float = 5.0
@@ -229,6 +231,8 @@ _PARSERS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "MAX_RESPONSE_BYTES": ("max_response_bytes", lambda n, r: _int(n, r, 1024)),
     "MAX_INITIALIZE_BYTES": ("max_initialize_bytes", lambda n, r: _int(n, r, 256)),
     "MAX_SESSIONS_PER_SUBJECT": ("max_sessions_per_subject", lambda n, r: _int(n, r, 0)),
+    "MAX_STREAMS_PER_SESSION": ("max_streams_per_session", lambda n, r: _int(n, r, 0)),
+    "MAX_STREAMS_PER_SUBJECT": ("max_streams_per_subject", lambda n, r: _int(n, r, 0)),
     "CATALOGUE_POLL_INTERVAL": ("catalogue_poll_interval", _float),
     "CACHE_TIMEOUT": ("cache_timeout", _float),
     "CONSISTENCY_TIMEOUT": ("consistency_timeout", _float),

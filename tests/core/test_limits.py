@@ -7,12 +7,14 @@ from typing import Any
 
 import pytest
 
+from gateway.keys import HUB
 from gateway.settings import SettingsError, load_settings
 from tests.conftest import GatewayFactory, make_token, rpc
 from tests.plugins import faulty
 from tests.transports.conftest import (
     ACCEPT_BOTH,
     EventReader,
+    eventually,
     init_message,
     open_session,
     session_headers,
@@ -219,6 +221,51 @@ async def test_max_sessions_per_subject_holds_across_gateways_sharing_a_cache(
     headers = {**user_headers, "Accept": ACCEPT_BOTH}
     response = await second.post("/mcp", json=init_message(), headers=headers)
     assert response.status == 429
+
+
+async def test_a_second_get_stream_past_max_streams_per_session_is_refused_with_429(
+    gateway: GatewayFactory, user_headers: dict[str, str]
+) -> None:
+    client = await gateway(plugins=[faulty], max_streams_per_session=1)
+    session = await open_session(client, headers=user_headers)
+    headers = {**user_headers, **session_headers(session, accept="text/event-stream")}
+    first = await client.get("/mcp", headers=headers)
+    assert first.status == 200
+    await streams_attached(client, 1)
+    second = await client.get("/mcp", headers=headers)
+    assert second.status == 429
+    error = (await second.json())["error"]
+    assert error["code"] == -32029
+    assert "MAX_STREAMS_PER_SESSION (1)" in error["message"]
+    first.close()
+    await eventually(lambda: client.app[HUB].stream_count() == 0, what="the stream closed")
+    again = await client.get("/mcp", headers=headers)
+    assert again.status == 200
+    again.close()
+
+
+async def test_sse_streams_past_max_streams_per_subject_are_refused_with_429(
+    gateway: GatewayFactory, user_headers: dict[str, str]
+) -> None:
+    client = await gateway(plugins=[faulty], max_streams_per_subject=2)
+    headers = {**user_headers, "Accept": "text/event-stream"}
+    opened = [await client.get("/sse", headers=headers) for _ in range(2)]
+    assert [r.status for r in opened] == [200, 200]
+    await streams_attached(client, 2)
+    refused = await client.get("/sse", headers=headers)
+    assert refused.status == 429
+    error = (await refused.json())["error"]
+    assert error["code"] == -32029
+    assert "MAX_STREAMS_PER_SUBJECT (2)" in error["message"]
+    other = {"Authorization": f"Bearer {make_token('someone-else')}", "Accept": "text/event-stream"}
+    elsewhere = await client.get("/sse", headers=other)
+    assert elsewhere.status == 200
+    opened[0].close()
+    await eventually(lambda: client.app[HUB].stream_count() == 2, what="one stream closed")
+    again = await client.get("/sse", headers=headers)
+    assert again.status == 200
+    for response in (opened[1], elsewhere, again):
+        response.close()
 
 
 def test_max_json_depth_is_bounded_where_answers_can_still_be_encoded() -> None:

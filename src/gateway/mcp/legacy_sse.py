@@ -17,7 +17,7 @@ from aiohttp import web
 from gateway import jsonrpc
 from gateway.cacheuse import CacheUnavailable
 from gateway.jsonrpc import RPCError
-from gateway.keys import DISPATCHER, HUB, SESSIONS, SETTINGS, TASKS
+from gateway.keys import DISPATCHER, HUB, SESSIONS, SETTINGS, STREAM_QUOTA, TASKS
 from gateway.mcp import batches, sse
 from gateway.mcp.context import Context, Endpoint, Era, Refused
 from gateway.mcp.dispatch import Dispatcher, parse_message
@@ -38,6 +38,18 @@ async def stream(request: web.Request) -> web.StreamResponse:
         ep = endpoint(request)
     except Refused as exc:
         return refusal(exc)
+    quota = request.app[STREAM_QUOTA]
+    try:
+        quota.take(None, ep.caller_key)
+    except RPCError as exc:
+        return status_error(exc)
+    try:
+        return await _stream(request, ep)
+    finally:
+        quota.give_back(None, ep.caller_key)
+
+
+async def _stream(request: web.Request, ep: Endpoint) -> web.StreamResponse:
     sessions = request.app[SESSIONS]
     try:
         session = await sessions.create(

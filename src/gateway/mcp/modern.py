@@ -19,7 +19,7 @@ from aiohttp import web
 
 from gateway import jsonrpc
 from gateway.jsonrpc import RPCError
-from gateway.keys import DISPATCHER, HUB
+from gateway.keys import DISPATCHER, HUB, STREAM_QUOTA
 from gateway.mcp import sse, versions
 from gateway.mcp.context import Context, Endpoint, Era
 from gateway.mcp.dispatch import MethodSpec, Reply
@@ -204,15 +204,23 @@ def _as_json(answer: Reply, headers: dict[str, str] | None = None) -> web.Respon
 async def _listen(request: web.Request, ep: Endpoint, reply: Reply) -> web.StreamResponse:
     """Hold a `subscriptions/listen` stream open with what the dispatcher honoured."""
     flags: JSON = reply.result["notifications"]
-    stream = await sse.EventStream.open(request)
-    client = ListenStream(stream, reply.id, ep.server, flags)
-    await client.send("notifications/subscriptions/acknowledged", {"notifications": flags})
-    hub = request.app[HUB]
-    key = f"listen:{uuid.uuid4().hex}"
-    hub.attach(key, client)
+    quota = request.app[STREAM_QUOTA]
     try:
-        await client.closed.wait()
+        quota.take(None, ep.caller_key)
+    except RPCError as exc:
+        return _answer(reply.id, exc)
+    try:
+        stream = await sse.EventStream.open(request)
+        client = ListenStream(stream, reply.id, ep.server, flags)
+        await client.send("notifications/subscriptions/acknowledged", {"notifications": flags})
+        hub = request.app[HUB]
+        key = f"listen:{uuid.uuid4().hex}"
+        hub.attach(key, client)
+        try:
+            await client.closed.wait()
+        finally:
+            hub.detach(key, client)
+            await stream.close()
     finally:
-        hub.detach(key, client)
-        await stream.close()
+        quota.give_back(None, ep.caller_key)
     return stream.response

@@ -20,7 +20,7 @@ from aiohttp import web
 from gateway import jsonrpc
 from gateway.cacheuse import CacheUnavailable
 from gateway.jsonrpc import RPCError
-from gateway.keys import DISPATCHER, EVENTS, HUB, SESSIONS, SETTINGS
+from gateway.keys import DISPATCHER, EVENTS, HUB, SESSIONS, SETTINGS, STREAM_QUOTA
 from gateway.mcp import batches, modern, sse, versions
 from gateway.mcp.context import Context, Endpoint, Era, Refused
 from gateway.mcp.dispatch import Dispatcher, parse_message
@@ -255,17 +255,25 @@ async def get(request: web.Request) -> web.StreamResponse:
     if resumed is not None:
         return await _resume_response(request, session, *resumed)
     hub = request.app[HUB]
-    stream = await sse.EventStream.open(request, {SESSION_HEADER: session.id})
-    client = SessionStream(
-        stream, session.id, ep.server, request.app[SESSIONS], request.app[EVENTS]
-    )
-    hub.attach(session.id, client)
+    quota = request.app[STREAM_QUOTA]
     try:
-        await client.start(last, prime=versions.resumes_streams(session.protocol_version))
-        await client.closed.wait()
+        quota.take(session.id, ep.caller_key)
+    except RPCError as exc:
+        return status_error(exc)
+    try:
+        stream = await sse.EventStream.open(request, {SESSION_HEADER: session.id})
+        client = SessionStream(
+            stream, session.id, ep.server, request.app[SESSIONS], request.app[EVENTS]
+        )
+        hub.attach(session.id, client)
+        try:
+            await client.start(last, prime=versions.resumes_streams(session.protocol_version))
+            await client.closed.wait()
+        finally:
+            hub.detach(session.id, client)
+            await stream.close()
     finally:
-        hub.detach(session.id, client)
-        await stream.close()
+        quota.give_back(session.id, ep.caller_key)
     return stream.response
 
 
