@@ -53,6 +53,7 @@ from gateway.mcp.asks import ClientAsks
 from gateway.mcp.bridge import Bridge
 from gateway.mcp.dispatch import Dispatcher
 from gateway.mcp.hub import Hub
+from gateway.mcp.inflight import InFlight
 from gateway.mcp.methods import Methods
 from gateway.mcp.notifications import Notifier
 from gateway.mcp.request_state import SECRET_NAME, Sealer
@@ -244,6 +245,7 @@ async def _dispatch_ctx(app: web.Application) -> AsyncIterator[None]:
         app[SESSIONS],
         asks,
         app[BRIDGE],
+        InFlight(settings.max_inflight_per_session, settings.max_inflight_per_subject),
     )
     tasks = BackgroundTasks()
     app[TASKS] = tasks

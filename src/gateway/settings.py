@@ -160,6 +160,8 @@ class Settings:
     max_sessions_per_subject: int = 100
     max_streams_per_session: int = 10
     max_streams_per_subject: int = 100
+    max_inflight_per_session: int = 64
+    max_inflight_per_subject: int = 256
     catalogue_poll_interval: float = 1.0
     cache_timeout: float = 1.0
     consistency_timeout: float = 5.0
@@ -233,6 +235,8 @@ _PARSERS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "MAX_SESSIONS_PER_SUBJECT": ("max_sessions_per_subject", lambda n, r: _int(n, r, 0)),
     "MAX_STREAMS_PER_SESSION": ("max_streams_per_session", lambda n, r: _int(n, r, 0)),
     "MAX_STREAMS_PER_SUBJECT": ("max_streams_per_subject", lambda n, r: _int(n, r, 0)),
+    "MAX_INFLIGHT_PER_SESSION": ("max_inflight_per_session", lambda n, r: _int(n, r, 0)),
+    "MAX_INFLIGHT_PER_SUBJECT": ("max_inflight_per_subject", lambda n, r: _int(n, r, 0)),
     "CATALOGUE_POLL_INTERVAL": ("catalogue_poll_interval", _float),
     "CACHE_TIMEOUT": ("cache_timeout", _float),
     "CONSISTENCY_TIMEOUT": ("consistency_timeout", _float),

@@ -3,11 +3,12 @@ error, and the gateway goes on serving afterwards."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 
-from gateway.keys import HUB
+from gateway.keys import DISPATCHER, HUB
 from gateway.settings import SettingsError, load_settings
 from tests.conftest import GatewayFactory, make_token, rpc
 from tests.plugins import faulty
@@ -266,6 +267,60 @@ async def test_sse_streams_past_max_streams_per_subject_are_refused_with_429(
     assert again.status == 200
     for response in (opened[1], elsewhere, again):
         response.close()
+
+
+HANG = {"name": "faulty_hang", "arguments": {}}
+
+
+async def test_requests_past_max_inflight_per_subject_get_429_on_rpc(
+    gateway: GatewayFactory, user_headers: dict[str, str]
+) -> None:
+    client = await gateway(plugins=[faulty], max_inflight_per_subject=2, tool_timeout=30.0)
+    hanging = [
+        asyncio.create_task(rpc(client, "tools/call", HANG, headers=user_headers)) for _ in range(2)
+    ]
+    inflight = client.app[DISPATCHER].inflight
+    await eventually(lambda: sum(inflight.callers.values()) == 2, what="two calls running")
+    response = await client.post(
+        "/rpc", json={"jsonrpc": "2.0", "id": 3, "method": "ping"}, headers=user_headers
+    )
+    assert response.status == 429
+    assert response.headers["Retry-After"] == "1"
+    error = (await response.json())["error"]
+    assert error["code"] == -32029
+    assert "MAX_INFLIGHT_PER_SUBJECT (2)" in error["message"]
+    other = {"Authorization": f"Bearer {make_token('someone-else')}"}
+    assert (await rpc(client, "ping", headers=other))["result"] == {}
+    for task in hanging:
+        task.cancel()
+    await asyncio.gather(*hanging, return_exceptions=True)
+    await eventually(lambda: not inflight.callers, what="the calls ended")
+    assert (await rpc(client, "ping", headers=user_headers))["result"] == {}
+
+
+async def test_requests_past_max_inflight_per_session_are_refused_with_32029(
+    gateway: GatewayFactory, user_headers: dict[str, str]
+) -> None:
+    client = await gateway(plugins=[faulty], max_inflight_per_session=1, tool_timeout=30.0)
+    session = await open_session(client, "2025-06-18", headers=user_headers)
+    headers = {**user_headers, **session_headers(session, accept="application/json")}
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": HANG}
+    hanging = asyncio.create_task(client.post("/mcp", json=call, headers=headers))
+    inflight = client.app[DISPATCHER].inflight
+    await eventually(lambda: bool(inflight.sessions), what="the call running")
+    response = await client.post(
+        "/mcp", json={"jsonrpc": "2.0", "id": 2, "method": "ping"}, headers=headers
+    )
+    error = (await response.json())["error"]
+    assert error["code"] == -32029
+    assert "MAX_INFLIGHT_PER_SESSION (1)" in error["message"]
+    hanging.cancel()
+    await asyncio.gather(hanging, return_exceptions=True)
+    await eventually(lambda: not inflight.sessions, what="the call ended")
+    response = await client.post(
+        "/mcp", json={"jsonrpc": "2.0", "id": 3, "method": "ping"}, headers=headers
+    )
+    assert (await response.json())["result"] == {}
 
 
 def test_max_json_depth_is_bounded_where_answers_can_still_be_encoded() -> None:

@@ -24,6 +24,7 @@ from gateway.mcp.asks import ClientAsks
 from gateway.mcp.bridge import Bridge
 from gateway.mcp.context import Context, Era
 from gateway.mcp.hub import Hub
+from gateway.mcp.inflight import InFlight
 from gateway.mcp.methods import SERVER_INFO, Methods
 from gateway.sessions import SessionStore
 
@@ -116,8 +117,10 @@ class Dispatcher:
         sessions: SessionStore,
         asks: ClientAsks,
         bridge: Bridge,
+        inflight: InFlight | None = None,
     ) -> None:
         self.methods = methods
+        self.inflight = inflight or InFlight()
         self.asks = asks
         self.bridge = bridge
         self.table = method_table(methods)
@@ -135,6 +138,17 @@ class Dispatcher:
 
     async def request(self, message: jsonrpc.Request, ctx: Context) -> Reply:
         """Run one request to its reply; never raises for the request's own failures."""
+        session = ctx.session.id if ctx.session is not None else None
+        try:
+            self.inflight.enter(session, ctx.caller_key)
+        except RPCError as exc:
+            return Reply(message.id, error=exc)
+        try:
+            return await self._request(message, ctx)
+        finally:
+            self.inflight.leave(session, ctx.caller_key)
+
+    async def _request(self, message: jsonrpc.Request, ctx: Context) -> Reply:
         if ctx.session is None:
             return await self._run(message, ctx)
         task = asyncio.ensure_future(self._run(message, ctx))
