@@ -323,6 +323,36 @@ async def test_requests_past_max_inflight_per_session_are_refused_with_32029(
     assert (await response.json())["result"] == {}
 
 
+async def test_rate_limit_counts_initialize_and_notifications(
+    gateway: GatewayFactory, user_headers: dict[str, str]
+) -> None:
+    client = await gateway(plugins=[faulty], rate_limit_per_minute=2)
+    # initialize, then notifications/initialized: the two messages the minute allows.
+    session = await open_session(client, headers=user_headers)
+    response = await client.post(
+        "/mcp",
+        json={"jsonrpc": "2.0", "id": 2, "method": "ping"},
+        headers={**user_headers, **session_headers(session)},
+    )
+    assert (await response.json())["error"]["code"] == -32029
+    other = {"Authorization": f"Bearer {make_token('someone-else')}"}
+    assert (await rpc(client, "ping", headers=other))["result"] == {}
+
+
+async def test_rate_limit_counts_opening_an_sse_stream(
+    gateway: GatewayFactory, user_headers: dict[str, str]
+) -> None:
+    client = await gateway(plugins=[faulty], rate_limit_per_minute=1)
+    headers = {**user_headers, "Accept": "text/event-stream"}
+    opened = await client.get("/sse", headers=headers)
+    assert opened.status == 200
+    refused = await client.get("/sse", headers=headers)
+    assert refused.status == 429
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert (await refused.json())["error"]["code"] == -32029
+    opened.close()
+
+
 def test_max_json_depth_is_bounded_where_answers_can_still_be_encoded() -> None:
     assert load_settings({"MAX_JSON_DEPTH": "200"}, env_file=None).max_json_depth == 200
     for bad in ("1", "201"):

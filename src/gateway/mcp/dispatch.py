@@ -18,7 +18,7 @@ import structlog
 
 from gateway import jsonrpc
 from gateway.jsonrpc import Id, RPCError
-from gateway.limits import RateLimiter
+from gateway.limits import RateLimited, RateLimiter
 from gateway.mcp import versions
 from gateway.mcp.asks import ClientAsks
 from gateway.mcp.bridge import Bridge
@@ -57,7 +57,7 @@ class MethodSpec:
 
 def method_table(m: Methods) -> dict[str, MethodSpec]:
     return {
-        "initialize": MethodSpec(m.initialize, BEFORE_2026, limited=False),
+        "initialize": MethodSpec(m.initialize, BEFORE_2026),
         "ping": MethodSpec(m.ping, BEFORE_2026),
         "server/discover": MethodSpec(m.discover, NO_SESSIONS, cacheable=True),
         "subscriptions/listen": MethodSpec(m.listen, frozenset({Era.MODERN}), limited=False),
@@ -169,8 +169,8 @@ class Dispatcher:
         method, params = message.method, message.params
         spec = self.spec(method, ctx)
         try:
-            if self.caller_limit and (spec is None or spec.limited):
-                await self.limits.hit(f"caller:{ctx.caller_key}", "this caller", self.caller_limit)
+            if spec is None or spec.limited:
+                await self.count_caller(ctx.caller_key)
             if spec is None:
                 if ctx.era is Era.PLAIN and method in ctx.view.tools:
                     value = await self.methods.call_by_name(method, params, ctx)
@@ -194,6 +194,12 @@ class Dispatcher:
             log.exception("mcp method failed", method=method)
             return Reply(message.id, error=RPCError(jsonrpc.INTERNAL_ERROR, "Internal error"))
 
+    async def count_caller(self, caller_key: str) -> None:
+        """Count one message (a request, a notification, a stream opened) against the
+        caller's `RATE_LIMIT_PER_MINUTE`; `RateLimited` past it."""
+        if self.caller_limit:
+            await self.limits.hit(f"caller:{caller_key}", "this caller", self.caller_limit)
+
     async def answer(self, response: jsonrpc.Response, ctx: Context) -> None:
         """Take a client's answer to a request relayed to it; `RPCError` if refused."""
         if ctx.session is None:
@@ -205,7 +211,12 @@ class Dispatcher:
 
     async def notification(self, message: jsonrpc.Request, ctx: Context) -> None:
         """Act on a client notification; those the gateway has no use for (initialized,
-        roots/list_changed...) are dropped."""
+        roots/list_changed...) are dropped, and so is every one past the caller's rate limit
+        (a notification has no answer to refuse it with)."""
+        try:
+            await self.count_caller(ctx.caller_key)
+        except RateLimited:
+            return
         if ctx.session is None:
             return
         if message.method == "notifications/cancelled" and "requestId" in message.params:

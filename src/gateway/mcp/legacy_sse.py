@@ -18,10 +18,18 @@ from gateway import jsonrpc
 from gateway.cacheuse import CacheUnavailable
 from gateway.jsonrpc import RPCError
 from gateway.keys import DISPATCHER, HUB, SESSIONS, SETTINGS, STREAM_QUOTA, TASKS
+from gateway.limits import RateLimited
 from gateway.mcp import batches, sse
 from gateway.mcp.context import Context, Endpoint, Era, Refused
 from gateway.mcp.dispatch import Dispatcher, parse_message
-from gateway.mcp.framing import endpoint, read_body, refusal, rpc_error, status_error
+from gateway.mcp.framing import (
+    endpoint,
+    error_response,
+    read_body,
+    refusal,
+    rpc_error,
+    status_error,
+)
 from gateway.mcp.hub import Hub
 from gateway.mcp.streams import LegacyStream
 from gateway.sessions import SessionRecord, SessionStore, TooManySessions
@@ -38,6 +46,10 @@ async def stream(request: web.Request) -> web.StreamResponse:
         ep = endpoint(request)
     except Refused as exc:
         return refusal(exc)
+    try:
+        await request.app[DISPATCHER].count_caller(ep.caller_key)
+    except RateLimited as exc:
+        return error_response(None, exc, 429)
     quota = request.app[STREAM_QUOTA]
     try:
         quota.take(None, ep.caller_key)
