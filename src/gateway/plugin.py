@@ -46,7 +46,9 @@ register factories; the objects those build do their async work in `start()` and
   gives such a command the secret the authenticators get.
 - `gateway_configure_app(app, settings)`: add routes, middlewares or cleanup contexts to
   the aiohttp application before it starts. Mark a route `@public` or `@admin`; routes
-  are otherwise for any authenticated caller.
+  are otherwise for any authenticated caller. A plugin's cleanup context runs after the
+  gateway's, so `app[SETTINGS]`, `app[STORE]`, `app[CACHE]` and, when auth is on,
+  `app[AUTHENTICATOR]` are there. A command reaches the store with `command_store(settings)`.
 
 A small plugin::
 
@@ -77,6 +79,7 @@ from __future__ import annotations
 from gateway.access import admin, public
 from gateway.authsecret import auth_secret
 from gateway.cli import CommandSpec, Run
+from gateway.commandstore import command_store
 from gateway.contracts import (
     JSON,
     AskClient,
@@ -103,6 +106,7 @@ from gateway.contracts import (
     UpstreamError,
 )
 from gateway.hookspecs import hookimpl
+from gateway.keys import AUTHENTICATOR, CACHE, SETTINGS, STORE
 from gateway.plugins import Plugins, Registrar, build_plugin_manager
 from gateway.settings import (
     Parser,
@@ -118,7 +122,11 @@ from gateway.settings import (
 from gateway.store import Store, StoreError
 
 __all__ = [
+    "AUTHENTICATOR",
+    "CACHE",
     "JSON",
+    "SETTINGS",
+    "STORE",
     "AskClient",
     "AuthError",
     "AuthFactory",
@@ -156,6 +164,7 @@ __all__ = [
     "boolean",
     "build_plugin_manager",
     "choice",
+    "command_store",
     "hookimpl",
     "integer",
     "number",

@@ -1,8 +1,10 @@
-"""The `jwt` authenticator: bearer tokens verified by aiohttp-jwt, plus `create_token` and
-the `aio-mcp-gateway token create` command, and the `JWT_ALGORITHM` setting.
+"""The `jwt` authenticator: bearer tokens verified by aiohttp-jwt, plus `create_token`, the
+`aio-mcp-gateway token create` and `token revoke` commands, the `/tokens` admin routes and
+the `JWT_ALGORITHM` and `MAX_TOKEN_LIFETIME` settings.
 
 aiohttp-jwt does the header parsing and signature checks; this module turns its HTTP
-exceptions into `AuthError`s with readable messages, insists on an `exp` claim, keeps a
+exceptions into `AuthError`s with readable messages, insists on `exp` and `iat` claims no
+further apart than `MAX_TOKEN_LIFETIME`, refuses revoked tokens (`jwt_revocations`), keeps a
 bounded cache of verified tokens, and silences the traceback aiohttp-jwt logs for every
 rejected token (the core logs one line per denied request instead).
 """
@@ -12,9 +14,11 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import secrets
+import sys
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Container, Mapping, Sequence
 from typing import Any
 
 import jwt
@@ -22,21 +26,36 @@ from aiohttp import hdrs, web
 from aiohttp_jwt import JWTMiddleware
 
 from gateway.plugin import (
+    AUTHENTICATOR,
+    CACHE,
+    SETTINGS,
+    STORE,
     AuthError,
     AuthSpec,
     CommandSpec,
+    Plugins,
     Principal,
     Registrar,
     Settings,
     SettingsError,
     SettingSpec,
+    Store,
     auth_secret,
     choice,
     hookimpl,
+    number,
 )
+from gateway_plugins import jwt_revocations
 
 ALGORITHM = SettingSpec(
     "JWT_ALGORITHM", "HS256", choice("HS256", "HS384", "HS512"), "HS256, HS384 or HS512."
+)
+DEFAULT_MAX_LIFETIME = 30 * 24 * 3600.0
+MAX_LIFETIME = SettingSpec(
+    "MAX_TOKEN_LIFETIME",
+    DEFAULT_MAX_LIFETIME,
+    number(above=0),
+    "Seconds a token may live (exp - iat); longer tokens are refused and not minted.",
 )
 
 # Verifying an HMAC signature costs more than the rest of a small request; at thousands
@@ -134,7 +153,9 @@ def _scopes(payload: Mapping[str, Any]) -> frozenset[str]:
     return frozenset(scopes)
 
 
-def principal_from_claims(payload: Mapping[str, Any]) -> tuple[Principal, float]:
+def principal_from_claims(
+    payload: Mapping[str, Any], max_lifetime: float = DEFAULT_MAX_LIFETIME
+) -> tuple[Principal, float]:
     """The principal a verified payload names, and its expiry (seconds since the epoch)."""
     # PyJWT checks `exp` only when present; a token without one would never expire.
     if "exp" not in payload:
@@ -143,6 +164,14 @@ def principal_from_claims(payload: Mapping[str, Any]) -> tuple[Principal, float]
     if not isinstance(subject, str) or not subject:
         raise AuthError("token has no sub claim")
     principal = Principal(subject=subject, scopes=_scopes(payload), claims=dict(payload))
+    # A leaked token is only as bad as it is long-lived: the lifetime needs both ends.
+    # PyJWT has checked that both are integers and that `iat` is not in the future.
+    if "iat" not in payload:
+        raise AuthError("token has no iat claim, so its lifetime is unknown")
+    if int(payload["exp"]) - int(payload["iat"]) > max_lifetime:
+        raise AuthError(
+            f"token lifetime (exp - iat) exceeds MAX_TOKEN_LIFETIME ({max_lifetime:g} seconds)"
+        )
     # PyJWT compares int(exp) with the clock; so must a cached token.
     return principal, int(payload["exp"])
 
@@ -151,7 +180,11 @@ class JwtAuthenticator:
     """Verifies `Authorization: Bearer <jwt>` headers signed with one shared secret."""
 
     def __init__(
-        self, secret: str, algorithm: str = "HS256", max_cached: int = VERIFIED_TOKENS_MAX
+        self,
+        secret: str,
+        algorithm: str = "HS256",
+        max_cached: int = VERIFIED_TOKENS_MAX,
+        max_lifetime: float = DEFAULT_MAX_LIFETIME,
     ) -> None:
         if not secret:
             raise SettingsError("JWT_SECRET_KEY is empty; the jwt authenticator needs a secret")
@@ -163,10 +196,15 @@ class JwtAuthenticator:
             # RFC 7235: the scheme is case-insensitive; aiohttp-jwt uses re.match.
             auth_scheme=r"(?i)bearer\Z",
         )
+        self._secret = secret
+        self._algorithm = algorithm
         self._max_cached = max_cached
-        # Authorization header value -> (principal, exp). Keyed by the whole header so a
-        # hit is exactly a header the middleware accepted before.
-        self._verified: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
+        self.max_lifetime = max_lifetime
+        self.revoked: Container[object] = frozenset()
+        """The revoked jtis; the gateway puts this worker's `Revocations` here."""
+        # Authorization header value -> (principal, exp, jti). Keyed by the whole header so
+        # a hit is exactly a header the middleware accepted before.
+        self._verified: OrderedDict[str, tuple[Principal, float, object]] = OrderedDict()
 
     async def start(self) -> None:
         return None
@@ -179,7 +217,8 @@ class JwtAuthenticator:
         if header is not None:
             cached = self._verified.get(header)
             if cached is not None:
-                if cached[1] > time.time():
+                # Checked on every hit: a token revoked after it was cached is refused.
+                if cached[1] > time.time() and cached[2] not in self.revoked:
                     self._verified.move_to_end(header)
                     return cached[0]
                 del self._verified[header]
@@ -189,13 +228,28 @@ class JwtAuthenticator:
             raise AuthError(_message(exc.reason), 401) from None
         if payload is None:
             raise AuthError(_HEADER_REASONS["Missing authorization token"], 401)
-        principal, exp = principal_from_claims(payload)
+        principal, exp = principal_from_claims(payload, self.max_lifetime)
+        jti = payload.get("jti")
+        if jti in self.revoked:
+            raise AuthError("token has been revoked", 401)
         if header is not None:
-            self._remember(header, principal, exp)
+            self._remember(header, principal, exp, jti)
         return principal
 
-    def _remember(self, header: str, principal: Principal, exp: float) -> None:
-        self._verified[header] = (principal, exp)
+    def claims_of(self, token: str) -> Mapping[str, Any]:
+        """The claims of a token this gateway signed, expired or not (for revoking it)."""
+        try:
+            claims: Mapping[str, Any] = jwt.decode(
+                token, self._secret, algorithms=[self._algorithm], options={"verify_exp": False}
+            )
+        except jwt.PyJWTError as exc:
+            raise ValueError(f"token is not one this gateway signed: {exc}") from None
+        if "exp" not in claims:
+            raise ValueError("token has no exp claim")
+        return claims
+
+    def _remember(self, header: str, principal: Principal, exp: float, jti: object) -> None:
+        self._verified[header] = (principal, exp, jti)
         if len(self._verified) > self._max_cached:
             self._verified.popitem(last=False)
 
@@ -207,11 +261,13 @@ def create_token(
     expires_minutes: float = 60,
     algorithm: str = "HS256",
     servers: Sequence[str] = (),
+    max_lifetime: float = DEFAULT_MAX_LIFETIME,
 ) -> str:
-    """A signed token for `subject`, with `scope` as an OAuth-style space-separated string.
+    """A signed token for `subject`, with `scope` as an OAuth-style space-separated string
+    and a random `jti` by which it can be revoked.
 
     `servers`, when given, becomes the `servers` claim: the bearer may then reach only those
-    virtual servers' MCP endpoints.
+    virtual servers' MCP endpoints. A lifetime over `max_lifetime` seconds is refused.
     """
     if not secret:
         raise ValueError("secret must not be empty")
@@ -219,6 +275,11 @@ def create_token(
         raise ValueError("subject must not be empty")
     if not expires_minutes > 0:
         raise ValueError(f"expires_minutes must be positive, got {expires_minutes!r}")
+    if expires_minutes * 60 > max_lifetime:
+        raise ValueError(
+            f"expires_minutes={expires_minutes:g} exceeds MAX_TOKEN_LIFETIME"
+            f" ({max_lifetime:g} seconds)"
+        )
     for scope in scopes:
         if not scope or any(c.isspace() for c in scope):
             raise ValueError(f"scope {scope!r} must be non-empty and contain no spaces")
@@ -227,6 +288,7 @@ def create_token(
         "sub": subject,
         "iat": int(now),
         "exp": math.ceil(now + expires_minutes * 60),
+        "jti": secrets.token_urlsafe(16),
     }
     if scopes:
         payload["scope"] = " ".join(dict.fromkeys(scopes))
@@ -236,7 +298,9 @@ def create_token(
 
 
 def create_jwt_authenticator(settings: Settings, secret: str) -> JwtAuthenticator:
-    return JwtAuthenticator(secret, settings.plugin_value(ALGORITHM))
+    return JwtAuthenticator(
+        secret, settings.plugin_value(ALGORITHM), max_lifetime=settings.plugin_value(MAX_LIFETIME)
+    )
 
 
 def _token_create_arguments(parser: argparse.ArgumentParser) -> None:
@@ -257,8 +321,31 @@ async def _token_create(args: argparse.Namespace, settings: Settings) -> int:
     secret = await auth_secret(settings)
     scopes = [s for scope in args.scope for s in scope.split()]
     algorithm = settings.plugin_value(ALGORITHM)
-    print(create_token(secret, args.sub, scopes, args.exp, algorithm, args.server))
+    max_lifetime = settings.plugin_value(MAX_LIFETIME)
+    try:
+        token = create_token(
+            secret, args.sub, scopes, args.exp, algorithm, args.server, max_lifetime
+        )
+    except ValueError as exc:
+        print(f"aio-mcp-gateway: token create: {exc}", file=sys.stderr)
+        return 2
+    print(token)
     return 0
+
+
+def _token_revoke_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--jti", required=True, help="the jti claim of the token to revoke")
+
+
+async def _token_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    spec = Plugins.load(settings).cache_for(settings)
+
+    def shared_cache(store: Store) -> Any:
+        return spec.factory(settings, store)
+
+    return await jwt_revocations.revoke_command(
+        args, settings, settings.plugin_value(MAX_LIFETIME), shared_cache if spec.shared else None
+    )
 
 
 TOKEN_COMMAND = CommandSpec(
@@ -271,8 +358,34 @@ TOKEN_COMMAND = CommandSpec(
             run=_token_create,
             arguments=_token_create_arguments,
         ),
+        CommandSpec(
+            name="revoke",
+            help="revoke a token by its jti, on every worker and instance",
+            run=_token_revoke,
+            arguments=_token_revoke_arguments,
+        ),
     ),
 )
+
+
+async def _revocations_ctx(app: web.Application) -> AsyncIterator[None]:
+    """This worker's revoked jtis, handed to the authenticator once the store and the
+    cache are up; nothing when another authenticator is in use."""
+    authenticator = app.get(AUTHENTICATOR)
+    if not isinstance(authenticator, JwtAuthenticator):
+        yield
+        return
+    settings = app[SETTINGS]
+    revocations = jwt_revocations.Revocations(
+        app[STORE], app[CACHE], settings.catalogue_poll_interval
+    )
+    await revocations.start()
+    app[jwt_revocations.REVOCATIONS] = revocations
+    app[jwt_revocations.CLAIMS_OF] = authenticator.claims_of
+    app[jwt_revocations.MAX_LIFETIME] = authenticator.max_lifetime
+    authenticator.revoked = revocations
+    yield
+    await revocations.close()
 
 
 @hookimpl(trylast=True)
@@ -289,6 +402,14 @@ def gateway_register_auth(register: Registrar[AuthSpec]) -> None:
 @hookimpl(trylast=True)
 def gateway_register_settings(register: Registrar[SettingSpec[Any]]) -> None:
     register.add(ALGORITHM)
+    register.add(MAX_LIFETIME)
+
+
+@hookimpl(trylast=True)
+def gateway_configure_app(app: web.Application, settings: Settings) -> None:
+    if settings.auth_required and settings.auth_type == "jwt":
+        app.cleanup_ctx.append(_revocations_ctx)
+        app.router.add_routes(jwt_revocations.routes)
 
 
 @hookimpl(trylast=True)

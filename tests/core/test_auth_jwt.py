@@ -37,7 +37,8 @@ def request_with(authorization: str | None) -> web.Request:
 
 
 def signed(claims: dict[str, Any], secret: str = SECRET) -> str:
-    return jwt.encode(claims, secret, algorithm="HS256")
+    """A token with the given claims, issued now unless they say otherwise."""
+    return jwt.encode({"iat": int(time.time()), **claims}, secret, algorithm="HS256")
 
 
 async def rejection(auth: JwtAuthenticator, authorization: str | None) -> AuthError:

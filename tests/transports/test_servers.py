@@ -39,7 +39,8 @@ def bearer(subject: str = "user", scopes: tuple[str, ...] = (), servers: Any = N
     if servers is None or isinstance(servers, list):
         token = create_token(TEST_SECRET, subject, list(scopes), 5, servers=servers or ())
     else:
-        payload = {"sub": subject, "exp": int(time.time()) + 300, "servers": servers}
+        now = int(time.time())
+        payload = {"sub": subject, "iat": now, "exp": now + 300, "servers": servers}
         token = jwt.encode(payload, TEST_SECRET, algorithm="HS256")
     return {"Authorization": f"Bearer {token}"}
 

@@ -188,6 +188,21 @@ MIGRATIONS: tuple[Migration, ...] = (
         "whether an upstream's clients share its sessions or each get their own",
         ("ALTER TABLE upstreams ADD COLUMN session TEXT NOT NULL DEFAULT 'shared'",),
     ),
+    Migration(
+        6,
+        "revoked JWTs, kept until the token would have expired",
+        (
+            """
+            CREATE TABLE revoked_tokens (
+                jti TEXT PRIMARY KEY,
+                subject TEXT NOT NULL DEFAULT '',
+                expires_at DOUBLE PRECISION NOT NULL,
+                revoked_at DOUBLE PRECISION NOT NULL
+            )
+            """,
+            "CREATE INDEX revoked_tokens_expires_at ON revoked_tokens (expires_at)",
+        ),
+    ),
 )
 
 
