@@ -196,6 +196,7 @@ async def test_postgres_schema_from_the_url_holds_every_table(postgres_url: str)
         "resource_templates",
         "prompts",
         "servers",
+        "revoked_tokens",
     }
     store = open_store(postgres_url, "secret")
     await store.start()
