@@ -18,10 +18,11 @@ import structlog
 from aiohttp import web
 
 from gateway import access, admin, health, jobs, metrics, rpc, servers
-from gateway.authsecret import JWT_SECRET_NAME, new_secret
+from gateway.authsecret import jwt_secret, new_secret
 from gateway.cacheuse import CacheUse
 from gateway.consistency import Consistency
 from gateway.contracts import Principal
+from gateway.keyfile import secrets_dir
 from gateway.keys import (
     AUTHENTICATOR,
     BRIDGE,
@@ -82,7 +83,9 @@ class StartupError(Exception):
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    store = open_store(settings.database_url, settings.auth_encryption_secret)
+    store = open_store(
+        settings.database_url, settings.auth_encryption_secret, secrets_dir(settings)
+    )
     try:
         await store.start()
     except StoreError as exc:
@@ -136,9 +139,7 @@ async def _auth_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
         return
     spec = app[PLUGINS].auth_for(settings)
-    secret = settings.jwt_secret_key or await app[STORE].get_or_create_secret(
-        JWT_SECRET_NAME, new_secret
-    )
+    secret = await jwt_secret(settings, app[STORE])
     authenticator = spec.factory(settings, secret)
     await authenticator.start()
     app[AUTHENTICATOR] = authenticator

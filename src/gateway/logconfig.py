@@ -1,17 +1,50 @@
 """Logging: structlog JSON lines (or console lines on a terminal) for the gateway, gunicorn
-and aiohttp alike, each carrying the request id bound by the request-id middleware."""
+and aiohttp alike, each carrying the request id bound by the request-id middleware.
+
+No level shows a secret: the database and HTTP client libraries, whose debug output carries
+statements, parameters and headers, log at WARNING or above whatever `LOG_LEVEL` says, and
+every event passes `redact_secrets` before it is rendered."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import logging.config
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import orjson
 import structlog
 
 from gateway.settings import Settings
+
+QUIET_LIBRARIES = ("aiosqlite", "aiopg", "psycopg2", "aiohttp.client", "asyncio", "redis")
+"""Libraries whose debug and info lines may carry SQL parameters (the stored secrets),
+headers or connection strings."""
+
+SECRET_FIELDS = frozenset(
+    {"authorization", "token", "secret", "password", "cookie", "headers", "session_id"}
+)
+# Not a bare `key`, which names cache keys worth seeing at debug.
+SECRET_SUFFIXES = ("_token", "_secret", "_password", "api_key", "secret_key", "encryption_key")
+REDACTED = "[redacted]"
+
+
+def short_hash(value: str) -> str:
+    """What a log line shows of an identifier that grants access, such as a session id."""
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()[:8]
+
+
+def redact_secrets(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """A safety net under the call sites, which never log secrets in the first place."""
+    for name in event:
+        lowered = name.lower()
+        if lowered in SECRET_FIELDS or lowered.endswith(SECRET_SUFFIXES):
+            event[name] = REDACTED
+    return event
 
 
 def _use_console(settings: Settings) -> bool:
@@ -26,6 +59,7 @@ def _shared_processors() -> list[Any]:
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact_secrets,
     ]
 
 
@@ -53,6 +87,7 @@ def formatter_config(settings: Settings) -> dict[str, Any]:
 def logging_dict(settings: Settings) -> dict[str, Any]:
     """The whole stdlib logging configuration; gunicorn takes it as `logconfig_dict`."""
     level = settings.log_level.upper()
+    quiet = max(logging.getLevelNamesMapping()[level], logging.WARNING)
     return {
         "version": 1,
         "disable_existing_loggers": False,
@@ -69,6 +104,10 @@ def logging_dict(settings: Settings) -> dict[str, Any]:
             "gunicorn.error": {"handlers": [], "level": level, "propagate": True},
             "gunicorn.access": {"handlers": [], "level": "INFO", "propagate": True},
             "aiohttp.access": {"handlers": [], "level": "INFO", "propagate": True},
+            **{
+                name: {"handlers": [], "level": quiet, "propagate": True}
+                for name in QUIET_LIBRARIES
+            },
         },
     }
 

@@ -150,6 +150,7 @@ class Settings:
     auth_type: str = "jwt"
     jwt_secret_key: str = ""
     auth_encryption_secret: str = ""
+    secrets_dir: str = ""
     tool_timeout: float = 30.0
     tool_name_separator: str = "__"
     max_request_bytes: int = 1_048_576
@@ -225,6 +226,7 @@ _PARSERS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "AUTH_TYPE": ("auth_type", lambda n, r: r.strip().lower()),
     "JWT_SECRET_KEY": ("jwt_secret_key", lambda n, r: r),
     "AUTH_ENCRYPTION_SECRET": ("auth_encryption_secret", lambda n, r: r),
+    "SECRETS_DIR": ("secrets_dir", lambda n, r: r.strip()),
     "TOOL_TIMEOUT": ("tool_timeout", _float),
     "TOOL_NAME_SEPARATOR": ("tool_name_separator", lambda n, r: _separator(n, r)),
     "MAX_REQUEST_BYTES": ("max_request_bytes", lambda n, r: _int(n, r, 1024)),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import structlog
 
+from gateway.keyfile import ENCRYPTION_KEY_FILE, secrets_dir
 from gateway.plugins import Plugins
 from gateway.settings import Settings
 
@@ -22,7 +23,7 @@ def startup_warnings(settings: Settings, plugins: Plugins, workers: int = 1) -> 
     if not settings.auth_encryption_secret:
         warnings.append(
             "AUTH_ENCRYPTION_SECRET is not set; upstream credentials are encrypted "
-            "with a key kept in the store itself"
+            f"with the key in {secrets_dir(settings) / ENCRYPTION_KEY_FILE}"
         )
     cache = plugins.cache_for(settings)
     if not cache.shared and workers > 1:

@@ -36,6 +36,7 @@ from gateway.contracts import (
     FullBackend,
     UpstreamConfig,
 )
+from gateway.logconfig import short_hash
 from gateway.mcpclient import CLOSE_TIMEOUT, McpClient, SessionState
 from gateway.plugins import Plugins
 from gateway.registry import Registry, backend_config
@@ -254,7 +255,7 @@ class UpstreamSessions:
             log.info(
                 "per-client upstream session ended: this worker holds too many",
                 upstream=victim[1],
-                session=victim[0][:8],
+                session=short_hash(victim[0]),
                 limit=self.limit,
             )
             self._spawn(self._end(held))

@@ -31,8 +31,8 @@ RISKY = {
 }
 
 
-def expected_warnings(workers: int) -> list[str]:
-    settings = Settings(auth_required=False, cache_type="memory")
+def expected_warnings(workers: int, database_url: str = Settings.database_url) -> list[str]:
+    settings = Settings(auth_required=False, cache_type="memory", database_url=database_url)
     return startup_warnings(settings, Plugins.load(settings), workers)
 
 
@@ -73,7 +73,7 @@ def test_gunicorn_says_each_warning_once_for_all_its_workers(
     )
     gateway.stop()
     output = gateway.log_path.read_text()
-    for warning in expected_warnings(WORKERS):
+    for warning in expected_warnings(WORKERS, env["DATABASE_URL"]):
         assert output.count(warning) == 1, (warning, output[-3000:])
 
 
@@ -100,5 +100,5 @@ def test_serve_says_each_warning_once(tmp_path: Path) -> None:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=20)
     output = log_path.read_text()
-    for warning in expected_warnings(1):
+    for warning in expected_warnings(1, env["DATABASE_URL"]):
         assert output.count(warning) == 1, (warning, output[-3000:])

@@ -75,8 +75,8 @@ class Deployment:
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     workdir = tmp_path_factory.mktemp("readme")
-    # The README's run command sets nothing: the JWT secret is made and kept in the store,
-    # which `token create` then reads from the same working directory.
+    # The README's run command sets nothing: the JWT secret is made into a key file beside
+    # the database, which `token create` then reads from the same working directory.
     env = {**os.environ, "DATABASE_URL": "sqlite:///./gateway.db", "LOG_FORMAT": "json"}
     for name in ("JWT_SECRET_KEY", "AUTH_REQUIRED", "AUTH_TYPE", "CACHE_TYPE"):
         env.pop(name, None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import sqlite3
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import psycopg2
@@ -49,8 +50,8 @@ def tool(upstream_name: str, original: str, **changes: Any) -> ToolRecord:
     return changed(record, **changes)
 
 
-async def opened(database_url: str, secret: str = SECRET) -> Store:
-    store = open_store(database_url, secret)
+async def opened(database_url: str, secret: str = SECRET, secrets_dir: Path | None = None) -> Store:
+    store = open_store(database_url, secret, secrets_dir)
     await store.start()
     return store
 

@@ -23,6 +23,7 @@ PROCESSES = 4
 # instead of one after another as their interpreters finish starting.
 STARTER = """
 import asyncio, sys, time
+from gateway.keyfile import ENCRYPTION_KEY_FILE, default_secrets_dir
 from gateway.store import open_store
 from gateway.store.connections import ENCRYPTION_KEY_SECRET
 
@@ -31,7 +32,8 @@ async def main(url: str, start_at: float) -> None:
     store = open_store(url, "")
     await store.start()
     try:
-        print(await store.get_or_create_secret(ENCRYPTION_KEY_SECRET, lambda: "too late"))
+        path = default_secrets_dir(url) / ENCRYPTION_KEY_FILE
+        print(await store.secret_from_file(ENCRYPTION_KEY_SECRET, path))
     finally:
         await store.close()
 
@@ -42,7 +44,8 @@ VERSIONS = [migration.version for migration in MIGRATIONS]
 
 
 def start_stores_in_processes(database_url: str, cwd: Path) -> list[str]:
-    """Start the store in separate interpreters at one moment; return each one's key."""
+    """Start the store in separate interpreters at one moment; return each one's output,
+    its key on the last line."""
     start_at = time.time() + 2.0
     children = [
         subprocess.Popen(
@@ -61,6 +64,12 @@ def start_stores_in_processes(database_url: str, cwd: Path) -> list[str]:
     return [out.strip() for out, _ in outputs]
 
 
+def assert_one_key_made_once(outputs: list[str]) -> None:
+    """Every process ends with the same key, and exactly one says it generated it."""
+    assert len({output.splitlines()[-1] for output in outputs}) == 1
+    assert sum("generated into the key file" in output for output in outputs) == 1
+
+
 def test_migrations_are_numbered_one_up_without_gaps() -> None:
     assert VERSIONS == list(range(1, len(MIGRATIONS) + 1))
     assert all(m.description and m.statements for m in MIGRATIONS)
@@ -76,9 +85,7 @@ def test_every_migration_renders_for_both_dialects() -> None:
 def test_four_processes_migrating_one_sqlite_file_at_once_apply_each_version_once(
     sqlite_url: str, tmp_path: Path
 ) -> None:
-    keys = start_stores_in_processes(sqlite_url, tmp_path)
-
-    assert len(set(keys)) == 1 and keys[0] != "too late"
+    assert_one_key_made_once(start_stores_in_processes(sqlite_url, tmp_path))
     rows = raw_rows(sqlite_url, "SELECT version FROM schema_migrations ORDER BY version")
     assert [version for (version,) in rows] == VERSIONS
     assert raw_rows(sqlite_url, "PRAGMA journal_mode") == [("wal",)]
@@ -88,9 +95,7 @@ def test_four_processes_migrating_one_sqlite_file_at_once_apply_each_version_onc
 def test_four_processes_migrating_one_postgres_schema_at_once_apply_each_version_once(
     postgres_url: str, tmp_path: Path
 ) -> None:
-    keys = start_stores_in_processes(postgres_url, tmp_path)
-
-    assert len(set(keys)) == 1 and keys[0] != "too late"
+    assert_one_key_made_once(start_stores_in_processes(postgres_url, tmp_path))
     rows = raw_rows(postgres_url, "SELECT version FROM schema_migrations ORDER BY version")
     assert [version for (version,) in rows] == VERSIONS
 

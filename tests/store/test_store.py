@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
+import stat
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from gateway.keyfile import ENCRYPTION_KEY_FILE
 from gateway.store import (
     Conflict,
     NotFound,
@@ -318,19 +321,54 @@ async def test_reopening_with_a_different_secret_gives_a_clear_store_error(
         await changed.close()
 
 
-async def test_without_a_secret_every_store_on_the_database_shares_a_generated_key(
-    database_url: str,
+async def test_without_a_secret_stores_share_a_key_file_made_0600_and_not_the_database(
+    database_url: str, tmp_path: Path
 ) -> None:
-    writer = await opened(database_url, "")
-    reader = await opened(database_url, "")
+    writer = await opened(database_url, "", tmp_path)
+    reader = await opened(database_url, "", tmp_path)
     try:
         await writer.create_upstream(upstream("a", headers={"K": "v"}), [])
         assert (await reader.get_upstream("a")).headers == {"K": "v"}  # type: ignore[union-attr]
-        key = await reader.get_or_create_secret(ENCRYPTION_KEY_SECRET, lambda: "unused")
-        assert len(key) >= 64
+        key_file = tmp_path / ENCRYPTION_KEY_FILE
+        assert len(key_file.read_text().strip()) >= 64
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        assert raw_rows(database_url, "SELECT name FROM secrets") == []
     finally:
         await writer.close()
         await reader.close()
+
+
+async def test_a_key_kept_in_the_store_by_an_earlier_version_moves_to_the_key_file(
+    database_url: str, tmp_path: Path
+) -> None:
+    # What earlier versions did when AUTH_ENCRYPTION_SECRET was empty: keep the key in the
+    # store and seal headers with it.
+    store = await opened(database_url, "old-key")
+    try:
+        await store.get_or_create_secret(ENCRYPTION_KEY_SECRET, lambda: "old-key")
+        await store.create_upstream(upstream("a", headers={"K": "v"}), [])
+    finally:
+        await store.close()
+    moved = await opened(database_url, "", tmp_path)
+    try:
+        assert (tmp_path / ENCRYPTION_KEY_FILE).read_text().strip() == "old-key"
+        assert (await moved.get_upstream("a")).headers == {"K": "v"}  # type: ignore[union-attr]
+        assert raw_rows(database_url, "SELECT name FROM secrets") == []
+    finally:
+        await moved.close()
+
+
+async def test_sqlite_database_file_is_created_readable_by_its_owner_only(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "gateway.db"
+    store = await opened(f"sqlite:///{path}")
+    try:
+        await store.create_upstream(upstream("a"), [])
+        for name in ("gateway.db", "gateway.db-wal", "gateway.db-shm"):
+            assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600, name
+    finally:
+        await store.close()
 
 
 # --- secrets ---------------------------------------------------------------------------------

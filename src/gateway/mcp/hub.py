@@ -23,6 +23,7 @@ import structlog
 from gateway.catalogue import Catalogue, changed_kinds
 from gateway.consistency import Consistency
 from gateway.contracts import Cache
+from gateway.logconfig import short_hash
 from gateway.sessions import SessionStore
 
 log = structlog.get_logger(__name__)
@@ -203,7 +204,7 @@ class Hub:
             await self.publish({"kind": "session-closed", "session": session_id, "change": change})
 
         await self.consistency.everywhere("session-closed", announce)
-        log.info("mcp session closed", session=session_id[:8])
+        log.info("mcp session closed", session=short_hash(session_id))
 
     async def cancel(self, session_id: str, request_id: object) -> None:
         key = (session_id, orjson.dumps(request_id).decode())

@@ -19,6 +19,7 @@ from gateway.cacheuse import CacheUnavailable
 from gateway.jsonrpc import RPCError
 from gateway.keys import DISPATCHER, HUB, SESSIONS, SETTINGS, STREAM_QUOTA, TASKS
 from gateway.limits import RateLimited
+from gateway.logconfig import short_hash
 from gateway.mcp import batches, sse
 from gateway.mcp.context import Context, Endpoint, Era, Refused
 from gateway.mcp.dispatch import Dispatcher, parse_message
@@ -83,7 +84,7 @@ async def _stream(request: web.Request, ep: Endpoint) -> web.StreamResponse:
         sse.event(f"{prefix}/message?session_id={session.id}".encode(), name="endpoint")
     )
     hub.attach(session.id, client)
-    log.info("sse session opened", session=session.id[:8], server=ep.server)
+    log.info("sse session opened", session=short_hash(session.id), server=ep.server)
     try:
         await client.closed.wait()
     finally:
@@ -93,7 +94,7 @@ async def _stream(request: web.Request, ep: Endpoint) -> web.StreamResponse:
             await hub.end_session(session.id)
         except CacheUnavailable:
             pass
-        log.info("sse session closed", session=session.id[:8])
+        log.info("sse session closed", session=short_hash(session.id))
     return events.response
 
 
@@ -208,7 +209,7 @@ async def _handle(
         except RPCError as exc:
             # An error sent back would read as the answer to a request of the client's own
             # with that id; the refusal is logged instead.
-            log.info("client answer refused", session=session.id[:8], reason=exc.message)
+            log.info("client answer refused", session=short_hash(session.id), reason=exc.message)
         return None
     if message.is_notification:
         await dispatcher.notification(message, ctx)

@@ -14,6 +14,7 @@ from gateway import __version__, jsonrpc
 from gateway.cacheuse import CacheUnavailable
 from gateway.catalogue import Tool, View
 from gateway.jsonrpc import RPCError
+from gateway.logconfig import short_hash
 from gateway.mcp import versions
 from gateway.mcp.context import Context, Era
 from gateway.mcp.upstream_calls import (
@@ -154,7 +155,7 @@ class Methods:
             raise SessionStoreUnavailable() from None
         log.info(
             "mcp session opened",
-            session=session.id[:8],
+            session=short_hash(session.id),
             version=version,
             server=ctx.endpoint.server,
         )

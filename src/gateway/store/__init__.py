@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import MISSING, dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from gateway.contracts import PromptDef, ResourceDef, ResourceTemplateDef, ToolDef
@@ -182,6 +183,11 @@ class Store(Protocol):
         """Return the stored secret `name`, creating it with `make()` exactly once cluster-wide."""
         ...
 
+    async def secret_from_file(self, name: str, path: Path) -> str:
+        """The secret in the key file `path`, created once if missing; moves a secret the
+        store still keeps under `name` there first."""
+        ...
+
     async def catalogue_version(self) -> int:
         """A number that grows with every catalogue write: upstreams and what they offer,
         the settings of tools, resources, templates and prompts, and virtual servers."""
@@ -287,12 +293,13 @@ class Store(Protocol):
         ...
 
 
-def open_store(database_url: str, encryption_secret: str) -> Store:
-    """Build the store for `DATABASE_URL`; header values are encrypted with the secret."""
+def open_store(database_url: str, encryption_secret: str, secrets_dir: Path | None = None) -> Store:
+    """Build the store for `DATABASE_URL`; header values are encrypted with the secret, or
+    with the key file in `secrets_dir` when it is empty."""
     if database_url.startswith("sqlite://"):
         from gateway.store.sqlite import SQLiteStore
 
-        return SQLiteStore(database_url, encryption_secret)
+        return SQLiteStore(database_url, encryption_secret, secrets_dir)
     from gateway.store.postgres import PostgresStore
 
-    return PostgresStore(database_url, encryption_secret)
+    return PostgresStore(database_url, encryption_secret, secrets_dir)

@@ -13,8 +13,12 @@ import secrets
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+import structlog
+
+from gateway.keyfile import ENCRYPTION_KEY_FILE, default_secrets_dir, read_or_create_key
 from gateway.store import Conflict, Connection, StoreError
 from gateway.store.crypto import HeaderCipher
 from gateway.store.migrations import migrate
@@ -23,7 +27,10 @@ Raw = TypeVar("Raw")
 """A driver's own connection type."""
 
 ENCRYPTION_KEY_SECRET = "encryption_key"
-"""The stored secret that encrypts headers when `AUTH_ENCRYPTION_SECRET` is empty."""
+"""Where earlier versions kept the key that encrypts headers when `AUTH_ENCRYPTION_SECRET`
+is empty; now in a key file, and moved there on first start."""
+
+log = structlog.get_logger(__name__)
 
 BUMP_VERSION = "UPDATE meta SET value = value + 1 WHERE key = 'catalogue_version'"
 """Every catalogue write runs this first: on PostgreSQL that row lock queues concurrent
@@ -66,9 +73,12 @@ class SQLBase(ABC):
     begin_write = "BEGIN"
     begin_snapshot = "BEGIN"
 
-    def __init__(self, database_url: str, encryption_secret: str) -> None:
+    def __init__(
+        self, database_url: str, encryption_secret: str, secrets_dir: Path | None = None
+    ) -> None:
         self.database_url = database_url
         self._encryption_secret = encryption_secret
+        self._key_file = (secrets_dir or default_secrets_dir(database_url)) / ENCRYPTION_KEY_FILE
         self._cipher: HeaderCipher | None = None
 
     # --- what a dialect provides -----------------------------------------------------------
@@ -108,8 +118,8 @@ class SQLBase(ABC):
         try:
             async with self.transaction() as conn:
                 await migrate(conn, self.dialect)
-            secret = self._encryption_secret or await self.get_or_create_secret(
-                ENCRYPTION_KEY_SECRET, lambda: secrets.token_urlsafe(48)
+            secret = self._encryption_secret or await self.secret_from_file(
+                ENCRYPTION_KEY_SECRET, self._key_file
             )
             self._cipher = HeaderCipher(secret)
         except BaseException:
@@ -190,6 +200,26 @@ class SQLBase(ABC):
         if row is None:
             raise StoreError(f"{self.label}: secret {name!r} vanished while being created")
         return str(row[0])
+
+    async def secret_from_file(self, name: str, path: Path) -> str:
+        """The secret in the key file `path`, created once if missing; a copy still kept in
+        the store under `name` (as earlier versions did) moves to the file and leaves the store."""
+        async with self.connection() as conn:
+            row = await conn.fetchone("SELECT value FROM secrets WHERE name = ?", (name,))
+        stored = None if row is None else str(row[0])
+        candidate = stored or secrets.token_urlsafe(48)
+        try:
+            value, created = await asyncio.to_thread(read_or_create_key, path, candidate)
+        except OSError as exc:
+            raise StoreError(f"key file {path}: {exc.strerror or exc}") from None
+        if created:
+            # Only the process that wrote the file says so: once per server.
+            how = "moved from the store to" if stored else "generated into"
+            log.warning(f"the {name} secret was {how} the key file {path}; back it up")
+        if stored is not None and stored == value:
+            async with self.transaction() as conn:
+                await conn.execute("DELETE FROM secrets WHERE name = ?", (name,))
+        return value
 
     # --- notifications -----------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ import functools
 import os
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -92,8 +93,10 @@ class PostgresStore(SQLStore):
     begin_write = "BEGIN"
     begin_snapshot = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
 
-    def __init__(self, database_url: str, encryption_secret: str) -> None:
-        super().__init__(database_url, encryption_secret)
+    def __init__(
+        self, database_url: str, encryption_secret: str, secrets_dir: Path | None = None
+    ) -> None:
+        super().__init__(database_url, encryption_secret, secrets_dir)
         self._pool: aiopg.Pool | None = None
         self._listeners: set[aiopg.Connection] = set()
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiosqlite
@@ -56,6 +58,11 @@ def sqlite_path(database_url: str) -> str:
 
 
 def _probe(path: str) -> None:
+    # Created readable by its owner only: it holds upstream credentials, sealed but beside
+    # everything else. SQLite gives the -wal and -shm files the database file's mode, and
+    # reports itself what is wrong with a path that cannot be created.
+    with contextlib.suppress(OSError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     sqlite3.connect(path).close()
 
 
@@ -82,8 +89,10 @@ class SQLiteStore(SQLStore):
     begin_write = "BEGIN IMMEDIATE"
     begin_snapshot = "BEGIN"
 
-    def __init__(self, database_url: str, encryption_secret: str) -> None:
-        super().__init__(database_url, encryption_secret)
+    def __init__(
+        self, database_url: str, encryption_secret: str, secrets_dir: Path | None = None
+    ) -> None:
+        super().__init__(database_url, encryption_secret, secrets_dir)
         self.path = sqlite_path(database_url)
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
