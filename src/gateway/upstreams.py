@@ -3,11 +3,13 @@ and tell every worker. Also keeps the in-process (local) backends registered."""
 
 from __future__ import annotations
 
+import base64
 import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import structlog
 
@@ -156,6 +158,7 @@ class UpstreamService:
             session=_session(payload, base.session),
             updated_at=now,
         )
+        record = _credentials_out_of_url(record)
         spec = self.plugins.backend_for(record.transport)
         if spec is None or spec.local:
             raise InvalidUpstream(
@@ -370,6 +373,22 @@ class UpstreamService:
             await self.store.update_upstream(replace(existing, updated_at=now), tools, features)
         await self.registry.changed()
         return record
+
+
+def _credentials_out_of_url(record: UpstreamRecord) -> UpstreamRecord:
+    """`user:password@` in a URL becomes the `Authorization: Basic` header an HTTP client
+    would send for it, so it is encrypted at rest and never shown, like any header."""
+    parts = urlsplit(record.url)
+    if parts.username is None and parts.password is None:
+        return record
+    userinfo = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+    basic = base64.b64encode(userinfo.encode("utf-8")).decode("ascii")
+    headers = {k: v for k, v in record.headers.items() if k.lower() != "authorization"}
+    return replace(
+        record,
+        url=urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])),
+        headers={**headers, "Authorization": f"Basic {basic}"},
+    )
 
 
 def _without_body(name: str, exc: BackendError) -> str:

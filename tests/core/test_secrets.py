@@ -22,6 +22,7 @@ from tests.upstreams.processes import RunningUpstream, start_own, stop_upstream
 pytestmark = pytest.mark.timeout(120)
 
 HEADER_VALUE = "header-credential-5f1c9e"
+URL_PASSWORD = "url-password-7d2a40"
 VERSION = "2025-06-18"
 ACCEPT = "application/json, text/event-stream"
 
@@ -113,6 +114,28 @@ def one_session(base: str, token: str, upstream: RunningUpstream) -> str:
     return session
 
 
+def url_credentials_are_taken_out_of_the_url(
+    base: str, token: str, upstream: RunningUpstream
+) -> None:
+    """Register an upstream whose URL holds user:password; what `GET /upstreams` shows."""
+    auth = {"Authorization": f"Bearer {token}"}
+    # The same server again would clash with `own` over its resources.
+    assert httpx2.delete(f"{base}/upstreams/own", headers=auth, timeout=15.0).status_code == 204
+    with_credentials = upstream.url.replace("://", f"://admin:{URL_PASSWORD}@", 1)
+    registered = httpx2.post(
+        f"{base}/upstreams",
+        json={"name": "creds", "url": with_credentials, "transport": "streamable-http"},
+        headers=auth,
+        timeout=15.0,
+    )
+    assert registered.status_code == 201, registered.text
+    listed = httpx2.get(f"{base}/upstreams", headers=auth, timeout=15.0)
+    assert URL_PASSWORD not in listed.text and "admin:" not in listed.text
+    (shown,) = [item for item in listed.json()["upstreams"] if item["name"] == "creds"]
+    assert shown["url"] == upstream.url
+    assert shown["headers"] == ["Authorization"]
+
+
 @pytest.mark.cluster
 def test_a_debug_log_of_a_whole_session_shows_no_secret_and_keys_are_made_once_0600(
     tmp_path: Path, gunicorn: StartGunicorn, upstream: RunningUpstream
@@ -132,6 +155,7 @@ def test_a_debug_log_of_a_whole_session_shows_no_secret_and_keys_are_made_once_0
     token = create_token(jwt_secret, "root", ["admin"], 5)
 
     session = one_session(gateway.url, token, upstream)
+    url_credentials_are_taken_out_of_the_url(gateway.url, token, upstream)
     # While the gateway runs, so that the -wal and -shm files exist.
     files = [tmp_path / name for name in ("gateway.db", "gateway.db-wal", "gateway.db-shm")]
     assert [stat.S_IMODE(file.stat().st_mode) for file in files] == [0o600] * 3
@@ -140,10 +164,11 @@ def test_a_debug_log_of_a_whole_session_shows_no_secret_and_keys_are_made_once_0
 
     output = gateway.log_path.read_text()
     assert '"level":"debug"' in output.replace(" ", "")
-    for secret in (jwt_secret, encryption_secret, token, HEADER_VALUE, session, session[:8]):
+    secrets = (jwt_secret, encryption_secret, token, HEADER_VALUE, URL_PASSWORD, session)
+    for secret in (*secrets, session[:8]):
         assert secret not in output, secret
     for name in (jwt_file, encryption_file):
         assert stat.S_IMODE(name.stat().st_mode) == 0o600
         assert output.count(f"generated into the key file {name}") == 1, output[-3000:]
-    for secret in (jwt_secret, encryption_secret, HEADER_VALUE):
+    for secret in (jwt_secret, encryption_secret, HEADER_VALUE, URL_PASSWORD):
         assert secret.encode() not in database
