@@ -8,6 +8,7 @@ import secrets
 from typing import TYPE_CHECKING
 
 from gateway.keyfile import JWT_KEY_FILE, secrets_dir
+from gateway.logconfig import configure_logging
 from gateway.store import Store, open_store
 
 if TYPE_CHECKING:
@@ -33,6 +34,9 @@ async def auth_secret(settings: Settings) -> str:
     store only to move a secret it still keeps."""
     if settings.jwt_secret_key:
         return settings.jwt_secret_key
+    # To standard error, like the server's: a warning that the key file was made must not
+    # mix with what the command prints.
+    configure_logging(settings)
     store = open_store(
         settings.database_url, settings.auth_encryption_secret, secrets_dir(settings)
     )
