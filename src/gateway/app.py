@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable
 import structlog
 from aiohttp import web
 
-from gateway import access, admin, health, jobs, metrics, rpc, servers
+from gateway import access, admin, health, hosts, jobs, metrics, rpc, servers
 from gateway.authsecret import jwt_secret, new_secret
 from gateway.cacheuse import CacheUse
 from gateway.consistency import Consistency
@@ -287,7 +287,11 @@ def build_app(
         # A client that hangs up cancels its request: upstream calls stop, streams close.
         handler_args={"handler_cancellation": True},
         middlewares=[
-            front_door(access.gatekeeper(_authenticate if settings.auth_required else None)),
+            front_door(
+                access.gatekeeper(
+                    _authenticate if settings.auth_required else None, hosts.screen(settings)
+                )
+            ),
         ],
     )
     app[SETTINGS] = settings

@@ -1,4 +1,7 @@
-"""Probes: `/health` (liveness), `/ready` (store and cache answer) and `/version`."""
+"""Probes: `/health` (liveness), `/ready` (store and cache answer) and `/version`.
+
+All answer without a token; `/ready` says what fails only to a caller with a valid token,
+since its errors can name internal hosts and addresses."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ import os
 from aiohttp import web
 
 from gateway import __version__
-from gateway.access import public
+from gateway.access import identified, is_identified, public
 from gateway.eventloop import running_loop_name
 from gateway.keys import CACHE, LEADER, REGISTRY, SETTINGS, STORE
 
@@ -20,7 +23,7 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-@public
+@identified
 async def ready(request: web.Request) -> web.Response:
     app = request.app
     checks = {"store": app[STORE].ping(), "cache": app[CACHE].health()}
@@ -31,6 +34,8 @@ async def ready(request: web.Request) -> web.Response:
                 await check
         except Exception as exc:
             failing[part] = str(exc) or type(exc).__name__
+    if failing and not is_identified(request):
+        return web.json_response({"status": "unavailable"}, status=503)
     if failing:
         names = ", ".join(sorted(failing))
         return web.json_response(

@@ -1,4 +1,5 @@
-"""Prometheus metrics at `GET /metrics` (any valid token).
+"""Prometheus metrics at `GET /metrics`, for a token with the `metrics` or `admin` scope
+(the metrics name every upstream).
 
 Each gunicorn worker counts in its own registry. For one view of the whole server, set
 `PROMETHEUS_MULTIPROC_DIR` (prometheus_client's own variable) to an empty directory that
@@ -20,6 +21,8 @@ from prometheus_client import (
     multiprocess,
 )
 
+from gateway.access import scoped
+
 TOOL_CALLS = Histogram(
     "gateway_tool_call_seconds",
     "Time of tool calls through the gateway, by upstream and outcome (ok, error, timeout).",
@@ -33,6 +36,7 @@ def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
+@scoped("metrics")
 async def metrics(request: web.Request) -> web.Response:
     if multiprocess_dir() is None:
         return await server_stats(request)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Generic, TypeVar, cast
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
@@ -183,6 +184,8 @@ class Settings:
     allowed_origins: tuple[str, ...] = ()
     upstream_allow_cidrs: tuple[str, ...] = ()
     upstream_deny_cidrs: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
+    public_url: str = ""
     event_loop: str = "auto"
     gunicorn_workers: int = field(default_factory=_cpu_workers)
     gunicorn_timeout: int = 60
@@ -259,6 +262,8 @@ _PARSERS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "ALLOWED_ORIGINS": ("allowed_origins", lambda n, r: _list(r)),
     "UPSTREAM_ALLOW_CIDRS": ("upstream_allow_cidrs", lambda n, r: _cidrs(n, r)),
     "UPSTREAM_DENY_CIDRS": ("upstream_deny_cidrs", lambda n, r: _cidrs(n, r)),
+    "ALLOWED_HOSTS": ("allowed_hosts", lambda n, r: _list(r)),
+    "PUBLIC_URL": ("public_url", lambda n, r: _public_url(n, r)),
     "EVENT_LOOP": ("event_loop", lambda n, r: _choice(n, r, ("auto", "uvloop", "asyncio"))),
     "GUNICORN_WORKERS": ("gunicorn_workers", lambda n, r: _int(n, r, 1)),
     "GUNICORN_TIMEOUT": ("gunicorn_timeout", lambda n, r: _int(n, r, 1)),
@@ -277,6 +282,14 @@ ENVIRONMENT_VARIABLES = tuple(_PARSERS)
 def _at_most(name: str, value: int, maximum: int) -> int:
     if value > maximum:
         raise SettingsError(f"{name}={value} must be at most {maximum}")
+    return value
+
+
+def _public_url(name: str, raw: str) -> str:
+    value = raw.strip().rstrip("/")
+    parts = urlsplit(value)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise SettingsError(f"{name}={raw!r} must be an http:// or https:// URL")
     return value
 
 

@@ -513,9 +513,20 @@ async def test_foreign_origin_is_refused_on_get_and_delete_too(
     assert (await call(client, session, "ping"))["result"] == {}
 
 
-async def test_same_origin_is_allowed(client: Client) -> None:
+async def test_an_origin_naming_the_host_is_refused_unless_configured(client: Client) -> None:
+    """DNS rebinding: the attacker's page controls both Host and Origin, so matching one
+    against the other proves nothing."""
     origin = f"http://{client.host}:{client.port}"
     response = await client.post("/mcp", json=init_message(), headers={"Origin": origin})
+    assert response.status == 403
+
+
+async def test_the_origin_of_public_url_is_allowed(gateway: GatewayFactory) -> None:
+    client = await gateway(plugins=[rich], public_url="https://gateway.example/base")
+    client.session.headers["Authorization"] = f"Bearer {make_token('user')}"
+    response = await client.post(
+        "/mcp", json=init_message(), headers={"Origin": "https://gateway.example"}
+    )
     assert response.status == 200
 
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.conftest import Client, GatewayFactory, rpc
+from tests.conftest import Client, GatewayFactory, make_token, rpc
 from tests.plugins import faulty
 
 CONVERT = {"source_timezone": "Europe/Berlin", "target_timezone": "Europe/Dublin", "time": "09:00"}
@@ -87,6 +87,9 @@ async def test_direct_invocation_by_tool_name_matches_tools_call(client: Client)
     assert direct["id"] == 1 and direct["jsonrpc"] == "2.0"
 
 
+JSON_BODY = {"Content-Type": "application/json"}
+
+
 async def test_malformed_json_returns_32700(client: Client) -> None:
     response = await client.post(
         "/rpc", data=b'{"jsonrpc": "2.0", "id": 1,', headers={"Content-Type": "application/json"}
@@ -119,7 +122,7 @@ async def test_malformed_json_returns_32700(client: Client) -> None:
     ],
 )
 async def test_invalid_request_returns_32600(client: Client, payload: bytes) -> None:
-    response = await client.post("/rpc", data=payload)
+    response = await client.post("/rpc", data=payload, headers=JSON_BODY)
     body = await response.json()
     assert response.status == 400
     assert body["error"]["code"] == -32600
@@ -127,7 +130,9 @@ async def test_invalid_request_returns_32600(client: Client, payload: bytes) -> 
 
 
 async def test_invalid_request_echoes_a_readable_id(client: Client) -> None:
-    response = await client.post("/rpc", data=b'{"jsonrpc": "1.0", "id": 7, "method": "ping"}')
+    response = await client.post(
+        "/rpc", data=b'{"jsonrpc": "1.0", "id": 7, "method": "ping"}', headers=JSON_BODY
+    )
     assert (await response.json())["id"] == 7
 
 
@@ -242,11 +247,13 @@ async def test_request_id_is_echoed_or_made(client: Client) -> None:
     assert all(len(rid) == 32 and int(rid, 16) >= 0 for rid in made)
 
 
-async def test_metrics_count_tool_calls_and_need_a_token(client: Client) -> None:
+async def test_metrics_count_tool_calls_and_need_the_metrics_scope(client: Client) -> None:
     await rpc(client, "faulty_count", {"n": 1})
-    response = await client.get("/metrics")
+    metrics_token = {"Authorization": f"Bearer {make_token('prometheus', ('metrics',))}"}
+    response = await client.get("/metrics", headers=metrics_token)
     assert response.status == 200
     text = await response.text()
     assert 'gateway_tool_call_seconds_count{outcome="ok",upstream="faulty"}' in text
+    assert (await client.get("/metrics")).status == 403
     client.session.headers.pop("Authorization")
     assert (await client.get("/metrics")).status == 401

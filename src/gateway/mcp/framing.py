@@ -1,5 +1,5 @@
-"""What every client transport does with HTTP before and after dispatch: check Origin,
-resolve the endpoint, read a bounded body, and frame JSON-RPC answers as responses."""
+"""What every client transport does with HTTP before and after dispatch: resolve the
+endpoint, read a bounded body, and frame JSON-RPC answers as responses."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -93,23 +92,9 @@ def status_error(exc: RPCError) -> web.Response:
     return rpc_error(exc.status or 400, exc.code, exc.message)
 
 
-def origin_allowed(request: web.Request) -> bool:
-    """Browsers send Origin; a page from another site must not drive a local gateway (DNS
-    rebinding). Same-origin and `ALLOWED_ORIGINS` pass; requests without Origin are not
-    from a browser page and pass too."""
-    origin = request.headers.get("Origin")
-    if origin is None:
-        return True
-    allowed = request.app[SETTINGS].allowed_origins
-    if "*" in allowed or origin in allowed:
-        return True
-    return urlsplit(origin).netloc.lower() == request.host.lower()
-
-
 def endpoint(request: web.Request) -> Endpoint:
-    """The endpoint of an MCP request, or `Refused` (Origin, token limits, unknown server)."""
-    if not origin_allowed(request):
-        raise Refused(403, "Forbidden: Origin is not allowed")
+    """The endpoint of an MCP request, or `Refused` (token limits, unknown server). Host and
+    Origin were checked at the front door (`gateway.hosts`)."""
     return Endpoint.resolve(
         principal(request),
         request.remote,
