@@ -397,12 +397,13 @@ async def test_an_idle_subscription_outlives_the_socket_timeout_without_reconnec
 
 
 async def test_ready_answers_503_naming_redis_while_it_is_down(
-    relay: Relay, gateway: GatewayFactory
+    relay: Relay, gateway: GatewayFactory, user_headers: dict[str, str]
 ) -> None:
     client = await gateway(cache_type="redis", plugin_values={"REDIS_URL": relay.url})
     assert (await client.get("/ready")).status == 200
     await relay.sever()
-    response = await client.get("/ready")
+    # Only a caller with a token is told what fails.
+    response = await client.get("/ready", headers=user_headers)
     body = await response.json()
     assert response.status == 503
     assert body["failing"]["cache"].startswith(f"Redis at {relay.url}: PING failed: ")

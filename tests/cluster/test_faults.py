@@ -41,7 +41,7 @@ from tests.cluster.deployment import (
     wait_until,
 )
 from tests.conftest import free_port, unavailable
-from tests.support.gunicorn_process import REPO
+from tests.support.gunicorn_process import REPO, USER
 from tests.upstreams.processes import RunningUpstream
 
 pytestmark = pytest.mark.timeout(240)
@@ -156,8 +156,9 @@ async def timed(url: str, tool: str, arguments: dict[str, object]) -> tuple[Repl
 
 
 async def readiness(url: str, calls: int = 6) -> list[Reply]:
-    """`/ready` on fresh connections, so that every worker is likely asked."""
-    return await burst(fetch("GET", f"{url}/ready", timeout=5) for _ in range(calls))
+    """`/ready` on fresh connections, so that every worker is likely asked; with a token,
+    so that it names what fails."""
+    return await burst(fetch("GET", f"{url}/ready", headers=USER, timeout=5) for _ in range(calls))
 
 
 async def test_redis_outage_degrades_calls_and_readiness_until_redis_returns(
