@@ -7,8 +7,6 @@ No traceback or HTML page ever reaches a client: HTTP errors become
 from __future__ import annotations
 
 import itertools
-import os
-import secrets
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -16,6 +14,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from gateway.access import Admit
+from gateway.ids import process_tag
 
 log = structlog.get_logger(__name__)
 
@@ -24,7 +23,6 @@ REQUEST_ID_HEADER = "X-Request-ID"
 _MAX_REQUEST_ID = 128
 # A random per-process prefix plus a counter: unique across workers and restarts, and much
 # cheaper than a uuid4 per request.
-_ID_PREFIX = f"{secrets.token_hex(8)}{os.getpid() & 0xFFFF:04x}"
 _ID_COUNTER = itertools.count(1)
 
 
@@ -45,7 +43,7 @@ def front_door(admit: Admit) -> Middleware:
         if 0 < len(given) <= _MAX_REQUEST_ID and given.isprintable():
             rid = given
         else:
-            rid = f"{_ID_PREFIX}{next(_ID_COUNTER):012x}"
+            rid = f"{process_tag()}{next(_ID_COUNTER):012x}"
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=rid)
         try:

@@ -15,12 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import secrets
 from typing import Any
 
 from gateway import jsonrpc
 from gateway.cacheuse import CacheUnavailable, CacheUse
 from gateway.contracts import AskClient, ClientRequestError
+from gateway.ids import process_tag
 from gateway.jsonrpc import RPCError
 from gateway.mcp.context import Context
 from gateway.mcp.hub import Hub
@@ -34,7 +34,6 @@ CAPABILITY = {
 """The client capability each relayed method needs; others (ping) need none."""
 
 _ids = itertools.count(1)
-_ID_PREFIX = f"gw-{secrets.token_hex(6)}-"
 
 
 def _key(ask_id: str) -> str:
@@ -67,7 +66,7 @@ class ClientAsks:
                 jsonrpc.METHOD_NOT_FOUND,
                 f"the client did not declare the '{needed}' capability",
             )
-        ask_id = f"{_ID_PREFIX}{next(_ids)}"
+        ask_id = f"gw-{process_tag()}-{next(_ids)}"
         answer = self.hub.expect(session.id, ask_id)
         try:
             try:

@@ -34,6 +34,7 @@ import structlog
 from gateway import jsonrpc
 from gateway.cacheuse import CacheUnavailable, CacheUse
 from gateway.contracts import AskClient, ClientRequestError
+from gateway.ids import process_tag
 from gateway.jsonrpc import RPCError
 from gateway.mcp import versions
 from gateway.mcp.asks import CAPABILITY
@@ -53,7 +54,6 @@ GRACE = 5.0
 RESUME, OUTCOME, NOTE, CANCEL = "bridge-resume", "bridge-outcome", "bridge-note", "bridge-cancel"
 
 _ids = itertools.count(1)
-_PREFIX = f"br-{secrets.token_hex(6)}-"
 """Names this worker's calls, so it can tell a call of its own that ended from another's."""
 
 
@@ -106,6 +106,10 @@ def _answers(value: Any, asked: tuple[str, ...]) -> JSON:
     return value
 
 
+def _call_prefix() -> str:
+    return f"br-{process_tag()}-"
+
+
 class Bridge:
     def __init__(self, hub: Hub, use: CacheUse, sealer: Sealer, timeout: float, limit: int) -> None:
         self.hub = hub
@@ -152,7 +156,11 @@ class Bridge:
             return await work(ctx, None)
         capabilities = ctx.meta[versions.META_CAPABILITIES]
         call = BridgedCall(
-            f"{_PREFIX}{next(_ids)}", ctx.caller_key, tool, capabilities, time.time() + self.timeout
+            f"{_call_prefix()}{next(_ids)}",
+            ctx.caller_key,
+            tool,
+            capabilities,
+            time.time() + self.timeout,
         )
         task_ctx = replace(ctx, emit=self._outlet(call) if ctx.emit is not None else None)
         call.task = asyncio.create_task(work(task_ctx, self._asker(call)))
@@ -312,7 +320,7 @@ class Bridge:
         call_id, round_ = str(event.get("call")), str(event.get("round"))
         call = self.calls.get(call_id)
         if call is None:
-            if call_id.startswith(_PREFIX):
+            if call_id.startswith(_call_prefix()):
                 ended = refused("belongs to a call that has ended").to_dict()
                 await self._deliver(round_, {"error": ended})
             return

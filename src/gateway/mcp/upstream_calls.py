@@ -6,7 +6,6 @@ back to the client's stream."""
 from __future__ import annotations
 
 import itertools
-import os
 import time
 from typing import Any
 
@@ -16,6 +15,7 @@ from gateway import jsonrpc
 from gateway.catalogue import Tool
 from gateway.contracts import AskClient, BackendError, FullBackend, UpstreamError
 from gateway.deadlines import within
+from gateway.ids import process_tag
 from gateway.jsonrpc import RPCError
 from gateway.limits import RateLimiter
 from gateway.mcp import versions
@@ -34,7 +34,6 @@ JSON = dict[str, Any]
 RESOURCE_NOT_FOUND = -32002
 
 _tokens = itertools.count(1)
-_TOKEN_PREFIX = f"gw-{os.getpid()}-"
 
 
 def error_result(message: str) -> JSON:
@@ -174,7 +173,10 @@ class UpstreamCalls:
         if ctx.emit is not None:
             emit = ctx.emit
             if client_token is not None:
-                params = {**params, "_meta": {"progressToken": f"{_TOKEN_PREFIX}{next(_tokens)}"}}
+                params = {
+                    **params,
+                    "_meta": {"progressToken": f"gw-{process_tag()}-{next(_tokens)}"},
+                }
 
             async def relay(note_method: str, note: JSON) -> None:
                 if note_method == "notifications/progress":
