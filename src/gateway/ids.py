@@ -15,7 +15,7 @@ _tag = ""
 
 def _new_tag() -> None:
     global _tag
-    _tag = f"{secrets.token_hex(6)}{os.getpid() & 0xFFFF:04x}"
+    _tag = f"{secrets.token_hex(8)}{os.getpid() & 0xFFFF:04x}"
 
 
 _new_tag()
