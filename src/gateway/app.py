@@ -243,7 +243,6 @@ async def _dispatch_ctx(app: web.Application) -> AsyncIterator[None]:
         app[LIMITS],
         settings.rate_limit_per_minute,
         app[HUB],
-        app[SESSIONS],
         asks,
         app[BRIDGE],
         InFlight(settings.max_inflight_per_session, settings.max_inflight_per_subject),

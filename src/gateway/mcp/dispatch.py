@@ -26,7 +26,6 @@ from gateway.mcp.context import Context, Era
 from gateway.mcp.hub import Hub
 from gateway.mcp.inflight import InFlight
 from gateway.mcp.methods import SERVER_INFO, Methods
-from gateway.sessions import SessionStore
 
 log = structlog.get_logger(__name__)
 
@@ -114,7 +113,6 @@ class Dispatcher:
         limits: RateLimiter,
         caller_limit: int,
         hub: Hub,
-        sessions: SessionStore,
         asks: ClientAsks,
         bridge: Bridge,
         inflight: InFlight | None = None,
@@ -127,7 +125,6 @@ class Dispatcher:
         self.limits = limits
         self.caller_limit = caller_limit
         self.hub = hub
-        self.sessions = sessions
 
     def spec(self, method: str, ctx: Context) -> MethodSpec | None:
         """The method as offered in this context's era, or None where it is not."""
