@@ -19,13 +19,10 @@ WINDOW = 60.0
 
 
 class RateLimited(RPCError):
-    def __init__(self, what: str, limit: int, retry_after: int) -> None:
-        super().__init__(
-            jsonrpc.RATE_LIMITED,
-            f"Rate limit exceeded: {what} allows {limit} requests per minute; "
-            f"retry after {retry_after}s",
-            {"retryAfter": retry_after, "limit": limit},
-        )
+    """A request refused for now: -32029, with the limit and `retryAfter` seconds."""
+
+    def __init__(self, message: str, limit: int, retry_after: int) -> None:
+        super().__init__(jsonrpc.RATE_LIMITED, message, {"retryAfter": retry_after, "limit": limit})
         self.retry_after = retry_after
 
 
@@ -45,4 +42,10 @@ class RateLimiter:
             return
         if count > limit:
             self.use.count("limited")
-            raise RateLimited(what, limit, max(1, int((window + 1) * WINDOW - now) + 1))
+            retry_after = max(1, int((window + 1) * WINDOW - now) + 1)
+            raise RateLimited(
+                f"Rate limit exceeded: {what} allows {limit} requests per minute; "
+                f"retry after {retry_after}s",
+                limit,
+                retry_after,
+            )

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from collections import Counter
 
-from gateway import jsonrpc
-from gateway.jsonrpc import RPCError
 from gateway.limits import RateLimited
 
 RETRY_AFTER = 1
@@ -18,14 +16,12 @@ class TooManyInFlight(RateLimited):
     """Refused like a rate limit (-32029, HTTP 429 where HTTP carries it, Retry-After)."""
 
     def __init__(self, setting: str, limit: int, whose: str) -> None:
-        RPCError.__init__(
-            self,
-            jsonrpc.RATE_LIMITED,
+        super().__init__(
             f"Too many requests in flight: this {whose} has {setting} ({limit}) running on "
             f"this worker already; retry after {RETRY_AFTER}s",
-            {"retryAfter": RETRY_AFTER, "limit": limit},
+            limit,
+            RETRY_AFTER,
         )
-        self.retry_after = RETRY_AFTER
 
 
 class InFlight:
