@@ -8,6 +8,17 @@ from __future__ import annotations
 
 import sys
 
+from gateway import metrics_files
+
+# Before anything imports prometheus_client, which reads the directory at import: every
+# worker (forked from here) then counts into it, and /metrics on any of them sums them all.
+try:
+    metrics_files.prepare()
+except metrics_files.MetricsDirError as _exc:
+    print(f"aio-mcp-gateway: configuration error: {_exc}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+from gateway.config.document import check_file
 from gateway.eventloop import worker_class as _worker_class
 from gateway.logconfig import logging_dict
 from gateway.plugins import Plugins
@@ -18,6 +29,8 @@ try:
     _settings = load_settings()
     _plugins = Plugins.load(_settings)
     _plugins.check(_settings)
+    # GATEWAY_CONFIG is read and checked here, once; the first worker to start applies it.
+    check_file(_settings)
     _worker = _worker_class(_settings)
 except SettingsError as _exc:
     for _problem in _exc.problems:
@@ -87,10 +100,10 @@ def on_starting(server: object) -> None:
 
 
 def child_exit(server: object, worker: object) -> None:
-    """Retire a dead worker's metric files when metrics are shared across workers."""
-    from gateway.metrics import multiprocess_dir
+    """Retire a dead worker's metric files: its gauges go, its counts stay in the totals."""
+    metrics_files.retire(worker.pid)  # type: ignore[attr-defined]
 
-    if multiprocess_dir() is not None:
-        from prometheus_client import multiprocess
 
-        multiprocess.mark_process_dead(worker.pid)  # type: ignore[attr-defined]
+def on_exit(server: object) -> None:
+    """Delete the metrics directory the gateway made for this server."""
+    metrics_files.remove()

@@ -40,10 +40,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import orjson
-from bench_relay import completeness, one_loop, print_table, worker_loops
 from common import (
     GATEWAY_TOOL,
+    ONE_SESSION_UNBOUNDED,
     PROTOCOL_VERSION,
     REPO,
     TOOL,
@@ -51,17 +50,17 @@ from common import (
     Gateway,
     Measured,
     Target,
-    check_echo,
-    http,
-    measure_rounds,
+    compare_echo,
+    comparison_options,
+    comparison_parser,
+    completeness,
+    gateways_loop,
     open_session,
-    register,
+    print_table,
     run_benchmark,
     running_gateway,
     running_upstream,
-    tools_call,
-    wait_until_callable,
-    warm_up,
+    serve_echo,
 )
 
 # Importable because common (imported first) puts the repository on the path.
@@ -155,18 +154,6 @@ def gateway_target(name: str, gateway: Gateway, path: str, payload: Path) -> Tar
     return Target(name, f"{gateway.url}/mcp", session.headers, payload)
 
 
-def tool_of(target: Target) -> str:
-    return TOOL if target.name == "direct" else GATEWAY_TOOL
-
-
-def correct_size(target: Target) -> int:
-    """The body size of a correct echo of TEXT with the payload's id: a run whose every
-    request answered 200 with bodies totalling N times this answered N correct echoes, as
-    neither an error nor another text has this size."""
-    reply = http("POST", target.url, tools_call(tool_of(target), TEXT), target.headers)
-    return len(reply.body)
-
-
 # --- the report ----------------------------------------------------------------------------
 
 
@@ -205,6 +192,8 @@ def benchmark(options: argparse.Namespace, workdir: Path) -> bool:
         roots = [tree / root for root in SOURCE_ROOTS]
         blocked = missing_entry_points(roots)
         settings = {"PLUGINS_BLOCKED": ",".join(blocked)} if blocked else {}
+        both = dict(ONE_SESSION_UNBOUNDED) if options.path == "mcp" else {}
+        settings.update(both)
         for name in ("baseline", "current"):
             (workdir / name).mkdir()
         with (
@@ -216,7 +205,7 @@ def benchmark(options: argparse.Namespace, workdir: Path) -> bool:
                 checkout=tree,
                 pythonpath=tuple(roots),
             ) as baseline,
-            running_gateway(workdir / "current", options.workers) as current,
+            running_gateway(workdir / "current", options.workers, settings=both) as current,
         ):
             print(f"baseline: {describe_commit(options.baseline)}")
             print(f"          imports {imported_from(baseline)}")
@@ -234,69 +223,42 @@ def measure(
     baseline: Gateway,
     current: Gateway,
 ) -> bool:
-    loops: dict[str, str] = {}
-    for name, gateway in (("baseline", baseline), ("current", current)):
-        register(gateway, upstream)
-        wait_until_callable(gateway, gateway.bearer("bench"), timeout=30)
-        loops[name] = one_loop(name, worker_loops(f"{gateway.url}/version", options.workers))
-    if loops["baseline"] != loops["current"]:
-        raise BenchError(f"the gateways run on different event loops: {loops}")
+    gateways = {"baseline": baseline, "current": current}
+    for gateway in gateways.values():
+        serve_echo(gateway, upstream)
+    loop = gateways_loop(gateways, options.workers)
 
-    direct_payload = workdir / "direct.json"
-    gateway_payload = workdir / "gateway.json"
-    direct_payload.write_bytes(orjson.dumps(tools_call(TOOL, TEXT)))
-    gateway_payload.write_bytes(orjson.dumps(tools_call(GATEWAY_TOOL, TEXT)))
-    direct_session = open_session(upstream.url, client="bench-before-after")
-    targets = (
-        Target("direct", upstream.url, direct_session.headers, direct_payload),
-        gateway_target("baseline", baseline, options.path, gateway_payload),
-        gateway_target("current", current, options.path, gateway_payload),
-    )
-    workers = {"direct": [], "baseline": baseline.worker_pids(), "current": current.worker_pids()}
-    if any(len(workers[name]) != options.workers for name in ("baseline", "current")):
-        raise BenchError(f"cannot read every worker's CPU time: worker pids {workers}")
-    print(f"upstream: our test MCP server, one process (pid {upstream.process.pid})")
-    for target in targets[1:]:
-        pids = " ".join(map(str, workers[target.name]))
-        print(f"{target.name + ':':<9} {target.url} ({options.workers} workers, pids {pids})")
-    print(
-        f"load:     hey -n {options.requests} -c {options.concurrency} -m POST, tools/call "
-        f"{TOOL} ({GATEWAY_TOOL} through the gateways, JWT, loop {loops['current']}), "
-        f"{options.rounds} interleaved rounds"
-    )
-    for target in targets:
-        check_echo(target, tool_of(target))
-    sizes = {target.name: correct_size(target) for target in targets}
-    print(
-        f"sample check: echo returns its text directly and through both gateways' /{options.path}"
-    )
+    def describe(targets: tuple[Target, ...], workers: dict[str, list[int]]) -> None:
+        print(f"upstream: our test MCP server, one process (pid {upstream.process.pid})")
+        for target in targets[1:]:
+            pids = " ".join(map(str, workers[target.name]))
+            print(f"{target.name + ':':<9} {target.url} ({options.workers} workers, pids {pids})")
+        print(
+            f"load:     hey -n {options.requests} -c {options.concurrency} -m POST, tools/call "
+            f"{TOOL} ({GATEWAY_TOOL} through the gateways' /{options.path}, JWT, loop {loop}), "
+            f"{options.rounds} interleaved rounds"
+        )
 
-    warm_up(targets, options.requests, options.concurrency)
-
-    runs = measure_rounds(
-        targets, workers, upstream, options.requests, options.concurrency, options.rounds
+    runs, sizes = compare_echo(
+        options,
+        workdir,
+        upstream,
+        gateways,
+        TEXT,
+        "bench-before-after",
+        lambda name, payloads: gateway_target(name, gateways[name], options.path, payloads.gateway),
+        describe,
     )
-    for target in targets:
-        check_echo(target, tool_of(target))
     return report(runs, sizes, options.requests)
 
 
 def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = comparison_parser(__doc__.splitlines()[0])
     parser.add_argument("--baseline", required=True, help="the commit to compare against")
     parser.add_argument(
         "--path", choices=("rpc", "mcp"), default="rpc", help="the gateways' endpoint (rpc)"
     )
-    parser.add_argument("--requests", type=int, default=10_000, help="per run (default 10000)")
-    parser.add_argument("--concurrency", type=int, default=200, help="hey -c (default 200)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
-    parser.add_argument("--workers", type=int, default=2, help="workers per gateway (default 2)")
-    options = parser.parse_args(argv)
-    if min(options.concurrency, options.workers, options.rounds) < 1:
-        parser.error("--concurrency, --workers and --rounds must be at least 1")
-    if options.requests < options.concurrency:
-        parser.error("--requests must be at least --concurrency (hey refuses fewer)")
-    return options
+    return comparison_options(parser, argv)
 
 
 def main(argv: list[str] | None = None) -> int:

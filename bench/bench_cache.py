@@ -41,7 +41,6 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 import orjson
 import psycopg2
 from common import (
-    DEFAULT_REDIS_URL,
     POLL_INTERVAL,
     UPSTREAM_NAME,
     BenchError,
@@ -50,18 +49,20 @@ from common import (
     HeyResult,
     Reply,
     Target,
-    cpu_seconds,
+    comparison_options,
+    comparison_parser,
     forget_keys,
     hey,
     http,
+    number_option,
     redis_answers,
-    register,
+    redis_url_option,
     run_benchmark,
     running_gateway,
     running_upstream,
-    upstream_calls,
+    serve_echo,
     wait_until,
-    wait_until_callable,
+    watched_hey,
 )
 from tests.upstreams.processes import RunningUpstream
 
@@ -296,18 +297,11 @@ class Watch:
     ) -> tuple[HeyResult, int, CpuPerCall, Counter[str]]:
         """One hey run, with the upstream's calls, the CPU per call and the cache failures
         it caused."""
-        upstream_pid = [self.upstream.process.pid]
-        calls_before = upstream_calls(self.upstream)
         self.failures.since_last()
-        cpu_before = cpu_seconds(self.workers), cpu_seconds(upstream_pid)
-        result = hey(target, options.requests, options.concurrency)
-        cpu_after = cpu_seconds(self.workers), cpu_seconds(upstream_pid)
-        calls = upstream_calls(self.upstream) - calls_before
-        per_call = 1000 / options.requests
-        cpu = CpuPerCall(
-            (cpu_after[0] - cpu_before[0]) * per_call, (cpu_after[1] - cpu_before[1]) * per_call
+        run = watched_hey(
+            target, options.requests, options.concurrency, self.upstream, self.workers
         )
-        return result, calls, cpu, self.failures.since_last()
+        return run.result, run.upstream_calls, run.cpu, self.failures.since_last()
 
 
 def measure(kind: CacheKind, options: argparse.Namespace, workdir: Path) -> list[Run]:
@@ -320,10 +314,9 @@ def measure(kind: CacheKind, options: argparse.Namespace, workdir: Path) -> list
         running_upstream() as upstream,
         running_gateway(gateway_dir, options.workers, kind.cache_type, settings) as gateway,
     ):
-        register(gateway, upstream)
         user = gateway.bearer("bench")
         admin = gateway.bearer("bench-admin", "admin")
-        wait_until_callable(gateway, user, timeout=30)
+        serve_echo(gateway, upstream, user)
         payload = gateway_dir / "call.json"
         payload.write_bytes(orjson.dumps(sleep_call(seconds)))
         # One caller throughout: the caller is part of the result cache's key.
@@ -532,20 +525,14 @@ def benchmark(options: argparse.Namespace, workdir: Path) -> bool:
 
 
 def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     names = [kind.name for kind in KINDS]
-    parser.add_argument("--requests", type=int, default=5000, help="per run (default 5000)")
-    parser.add_argument("--concurrency", type=int, default=200, help="hey -c (default 200)")
-    parser.add_argument("--workers", type=int, default=2, help="gateway workers (default 2)")
-    parser.add_argument(
-        "--rounds", type=int, default=3, help="off/on rounds per cache type (default 3)"
+    parser = comparison_parser(
+        __doc__.splitlines()[0],
+        workers_help="gateway workers",
+        requests=5000,
+        rounds="off/on rounds per cache type",
     )
-    parser.add_argument(
-        "--delay",
-        type=float,
-        default=0.02,
-        help="seconds the upstream's sleep tool waits per call (default 0.02)",
-    )
+    number_option(parser, "--delay", 0.02, "seconds the upstream's sleep tool waits per call")
     parser.add_argument(
         "--caches",
         type=lambda raw: [name.strip() for name in raw.split(",") if name.strip()],
@@ -558,19 +545,11 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
         help="a database the benchmark may create a schema in (default "
         "$GATEWAY_TEST_POSTGRES_URL, else postgresql://postgres@127.0.0.1:5432/test)",
     )
-    parser.add_argument(
-        "--redis-url",
-        default=os.environ.get("REDIS_URL", DEFAULT_REDIS_URL),
-        help=f"(default $REDIS_URL, else {DEFAULT_REDIS_URL})",
-    )
-    options = parser.parse_args(argv)
+    redis_url_option(parser)
+    options = comparison_options(parser, argv)
     unknown = sorted(set(options.caches) - set(names))
     if unknown or not options.caches:
         parser.error(f"--caches takes some of {', '.join(names)}; got {', '.join(unknown)}")
-    if options.concurrency < 1 or options.workers < 1 or options.rounds < 1:
-        parser.error("--concurrency, --workers and --rounds must be at least 1")
-    if options.requests < options.concurrency:
-        parser.error("--requests must be at least --concurrency (hey refuses fewer)")
     if options.delay < 0:
         parser.error("--delay must not be negative")
     return options

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -42,25 +41,27 @@ from common import (
     HOST,
     TOOL,
     BenchError,
+    EchoPayloads,
     Gateway,
     McpSession,
     Measured,
     Target,
-    check_echo,
     children,
-    http,
-    measure_rounds,
+    compare_echo,
+    comparison_options,
+    comparison_parser,
+    completeness,
+    one_loop,
     open_session,
-    register,
+    print_table,
     run_benchmark,
     running_gateway,
     running_upstream,
+    serve_echo,
     status_of,
     stop_master,
-    tools_call,
     wait_until,
-    wait_until_callable,
-    warm_up,
+    worker_loops,
 )
 from relay_app import POOL_LIMIT, POOL_LIMIT_PER_HOST
 
@@ -137,100 +138,8 @@ def running_relay(relay: Relay) -> Iterator[Relay]:
         relay.stop()
 
 
-def worker_loops(url: str, workers: int) -> dict[int, str]:
-    """Each worker's event loop, asking on fresh connections until `workers` pids answered:
-    gunicorn answers as soon as its first worker is up, and the others follow."""
-    loops: dict[int, str] = {}
-
-    def all_answered() -> bool:
-        body = http("GET", url).json()
-        loops[int(body["worker"])] = str(body["event_loop"])
-        return len(loops) >= workers
-
-    wait_until(all_answered, 30, f"{workers} workers to answer {url}")
-    return loops
-
-
-def one_loop(what: str, loops: dict[int, str]) -> str:
-    kinds = set(loops.values())
-    if len(kinds) != 1:
-        raise BenchError(f"{what} workers run on different loops: {loops}")
-    return kinds.pop()
-
-
-def correct_size(target: Target) -> int:
-    """The body size of a correct echo of TEXT with the payload's id: a run whose every
-    request answered 200 with bodies totalling N times this answered N correct echoes, as
-    neither an error nor another text has this size."""
-    reply = http("POST", target.url, tools_call(target_tool(target), TEXT), target.headers)
-    return len(reply.body)
-
-
 def target_tool(target: Target) -> str:
     return GATEWAY_TOOL if target.name == "gateway" else TOOL
-
-
-_ROW = "{:<8} {:>6} {:>11} {:>8} {:>8} {:>8} {:>13} {:>12}"
-_HEAD = (
-    "target",
-    "round",
-    "requests/s",
-    "p50 ms",
-    "p99 ms",
-    "non-200",
-    "proxy CPU ms",
-    "upstream CPU",
-)
-
-
-def _row(
-    target: str, label: str, rps: float, p50: float, p99: float, bad: int, proxy: float, up: float
-) -> str:
-    proxy_text = "-" if target == "direct" else f"{proxy:.3f}"
-    return _ROW.format(
-        target, label, f"{rps:.1f}", f"{p50:.2f}", f"{p99:.2f}", bad, proxy_text, f"{up:.3f}"
-    )
-
-
-@dataclass(frozen=True)
-class Medians:
-    rps: float
-    p50: float
-    p99: float
-    proxy_cpu_ms: float
-    upstream_cpu_ms: float
-
-
-def print_table(runs: list[Measured], targets: tuple[str, ...]) -> dict[str, Medians]:
-    print(_ROW.format(*_HEAD))
-    for m in runs:
-        r = m.result
-        print(
-            _row(
-                m.target,
-                str(m.round),
-                r.requests_per_second,
-                r.p50_ms,
-                r.p99_ms,
-                r.non_200,
-                m.proxy_cpu_ms,
-                m.upstream_cpu_ms,
-            )
-        )
-    medians: dict[str, Medians] = {}
-    for target in targets:
-        mine = [m for m in runs if m.target == target]
-        medians[target] = Medians(
-            statistics.median(m.result.requests_per_second for m in mine),
-            statistics.median(m.result.p50_ms for m in mine),
-            statistics.median(m.result.p99_ms for m in mine),
-            statistics.median(m.proxy_cpu_ms for m in mine),
-            statistics.median(m.upstream_cpu_ms for m in mine),
-        )
-        x = medians[target]
-        bad = sum(m.result.non_200 for m in mine)
-        print(_row(target, "median", x.rps, x.p50, x.p99, bad, x.proxy_cpu_ms, x.upstream_cpu_ms))
-    return medians
 
 
 def report(runs: list[Measured], sizes: dict[str, int], requests: int) -> bool:
@@ -258,29 +167,6 @@ def report(runs: list[Measured], sizes: dict[str, int], requests: int) -> bool:
     return completeness(runs, sizes, requests)
 
 
-def completeness(runs: list[Measured], sizes: dict[str, int], requests: int) -> bool:
-    short = [
-        m
-        for m in runs
-        if m.result.non_200
-        or m.upstream_calls != requests
-        or m.result.total_bytes != requests * sizes[m.target]
-    ]
-    for m in short:
-        r = m.result
-        print(
-            f"WARNING: {m.target} round {m.round}: {r.non_200} non-200 {r.statuses}, "
-            f"{r.errors} without answer; {r.total_bytes} body bytes, a correct run has "
-            f"{requests * sizes[m.target]}; upstream answered {m.upstream_calls} of {requests}"
-        )
-    if not short:
-        print(
-            f"every run: {requests} x HTTP 200 with bodies the size of a correct echo, and "
-            f"the upstream answered {requests} tools/call"
-        )
-    return not short
-
-
 def describe(gateway: Gateway, relay: Relay, upstream_pid: int, loop: str) -> None:
     gateway_pids = " ".join(map(str, gateway.worker_pids()))
     relay_pids = " ".join(map(str, relay.worker_pids()))
@@ -305,9 +191,7 @@ def benchmark(options: argparse.Namespace, workdir: Path) -> bool:
         running_upstream() as upstream,
         running_gateway(workdir, options.workers, settings=settings) as gateway,
     ):
-        register(gateway, upstream)
-        user = gateway.bearer("bench")
-        wait_until_callable(gateway, user, timeout=30)
+        serve_echo(gateway, upstream)
         loop = one_loop("gateway", worker_loops(f"{gateway.url}/version", options.workers))
         relay_session = open_session(upstream.url, client="bench-relay")
         relay = Relay(workdir, options.workers, loop, relay_session, upstream.url)
@@ -326,61 +210,42 @@ def measure(
     relay: Relay,
     loop: str,
 ) -> bool:
-    direct_session = open_session(upstream.url, client="bench-relay-direct")
-    direct_payload = workdir / "direct.json"
-    gateway_payload = workdir / "gateway.json"
-    direct_payload.write_bytes(orjson.dumps(tools_call(TOOL, TEXT)))
-    gateway_payload.write_bytes(orjson.dumps(tools_call(GATEWAY_TOOL, TEXT)))
-    targets = (
-        Target("direct", upstream.url, direct_session.headers, direct_payload),
-        # The relay adds the upstream session's headers itself, as a gateway would.
-        Target("relay", f"{relay.url}/", {}, direct_payload),
-        Target("gateway", f"{gateway.url}/rpc", gateway.bearer("bench"), gateway_payload),
-    )
-    describe(gateway, relay, upstream.process.pid, loop)
-    print(
-        f"load:     hey -n {options.requests} -c {options.concurrency} -m POST, tools/call "
-        f"{TOOL} ({GATEWAY_TOOL} through the gateway), {options.rounds} interleaved rounds"
-    )
-    for target in targets:
-        check_echo(target, target_tool(target))
-    sizes = {target.name: correct_size(target) for target in targets}
-    print("sample check: echo returns its text directly, through the relay and the gateway")
 
-    warm_up(targets, options.requests, options.concurrency)
+    def target_of(name: str, payloads: EchoPayloads) -> Target:
+        if name == "relay":
+            # The relay adds the upstream session's headers itself, as a gateway would.
+            return Target(name, f"{relay.url}/", {}, payloads.direct)
+        return Target(name, f"{gateway.url}/rpc", gateway.bearer("bench"), payloads.gateway)
 
-    workers: dict[str, list[int]] = {
-        "direct": [],
-        "relay": relay.worker_pids(),
-        "gateway": gateway.worker_pids(),
-    }
-    if any(len(pids) != options.workers for pids in list(workers.values())[1:]):
-        raise BenchError(f"cannot read every worker's CPU time: worker pids {workers}")
-    runs = measure_rounds(
-        targets, workers, upstream, options.requests, options.concurrency, options.rounds
+    def describe_all(_targets: tuple[Target, ...], _workers: dict[str, list[int]]) -> None:
+        describe(gateway, relay, upstream.process.pid, loop)
+        print(
+            f"load:     hey -n {options.requests} -c {options.concurrency} -m POST, tools/call "
+            f"{TOOL} ({GATEWAY_TOOL} through the gateway), {options.rounds} interleaved rounds"
+        )
+
+    runs, sizes = compare_echo(
+        options,
+        workdir,
+        upstream,
+        {"relay": relay, "gateway": gateway},
+        TEXT,
+        "bench-relay-direct",
+        target_of,
+        describe_all,
+        target_tool,
     )
-    for target in targets:
-        check_echo(target, target_tool(target))
     return report(runs, sizes, options.requests)
 
 
 def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=10_000, help="per run (default 10000)")
-    parser.add_argument("--concurrency", type=int, default=200, help="hey -c (default 200)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
-    parser.add_argument("--workers", type=int, default=2, help="relay and gateway workers (2)")
+    parser = comparison_parser(__doc__.splitlines()[0], workers_help="relay and gateway workers")
     parser.add_argument(
         "--event-loop",
         choices=("auto", "uvloop", "asyncio"),
         help="the gateway's EVENT_LOOP (default: its own default); the relay follows it",
     )
-    options = parser.parse_args(argv)
-    if min(options.concurrency, options.workers, options.rounds) < 1:
-        parser.error("--concurrency, --workers and --rounds must be at least 1")
-    if options.requests < options.concurrency:
-        parser.error("--requests must be at least --concurrency (hey refuses fewer)")
-    return options
+    return comparison_options(parser, argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,24 +21,17 @@ import argparse
 import sys
 from pathlib import Path
 
-import orjson
 from common import (
-    GATEWAY_TOOL,
     TOOL,
     Run,
     Target,
-    check_echo,
-    hey,
-    open_session,
+    comparison_options,
+    comparison_parser,
+    direct_against_gateway,
+    echo_pair,
     print_completeness,
     print_runs,
-    register,
     run_benchmark,
-    running_gateway,
-    running_upstream,
-    tools_call,
-    upstream_calls,
-    wait_until_callable,
 )
 
 ROUNDS = 2
@@ -58,58 +51,25 @@ def report(runs: list[Run], requests: int) -> bool:
 
 
 def benchmark(options: argparse.Namespace, workdir: Path) -> bool:
-    with running_upstream() as upstream, running_gateway(workdir, options.workers) as gateway:
-        register(gateway, upstream)
-        user = gateway.bearer("bench")
-        wait_until_callable(gateway, user, timeout=30)
-        session = open_session(upstream.url, client="bench-rpc")
-        direct_payload = workdir / "direct.json"
-        gateway_payload = workdir / "gateway.json"
-        direct_payload.write_bytes(orjson.dumps(tools_call(TOOL, "hello")))
-        gateway_payload.write_bytes(orjson.dumps(tools_call(GATEWAY_TOOL, "hello")))
-        direct = Target("direct", upstream.url, session.headers, direct_payload)
-        through = Target("gateway", f"{gateway.url}/rpc", user, gateway_payload)
-
-        pids = " ".join(map(str, gateway.worker_pids())) or "unknown"
+    with echo_pair(workdir, options.workers, "bench-rpc") as pair:
+        through = Target("gateway", f"{pair.gateway.url}/rpc", pair.user, pair.payloads.gateway)
         print(
-            f"upstream: {upstream.url} (our test MCP server: a single process, pid "
-            f"{upstream.process.pid}; the comparison is relative)"
+            f"gateway:  {through.url} (gunicorn, {options.workers} workers, "
+            f"pids {pair.gateway_pids})"
         )
-        print(f"gateway:  {through.url} (gunicorn, {options.workers} workers, pids {pids})")
         print(
             f"load:     hey -n {options.requests} -c {options.concurrency} -m POST, "
             f"tools/call {TOOL}, {ROUNDS} interleaved rounds"
         )
-        check_echo(direct, TOOL)
-        check_echo(through, GATEWAY_TOOL)
-        print("sample check: echo returns its text, directly and through the gateway")
-
-        warmup = max(options.concurrency, options.requests // 10)
-        for target in (direct, through):
-            hey(target, warmup, options.concurrency)
-        print(f"warm-up:  {warmup} requests each\n")
-
-        runs: list[Run] = []
-        for round_number in range(1, ROUNDS + 1):
-            for target in (direct, through):
-                before = upstream_calls(upstream)
-                result = hey(target, options.requests, options.concurrency)
-                calls = upstream_calls(upstream) - before
-                runs.append(Run(target.name, str(round_number), result, calls))
+        runs, _ = direct_against_gateway(
+            pair.direct, through, pair.upstream, options, ROUNDS, "the gateway"
+        )
         return report(runs, options.requests)
 
 
 def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=10_000, help="per run (default 10000)")
-    parser.add_argument("--concurrency", type=int, default=200, help="hey -c (default 200)")
-    parser.add_argument("--workers", type=int, default=2, help="gateway workers (default 2)")
-    options = parser.parse_args(argv)
-    if options.concurrency < 1 or options.workers < 1:
-        parser.error("--concurrency and --workers must be at least 1")
-    if options.requests < options.concurrency:
-        parser.error("--requests must be at least --concurrency (hey refuses fewer)")
-    return options
+    parser = comparison_parser(__doc__.splitlines()[0], workers_help="gateway workers", rounds=None)
+    return comparison_options(parser, argv)
 
 
 def main(argv: list[str] | None = None) -> int:

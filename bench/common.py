@@ -7,6 +7,7 @@ here measures anything by itself; each `bench_*.py` script decides what to compa
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import secrets
@@ -25,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.message import Message
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn, Protocol
 from urllib.parse import urlsplit
 
 import orjson
@@ -43,7 +44,7 @@ from tests.upstreams.processes import (  # noqa: E402
 )
 
 from gateway.settings import ENVIRONMENT_VARIABLES  # noqa: E402
-from gateway_plugins.auth_jwt import create_token  # noqa: E402
+from gateway_plugins.jwt_tokens import create_token  # noqa: E402
 
 HOST = "127.0.0.1"
 UPSTREAM_NAME = "bench"
@@ -55,6 +56,11 @@ POLL_INTERVAL = 1.0
 """CATALOGUE_POLL_INTERVAL given to the gateway: the longest a worker may lag a change."""
 GRACEFUL_TIMEOUT = 5
 TOKEN_MINUTES = 240
+ONE_SESSION_UNBOUNDED = {"MAX_INFLIGHT_PER_SESSION": "0", "MAX_INFLIGHT_PER_SUBJECT": "0"}
+"""For runs that send all of hey's concurrent requests in one MCP session of one caller:
+the per-session and per-caller bounds on requests in flight (64 and 256 per worker) would
+refuse what past them stands for many clients. A gateway that does not know them ignores
+them."""
 
 # urllib honours *_proxy variables; loopback traffic must never leave through a proxy.
 _HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -81,7 +87,11 @@ class Reply:
 
 
 def http(
-    method: str, url: str, body: Any = None, headers: Mapping[str, str] | None = None
+    method: str,
+    url: str,
+    body: Any = None,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 10.0,
 ) -> Reply:
     """One request on a fresh connection (urllib never reuses one), so that gunicorn may
     hand each of them to any worker."""
@@ -90,7 +100,7 @@ def http(
     if data is not None:
         request.add_header("Content-Type", "application/json")
     try:
-        with _HTTP.open(request, timeout=10) as response:
+        with _HTTP.open(request, timeout=timeout) as response:
             return Reply(response.status, response.headers, response.read())
     except urllib.error.HTTPError as exc:
         return Reply(exc.code, exc.headers, exc.read())
@@ -154,13 +164,15 @@ class McpSession:
         }
 
 
-def initialize_message(client: str, request_id: int = 0) -> dict[str, Any]:
+def initialize_message(
+    client: str, request_id: int = 0, version: str = PROTOCOL_VERSION
+) -> dict[str, Any]:
     return {
         "jsonrpc": "2.0",
         "id": request_id,
         "method": "initialize",
         "params": {
-            "protocolVersion": PROTOCOL_VERSION,
+            "protocolVersion": version,
             "capabilities": {},
             "clientInfo": {"name": client, "version": "1"},
         },
@@ -171,11 +183,15 @@ INITIALIZED = {"jsonrpc": "2.0", "method": "notifications/initialized"}
 
 
 def open_session(
-    url: str, auth: Mapping[str, str] | None = None, client: str = "bench"
+    url: str,
+    auth: Mapping[str, str] | None = None,
+    client: str = "bench",
+    version: str = PROTOCOL_VERSION,
 ) -> McpSession:
     """initialize, then notifications/initialized, as any MCP client must."""
     auth = dict(auth or {})
-    reply = http("POST", url, initialize_message(client), {**auth, "Accept": MCP_ACCEPT})
+    message = initialize_message(client, version=version)
+    reply = http("POST", url, message, {**auth, "Accept": MCP_ACCEPT})
     session_id = reply.headers.get("Mcp-Session-Id") if reply.status == 200 else None
     message = reply.json()
     result = message.get("result") if isinstance(message, dict) else None
@@ -321,11 +337,28 @@ def stop_master(process: subprocess.Popen[bytes] | None) -> None:
                 pass
 
 
-def register(gateway: Gateway, upstream: RunningUpstream) -> None:
-    body = {"name": UPSTREAM_NAME, "url": upstream.url, "transport": "streamable-http"}
-    reply = http("POST", f"{gateway.url}/upstreams", body, gateway.bearer("bench-admin", "admin"))
+def add_upstream(
+    gateway: Gateway,
+    body: Mapping[str, Any],
+    admin: Mapping[str, str] | None = None,
+    timeout: float = 10.0,
+) -> None:
+    """POST /upstreams as an admin: by default with a token of the gateway's own secret."""
+    headers = gateway.bearer("bench-admin", "admin") if admin is None else admin
+    reply = http("POST", f"{gateway.url}/upstreams", body, headers, timeout)
     if reply.status != 201:
-        raise BenchError(f"registering the upstream failed: HTTP {reply.status} {reply.body!r}")
+        raise BenchError(
+            f"registering upstream {body.get('name')!r} failed: HTTP {reply.status} "
+            f"{reply.body[:500]!r}"
+        )
+
+
+def register(
+    gateway: Gateway, upstream: RunningUpstream, admin: Mapping[str, str] | None = None
+) -> None:
+    """Register the test upstream, as `bench`."""
+    body = {"name": UPSTREAM_NAME, "url": upstream.url, "transport": "streamable-http"}
+    add_upstream(gateway, body, admin)
 
 
 def wait_until_callable(gateway: Gateway, headers: Mapping[str, str], timeout: float) -> None:
@@ -347,6 +380,18 @@ def wait_until_callable(gateway: Gateway, headers: Mapping[str, str], timeout: f
     for _ in range(8 * gateway.workers):
         if not callable_now():
             raise BenchError(f"{GATEWAY_TOOL} is not callable on every gateway worker")
+
+
+def serve_echo(
+    gateway: Gateway,
+    upstream: RunningUpstream,
+    bearer: Mapping[str, str] | None = None,
+    admin: Mapping[str, str] | None = None,
+) -> None:
+    """Register the test upstream on `gateway` and return once every worker serves its echo
+    to `bearer` (by default a user token of the gateway's own secret)."""
+    register(gateway, upstream, admin)
+    wait_until_callable(gateway, gateway.bearer("bench") if bearer is None else bearer, 30)
 
 
 # --- hey -----------------------------------------------------------------------------------
@@ -616,6 +661,43 @@ class CpuPerCall:
     upstream_ms: float
 
 
+NOT_READ = CpuPerCall(float("nan"), float("nan"))
+
+
+@dataclass(frozen=True)
+class Watched:
+    """One hey run and what it caused behind the target."""
+
+    result: HeyResult
+    upstream_calls: int
+    """The tools/call the upstream answered meanwhile."""
+    cpu: CpuPerCall
+    """Per call: the `workers`' CPU and the upstream's (NOT_READ when not asked for)."""
+
+
+def watched_hey(
+    target: Target,
+    requests: int,
+    concurrency: int,
+    upstream: RunningUpstream,
+    workers: list[int] | None = None,
+) -> Watched:
+    """`hey` against `target`, reading around it the upstream's tools/call counter and, given
+    `workers`, their CPU time and the upstream's from /proc (not read otherwise, so a
+    benchmark that reports no CPU runs where /proc does not exist)."""
+    calls = upstream_calls(upstream)
+    pids = None if workers is None else (workers, [upstream.process.pid])
+    before = None if pids is None else [cpu_seconds(p) for p in pids]
+    result = hey(target, requests, concurrency)
+    after = None if pids is None else [cpu_seconds(p) for p in pids]
+    calls = upstream_calls(upstream) - calls
+    if before is None or after is None:
+        return Watched(result, calls, NOT_READ)
+    per_call = 1000 / requests
+    cpu = CpuPerCall((after[0] - before[0]) * per_call, (after[1] - before[1]) * per_call)
+    return Watched(result, calls, cpu)
+
+
 # --- interleaved rounds --------------------------------------------------------------------
 
 
@@ -649,23 +731,361 @@ def measure_rounds(
     """`requests` calls to each target per round, the targets taking turns so that a drift
     of the machine meets them all; each run with the upstream calls it made and the CPU per
     call of the target's `workers` and of the upstream."""
-    upstream_pid = [upstream.process.pid]
-    per_call = 1000 / requests
     runs: list[Measured] = []
     for round_number in range(1, rounds + 1):
         for target in targets:
-            calls = upstream_calls(upstream)
-            cpu = cpu_seconds(workers[target.name]), cpu_seconds(upstream_pid)
-            result = hey(target, requests, concurrency)
-            cpu_after = cpu_seconds(workers[target.name]), cpu_seconds(upstream_pid)
+            run = watched_hey(target, requests, concurrency, upstream, workers[target.name])
             runs.append(
                 Measured(
                     target.name,
                     round_number,
-                    result,
-                    upstream_calls(upstream) - calls,
-                    (cpu_after[0] - cpu[0]) * per_call,
-                    (cpu_after[1] - cpu[1]) * per_call,
+                    run.result,
+                    run.upstream_calls,
+                    run.cpu.gateway_ms,
+                    run.cpu.upstream_ms,
                 )
             )
     return runs
+
+
+@dataclass(frozen=True)
+class EchoPair:
+    """The test upstream and one gateway serving its echo, ready to be compared."""
+
+    upstream: RunningUpstream
+    gateway: Gateway
+    user: dict[str, str]
+    """The bearer header of the gateway's user."""
+    payloads: EchoPayloads
+    direct: Target
+    """The upstream's /mcp itself, on a session of its own."""
+
+    @property
+    def gateway_pids(self) -> str:
+        return " ".join(map(str, self.gateway.worker_pids())) or "unknown"
+
+
+@contextmanager
+def echo_pair(
+    workdir: Path,
+    workers: int,
+    client: str,
+    cache: str = "database",
+    settings: Mapping[str, str] | None = None,
+) -> Iterator[EchoPair]:
+    """The test upstream and a gateway of `workers` serving its echo, with hey's payloads and
+    the direct target (its session opened as `client`); says which upstream it is."""
+    with (
+        running_upstream() as upstream,
+        running_gateway(workdir, workers, cache, settings) as gateway,
+    ):
+        user = gateway.bearer("bench")
+        serve_echo(gateway, upstream, user)
+        payloads = echo_payloads(workdir, "hello")
+        direct = direct_target(upstream, payloads.direct, client)
+        print(
+            f"upstream: {upstream.url} (our test MCP server: a single process, pid "
+            f"{upstream.process.pid}; the comparison is relative)"
+        )
+        yield EchoPair(upstream, gateway, user, payloads, direct)
+
+
+def direct_against_gateway(
+    direct: Target,
+    through: Target,
+    upstream: RunningUpstream,
+    options: argparse.Namespace,
+    rounds: int,
+    where: str,
+    workers: list[int] | None = None,
+) -> tuple[list[Run], list[CpuPerCall]]:
+    """The upstream's echo checked on both targets (through the gateway at `where`), a
+    warm-up, then `rounds` interleaved rounds of `options.requests` calls each: the runs,
+    and their CPU per call, read only given the gateway's `workers`."""
+    check_echo(direct, TOOL)
+    check_echo(through, GATEWAY_TOOL)
+    print(f"sample check: echo returns its text, directly and through {where}")
+    warm_up((direct, through), options.requests, options.concurrency)
+    runs: list[Run] = []
+    cpu: list[CpuPerCall] = []
+    for round_number in range(1, rounds + 1):
+        for target in (direct, through):
+            run = watched_hey(target, options.requests, options.concurrency, upstream, workers)
+            runs.append(Run(target.name, str(round_number), run.result, run.upstream_calls))
+            cpu.append(run.cpu)
+    return runs, cpu
+
+
+# --- comparing echo targets ----------------------------------------------------------------
+# What the benchmarks that pit the upstream called directly against one or more gateways (or
+# a relay) share: their options, the event-loop check, the payloads, the rounds, the table.
+
+
+def number_option(parser: argparse.ArgumentParser, flag: str, default: float, what: str) -> None:
+    """An option taking one number of `default`'s type, its default shown after `what`."""
+    parser.add_argument(
+        flag, type=type(default), default=default, help=f"{what} (default {default:g})"
+    )
+
+
+def redis_url_option(parser: argparse.ArgumentParser, when: str = "") -> None:
+    """--redis-url, by default $REDIS_URL or else a local Redis; `when` says when it counts."""
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("REDIS_URL", DEFAULT_REDIS_URL),
+        help=f"{when}(default $REDIS_URL, else {DEFAULT_REDIS_URL})",
+    )
+
+
+def comparison_parser(
+    description: str,
+    concurrency: int = 200,
+    workers_help: str = "workers per gateway",
+    requests: int = 10_000,
+    rounds: str | None = "interleaved rounds",
+) -> argparse.ArgumentParser:
+    """--requests, --concurrency, --rounds (unless `rounds` is None; else its help) and
+    --workers; the caller adds its own."""
+    parser = argparse.ArgumentParser(description=description)
+    number_option(parser, "--requests", requests, "per run")
+    number_option(parser, "--concurrency", concurrency, "hey -c")
+    if rounds is not None:
+        number_option(parser, "--rounds", 3, rounds)
+    number_option(parser, "--workers", 2, workers_help)
+    return parser
+
+
+def comparison_options(
+    parser: argparse.ArgumentParser, argv: list[str] | None, *positive: str
+) -> argparse.Namespace:
+    """The parsed options, refused unless the counts (and the `positive` ones) are >= 1 and
+    there are at least as many requests as concurrent ones (hey refuses fewer)."""
+    options = parser.parse_args(argv)
+    rounds = ("rounds",) if hasattr(options, "rounds") else ()
+    counts = ("concurrency", "workers", *rounds, *positive)
+    if min(getattr(options, name) for name in counts) < 1:
+        names = [f"--{name.replace('_', '-')}" for name in counts]
+        parser.error(f"{', '.join(names[:-1])} and {names[-1]} must be at least 1")
+    if options.requests < options.concurrency:
+        parser.error("--requests must be at least --concurrency (hey refuses fewer)")
+    return options
+
+
+def worker_loops(url: str, workers: int) -> dict[int, str]:
+    """Each worker's event loop, asking on fresh connections until `workers` pids answered:
+    gunicorn answers as soon as its first worker is up, and the others follow."""
+    loops: dict[int, str] = {}
+
+    def all_answered() -> bool:
+        body = http("GET", url).json()
+        loops[int(body["worker"])] = str(body["event_loop"])
+        return len(loops) >= workers
+
+    wait_until(all_answered, 30, f"{workers} workers to answer {url}")
+    return loops
+
+
+def one_loop(what: str, loops: dict[int, str]) -> str:
+    kinds = set(loops.values())
+    if len(kinds) != 1:
+        raise BenchError(f"{what} workers run on different loops: {loops}")
+    return kinds.pop()
+
+
+def gateways_loop(gateways: Mapping[str, Gateway], workers: int) -> str:
+    """The event loop that every worker of every gateway runs on; a comparison of gateways
+    on different loops would measure the loops."""
+    loops = {
+        name: one_loop(name, worker_loops(f"{gateway.url}/version", workers))
+        for name, gateway in gateways.items()
+    }
+    if len(set(loops.values())) != 1:
+        raise BenchError(f"the gateways run on different event loops: {loops}")
+    return next(iter(loops.values()))
+
+
+class EchoPayloads(NamedTuple):
+    """hey's request bodies: the tools/call of echo as the upstream names the tool, and as a
+    gateway does."""
+
+    direct: Path
+    gateway: Path
+
+
+def echo_payloads(workdir: Path, text: str) -> EchoPayloads:
+    payloads = EchoPayloads(workdir / "direct.json", workdir / "gateway.json")
+    payloads.direct.write_bytes(orjson.dumps(tools_call(TOOL, text)))
+    payloads.gateway.write_bytes(orjson.dumps(tools_call(GATEWAY_TOOL, text)))
+    return payloads
+
+
+def direct_target(upstream: RunningUpstream, payload: Path, client: str) -> Target:
+    """The upstream's /mcp itself, on an MCP session of its own."""
+    session = open_session(upstream.url, client=client)
+    return Target("direct", upstream.url, session.headers, payload)
+
+
+def tool_of(target: Target) -> str:
+    """`direct` is the upstream itself; every other target is a gateway."""
+    return TOOL if target.name == "direct" else GATEWAY_TOOL
+
+
+class HasWorkers(Protocol):
+    def worker_pids(self) -> list[int]: ...
+
+
+def worker_pids(servers: Mapping[str, HasWorkers], workers: int) -> dict[str, list[int]]:
+    """Each target's worker pids, none for `direct` (its upstream is counted apart)."""
+    pids: dict[str, list[int]] = {"direct": []}
+    pids.update((name, server.worker_pids()) for name, server in servers.items())
+    if any(len(pids[name]) != workers for name in servers):
+        raise BenchError(f"cannot read every worker's CPU time: worker pids {pids}")
+    return pids
+
+
+def echo_rounds(
+    targets: tuple[Target, ...],
+    workers: Mapping[str, list[int]],
+    upstream: RunningUpstream,
+    options: argparse.Namespace,
+    text: str,
+    tool: Callable[[Target], str] = tool_of,
+) -> tuple[list[Measured], dict[str, int]]:
+    """A full echo checked on every target, a warm-up, then the interleaved rounds, then the
+    full echo checked again: the runs, and each target's size of a correct echo.
+
+    That size is the body of a correct echo of `text` with the payload's id: a run whose
+    every request answered 200 with bodies totalling N times it answered N correct echoes,
+    as neither an error nor another text has this size."""
+    for target in targets:
+        check_echo(target, tool(target))
+    sizes = {
+        target.name: len(
+            http("POST", target.url, tools_call(tool(target), text), target.headers).body
+        )
+        for target in targets
+    }
+    print(f"sample check: echo returns its text from {', '.join(t.name for t in targets)}")
+    warm_up(targets, options.requests, options.concurrency)
+    runs = measure_rounds(
+        targets, workers, upstream, options.requests, options.concurrency, options.rounds
+    )
+    for target in targets:
+        check_echo(target, tool(target))
+    return runs, sizes
+
+
+def compare_echo(
+    options: argparse.Namespace,
+    workdir: Path,
+    upstream: RunningUpstream,
+    servers: Mapping[str, HasWorkers],
+    text: str,
+    client: str,
+    target_of: Callable[[str, EchoPayloads], Target],
+    describe: Callable[[tuple[Target, ...], dict[str, list[int]]], None],
+    tool: Callable[[Target], str] = tool_of,
+) -> tuple[list[Measured], dict[str, int]]:
+    """The upstream called directly (a session opened as `client`) against each of `servers`
+    (`target_of` its name and the payloads), in `echo_rounds`. `describe` prints the set-up
+    first, given the targets and each one's worker pids."""
+    payloads = echo_payloads(workdir, text)
+    targets = (
+        direct_target(upstream, payloads.direct, client),
+        *(target_of(name, payloads) for name in servers),
+    )
+    workers = worker_pids(servers, options.workers)
+    describe(targets, workers)
+    return echo_rounds(targets, workers, upstream, options, text, tool)
+
+
+_TABLE_ROW = "{:<8} {:>6} {:>11} {:>8} {:>8} {:>8} {:>13} {:>12}"
+_TABLE_HEAD = (
+    "target",
+    "round",
+    "requests/s",
+    "p50 ms",
+    "p99 ms",
+    "non-200",
+    "proxy CPU ms",
+    "upstream CPU",
+)
+
+
+def _table_row(
+    target: str, label: str, rps: float, p50: float, p99: float, bad: int, proxy: float, up: float
+) -> str:
+    proxy_text = "-" if target == "direct" else f"{proxy:.3f}"
+    return _TABLE_ROW.format(
+        target, label, f"{rps:.1f}", f"{p50:.2f}", f"{p99:.2f}", bad, proxy_text, f"{up:.3f}"
+    )
+
+
+@dataclass(frozen=True)
+class Medians:
+    rps: float
+    p50: float
+    p99: float
+    proxy_cpu_ms: float
+    upstream_cpu_ms: float
+
+
+def print_table(runs: list[Measured], targets: tuple[str, ...]) -> dict[str, Medians]:
+    """One row per run and the medians per target, with CPU per call; return the medians."""
+    print(_TABLE_ROW.format(*_TABLE_HEAD))
+    for m in runs:
+        r = m.result
+        print(
+            _table_row(
+                m.target,
+                str(m.round),
+                r.requests_per_second,
+                r.p50_ms,
+                r.p99_ms,
+                r.non_200,
+                m.proxy_cpu_ms,
+                m.upstream_cpu_ms,
+            )
+        )
+    medians: dict[str, Medians] = {}
+    for target in targets:
+        mine = [m for m in runs if m.target == target]
+        medians[target] = x = Medians(
+            statistics.median(m.result.requests_per_second for m in mine),
+            statistics.median(m.result.p50_ms for m in mine),
+            statistics.median(m.result.p99_ms for m in mine),
+            statistics.median(m.proxy_cpu_ms for m in mine),
+            statistics.median(m.upstream_cpu_ms for m in mine),
+        )
+        bad = sum(m.result.non_200 for m in mine)
+        print(
+            _table_row(
+                target, "median", x.rps, x.p50, x.p99, bad, x.proxy_cpu_ms, x.upstream_cpu_ms
+            )
+        )
+    return medians
+
+
+def completeness(runs: list[Measured], sizes: dict[str, int], requests: int) -> bool:
+    """Warn about every run that fell short; True when each request answered 200 with a
+    body the size of a correct echo and each one reached the upstream."""
+    short = [
+        m
+        for m in runs
+        if m.result.non_200
+        or m.upstream_calls != requests
+        or m.result.total_bytes != requests * sizes[m.target]
+    ]
+    for m in short:
+        r = m.result
+        print(
+            f"WARNING: {m.target} round {m.round}: {r.non_200} non-200 {r.statuses}, "
+            f"{r.errors} without answer; {r.total_bytes} body bytes, a correct run has "
+            f"{requests * sizes[m.target]}; upstream answered {m.upstream_calls} of {requests}"
+        )
+    if not short:
+        print(
+            f"every run: {requests} x HTTP 200 with bodies the size of a correct echo, and "
+            f"the upstream answered {requests} tools/call"
+        )
+    return not short

@@ -7,7 +7,6 @@ PostgreSQL tests get a schema of their own per test, so runs never collide.
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -17,12 +16,18 @@ from urllib.parse import quote
 
 import psycopg2
 import pytest
-from aiohttp import web
+from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.settings import Settings
+from tests.upstreams.processes import free_port as free_port
 
-pytest_plugins = ["tests.upstreams.fixtures", "tests.support.gunicorn_process"]
+pytest_plugins = [
+    "tests.upstreams.fixtures",
+    "tests.support.gunicorn_process",
+    "tests.support.npm",
+    "tests.tracing.receivers",
+]
 
 POSTGRES_URL = os.environ.get(
     "GATEWAY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -37,12 +42,6 @@ def unavailable(what: str, why: object) -> None:
     if IN_CI:
         pytest.fail(f"{message} (CI=true requires it)", pytrace=False)
     pytest.skip(message)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def with_search_path(url: str, schema: str) -> str:
@@ -70,9 +69,29 @@ def fresh_schema(postgres_base_url: str) -> Iterator[str]:
     try:
         yield with_search_path(postgres_base_url, schema)
     finally:
-        with conn.cursor() as cur:
-            cur.execute(f"DROP SCHEMA {schema} CASCADE")
+        drop_schema(conn, schema)
         conn.close()
+
+
+def drop_schema(conn: Any, schema: str) -> None:
+    """Drop the schema; a connection a test left inside a transaction on one of its tables
+    (its event loop no longer runs to end it) is ended first, rather than waited on forever."""
+    with conn.cursor() as cur:
+        cur.execute("SET lock_timeout = '5s'")
+        try:
+            cur.execute(f"DROP SCHEMA {schema} CASCADE")
+            return
+        except psycopg2.errors.LockNotAvailable:
+            pass
+        cur.execute(
+            "SELECT pg_terminate_backend(l.pid) FROM pg_locks l"
+            " JOIN pg_class c ON c.oid = l.relation"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = %s AND l.pid <> pg_backend_pid()",
+            (schema,),
+        )
+        cur.execute("SET lock_timeout = 0")
+        cur.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 @pytest.fixture
@@ -122,23 +141,31 @@ async def unused_port() -> AsyncIterator[int]:
 
 TEST_SECRET = "test-secret-with-enough-entropy-0123456789abcdef"
 RUN_MINUTES = 24 * 60
-"""The life of a token made at import time: longer than any run of the suite."""
+"""The life of a test token: longer than any run of the suite, so one made at import time
+does not expire before the tests that use it run."""
 
 
-def make_token(subject: str = "tester", scopes: tuple[str, ...] = (), minutes: float = 5) -> str:
-    from gateway_plugins.auth_jwt import create_token
+def make_token(
+    subject: str = "tester", scopes: tuple[str, ...] = (), minutes: float = RUN_MINUTES
+) -> str:
+    from gateway_plugins.jwt_tokens import create_token
 
     return create_token(TEST_SECRET, subject, list(scopes), minutes)
 
 
+def bearer(token: str) -> dict[str, str]:
+    """The headers that present `token`."""
+    return {"Authorization": f"Bearer {token}"}
+
+
 @pytest.fixture
 def user_headers() -> dict[str, str]:
-    return {"Authorization": f"Bearer {make_token('user')}"}
+    return bearer(make_token("user"))
 
 
 @pytest.fixture
 def admin_headers() -> dict[str, str]:
-    return {"Authorization": f"Bearer {make_token('root', ('admin',))}"}
+    return bearer(make_token("root", ("admin",)))
 
 
 @pytest.fixture
@@ -196,3 +223,10 @@ async def rpc(
     response = await client.post("/rpc", json=message, headers=headers)
     body: dict[str, Any] = await response.json()
     return body
+
+
+async def error_message(response: ClientResponse, status: int) -> str:
+    """The message of a JSON error answer, which must have `status`."""
+    assert response.status == status, await response.text()
+    message: str = (await response.json())["error"]["message"]
+    return message

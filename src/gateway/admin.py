@@ -7,6 +7,7 @@ store's and the upstream service's errors; `admin_route` turns them into JSON an
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -14,8 +15,11 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway import upstream_oauth
 from gateway.access import admin
 from gateway.catalogue import prompt_listing, resource_listing, template_listing
+from gateway.contracts import BackendError, Supervised
+from gateway.curation import CURATED_FIELDS, curation_changes, curation_view
 from gateway.keys import LEADER_USE, REGISTRY, STORE, UPSTREAMS
 from gateway.leader import read_health
 from gateway.middlewares import error_response
@@ -26,10 +30,16 @@ from gateway.store import (
     ResourceRecord,
     ResourceTemplateRecord,
     StoreError,
+    ToolOverride,
     ToolRecord,
+    Unstorable,
     UpstreamRecord,
 )
-from gateway.upstreams import DiscoveryFailed, InvalidUpstream
+from gateway.upstream_validation import InvalidUpstream
+from gateway.upstreams import DiscoveryFailed
+
+STATUS_TIMEOUT = 5.0
+"""How long `GET /upstreams/{name}` waits for a supervised backend's status."""
 
 
 def respond(data: Any, status: int = 200) -> web.Response:
@@ -53,18 +63,36 @@ def upstream_view(record: UpstreamRecord, tools: int | None = None) -> dict[str,
         "transport": record.transport,
         "url": record.url,
         "prefix": record.prefix,
-        "headers": sorted(record.headers),
+        "headers": sorted(h for h in record.headers if h != upstream_oauth.SECRET_KEY),
         "session": record.session,
+        "options": {key: _option_view(value) for key, value in record.options.items()},
+        "notes": record.notes,
         "builtin": record.builtin,
         "created_at": record.created_at,
         "updated_at": record.updated_at,
     }
+    oauth = view["options"].get(upstream_oauth.FIELD)
+    if upstream_oauth.SECRET_KEY in record.headers and isinstance(oauth, dict):
+        view["options"][upstream_oauth.FIELD] = {
+            **oauth,
+            "client_secret": "(encrypted, not shown)",
+        }
     if tools is not None:
         view["tools"] = tools
     return view
 
 
-def tool_view(record: ToolRecord) -> dict[str, Any]:
+OPTION_SHOWN_BYTES = 4096
+"""A larger option (an inline OpenAPI document, say) shows only as its size in listings."""
+
+
+def _option_view(value: Any) -> Any:
+    size = len(orjson.dumps(value))
+    return value if size <= OPTION_SHOWN_BYTES else f"({size} bytes, not shown)"
+
+
+def tool_view(record: ToolRecord, override: ToolOverride | None = None) -> dict[str, Any]:
+    """The upstream's values of a tool, its operator settings and its curation."""
     return {
         "name": record.name,
         "upstream": record.upstream,
@@ -77,6 +105,7 @@ def tool_view(record: ToolRecord) -> dict[str, Any]:
         "enabled": record.enabled,
         "cache_ttl": record.cache_ttl,
         "rate_limit": record.rate_limit,
+        **curation_view(record, override),
     }
 
 
@@ -89,7 +118,7 @@ def store_failure(exc: Exception) -> web.Response:
         return error_response(404, str(exc))
     if isinstance(exc, Conflict):
         return error_response(409, str(exc))
-    if isinstance(exc, (InvalidUpstream, Invalid)):
+    if isinstance(exc, (InvalidUpstream, Invalid, Unstorable)):
         return error_response(422, str(exc))
     if isinstance(exc, DiscoveryFailed):
         return error_response(502, f"could not discover the upstream's tools: {exc}")
@@ -154,7 +183,18 @@ async def get_upstream(request: web.Request) -> web.Response:
         raise NotFound(f"upstream '{name}' does not exist")
     view = upstream_view(record, _tool_counts(request).get(name, 0))
     view["health"] = await read_health(request.app[LEADER_USE], name)
+    backend = request.app[REGISTRY].backends.get(name)
+    if isinstance(backend, Supervised):
+        view["status"] = await _status(backend)
     return respond(view)
+
+
+async def _status(backend: Supervised) -> dict[str, Any]:
+    try:
+        async with asyncio.timeout(STATUS_TIMEOUT):
+            return await backend.status()
+    except (TimeoutError, BackendError) as exc:
+        return {"state": "unknown", "error": str(exc) or "no answer in time"}
 
 
 @admin_route
@@ -178,46 +218,86 @@ async def refresh_upstream(request: web.Request) -> web.Response:
 
 @admin_route
 async def list_tools(request: web.Request) -> web.Response:
-    records = await request.app[STORE].list_tools()
-    return respond({"tools": [tool_view(r) for r in sorted(records, key=lambda r: r.name)]})
+    store = request.app[STORE]
+    records = await store.list_tools()
+    curated = {o.name: o for o in await store.list_tool_overrides()}
+    return respond(
+        {
+            "tools": [
+                tool_view(r, curated.get(r.name)) for r in sorted(records, key=lambda r: r.name)
+            ]
+        }
+    )
+
+
+def _tool_name(request: web.Request) -> str:
+    """The gateway name of the tool the path names, by gateway name or by alias."""
+    name = request.match_info["name"]
+    tool = request.app[REGISTRY].catalogue.everything.tools.get(name)
+    return tool.record.name if tool is not None else name
 
 
 @admin_route
 async def get_tool(request: web.Request) -> web.Response:
-    name = request.match_info["name"]
-    record = await request.app[STORE].get_tool(name)
+    name = _tool_name(request)
+    store = request.app[STORE]
+    record = await store.get_tool(name)
     if record is None:
         raise NotFound(f"tool '{name}' does not exist")
-    return respond(tool_view(record))
+    return respond(tool_view(record, await store.get_tool_override(name)))
 
 
-def _tool_changes(payload: dict[str, Any]) -> dict[str, Any]:
-    allowed = {"enabled", "cache_ttl", "rate_limit"}
-    unknown = set(payload) - allowed
+TOOL_SETTINGS = ("enabled", "cache_ttl", "rate_limit")
+MAX_TOOL_SETTING = 2**31 - 1
+"""Largest `cache_ttl` (seconds) and `rate_limit`: the store keeps `rate_limit` in a 32-bit
+INTEGER column, and a larger number would fail there rather than be refused here."""
+
+
+def tool_settings(payload: dict[str, Any]) -> dict[str, Any]:
+    """The operator settings a PATCH body changes, checked."""
+    unknown = set(payload) - {*TOOL_SETTINGS, *CURATED_FIELDS}
     if unknown:
         raise Invalid(
             f"unknown field(s): {', '.join(sorted(unknown))}; a tool's changeable fields are "
-            "enabled, cache_ttl and rate_limit"
+            f"{', '.join(TOOL_SETTINGS + CURATED_FIELDS)}"
         )
     if "enabled" in payload and not isinstance(payload["enabled"], bool):
         raise Invalid("'enabled' must be true or false")
     ttl = payload.get("cache_ttl")
-    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl <= 0):
-        raise Invalid("'cache_ttl' must be a positive number of seconds, or null")
+    if ttl is not None and (
+        isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl <= MAX_TOOL_SETTING
+    ):
+        raise Invalid(
+            f"'cache_ttl' must be a positive number of seconds up to {MAX_TOOL_SETTING}, or null"
+        )
     limit = payload.get("rate_limit")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise Invalid("'rate_limit' must be a positive integer (calls per minute), or null")
+    if limit is not None and (
+        isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_TOOL_SETTING
+    ):
+        raise Invalid(
+            f"'rate_limit' must be a positive integer up to {MAX_TOOL_SETTING} (calls per "
+            "minute), or null"
+        )
     if not payload:
-        raise Invalid("nothing to change; send enabled, cache_ttl or rate_limit")
-    return payload
+        raise Invalid(f"nothing to change; send {', '.join(TOOL_SETTINGS + CURATED_FIELDS)}")
+    return {key: value for key, value in payload.items() if key in TOOL_SETTINGS}
 
 
 @admin_route
 async def patch_tool(request: web.Request) -> web.Response:
-    changes = _tool_changes(await json_body(request))
-    record = await request.app[STORE].update_tool(request.match_info["name"], changes)
+    payload = await json_body(request)
+    settings = tool_settings(payload)
+    try:
+        curation = curation_changes(payload)
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
+    name = _tool_name(request)
+    store = request.app[STORE]
+    if curation:  # first: it may conflict, and then nothing is changed
+        await store.curate_tool(name, curation)
+    record = await store.update_tool(name, settings)
     await request.app[REGISTRY].changed()
-    return respond(tool_view(record))
+    return respond(tool_view(record, await store.get_tool_override(name)))
 
 
 def resource_view(record: ResourceRecord) -> dict[str, Any]:

@@ -3,9 +3,10 @@
 Every long-lived part is built here, by the `cleanup_ctx` entries of `RESOURCES`, in the
 order they are listed: store, cache (and what lives in it), this worker's membership of the
 cluster (which writes wait on), authenticator, hub, registry (with the backends), per-client
-upstream sessions, upstream management (with the notifier and the leader's jobs), the era
-bridge (2026 calls that outlive their request), and the dispatcher. Each is handed what it
-needs; teardown runs in reverse.
+upstream sessions, upstream management (with the notifier and the leader's jobs), the
+configuration file (`GATEWAY_CONFIG`, applied once), the era bridge (2026 calls that outlive
+their request), the interceptors, and the dispatcher. Each is handed what it needs; teardown
+runs in reverse.
 """
 
 from __future__ import annotations
@@ -17,11 +18,24 @@ from collections.abc import AsyncIterator, Callable
 import structlog
 from aiohttp import web
 
-from gateway import access, admin, health, hosts, jobs, metrics, rpc, servers
-from gateway.authsecret import jwt_secret, new_secret
+from gateway import (
+    access,
+    admin,
+    expectations,
+    health,
+    heap,
+    hosts,
+    jobs,
+    metrics,
+    roles_api,
+    rpc,
+    servers,
+)
+from gateway.authsecret import jwt_secret
 from gateway.cacheuse import CacheUse
+from gateway.config.startup import config_ctx
 from gateway.consistency import Consistency
-from gateway.contracts import Principal
+from gateway.contracts import AuthError, Challenging, Principal
 from gateway.keyfile import secrets_dir
 from gateway.keys import (
     AUTHENTICATOR,
@@ -31,6 +45,7 @@ from gateway.keys import (
     DISPATCHER,
     EVENTS,
     HUB,
+    INTERCEPTORS,
     LEADER,
     LEADER_USE,
     LIMITS,
@@ -38,11 +53,13 @@ from gateway.keys import (
     PLUGINS,
     REGISTRY,
     RESULTS,
+    ROLES,
     SESSIONS,
     SETTINGS,
     STORE,
     STREAM_QUOTA,
     TASKS,
+    TRACING,
     UPSTREAM_SESSIONS,
     UPSTREAMS,
 )
@@ -55,9 +72,10 @@ from gateway.mcp.bridge import Bridge
 from gateway.mcp.dispatch import Dispatcher
 from gateway.mcp.hub import Hub
 from gateway.mcp.inflight import InFlight
+from gateway.mcp.interception import Interceptors
 from gateway.mcp.methods import Methods
 from gateway.mcp.notifications import Notifier
-from gateway.mcp.request_state import SECRET_NAME, Sealer
+from gateway.mcp.request_state import KEY_PURPOSE, Sealer
 from gateway.mcp.stream_quota import StreamQuota
 from gateway.mcp.streams import EventLog
 from gateway.mcp.upstream_calls import UpstreamCalls
@@ -65,10 +83,14 @@ from gateway.middlewares import front_door
 from gateway.plugins import Plugins
 from gateway.registry import Registry
 from gateway.results import ResultCache
+from gateway.role_book import RoleBook
 from gateway.sessions import SessionStore
 from gateway.settings import Settings, SettingsError, load_settings
 from gateway.store import StoreError, open_store
 from gateway.tasks import BackgroundTasks
+from gateway.tracing import wanted as tracing_wanted
+from gateway.tracing_setup import server_spans, span_ids_in_logs, tracing_ctx
+from gateway.ui import routes as ui_routes
 from gateway.upstream_sessions import UpstreamSessions
 from gateway.upstreams import UpstreamService
 
@@ -147,6 +169,16 @@ async def _auth_ctx(app: web.Application) -> AsyncIterator[None]:
     await authenticator.close()
 
 
+async def _roles_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The roles in force, reloaded with the catalogue (see `_registry_ctx`), and what
+    they grant on admin routes."""
+    roles = RoleBook(app[STORE], app[SETTINGS])
+    await roles.start()
+    app[ROLES] = roles
+    app[access.ADMINISTERS] = roles.administers
+    yield
+
+
 async def _hub_ctx(app: web.Application) -> AsyncIterator[None]:
     """Where messages for clients meet the streams that carry them, across workers."""
     hub = Hub(app[CACHE], app[SESSIONS], app[CONSISTENCY])
@@ -154,7 +186,7 @@ async def _hub_ctx(app: web.Application) -> AsyncIterator[None]:
     app[HUB] = hub
     settings = app[SETTINGS]
     app[STREAM_QUOTA] = StreamQuota(
-        settings.max_streams_per_session, settings.max_streams_per_subject
+        settings.max_streams_per_session, settings.max_streams_per_subject, settings.max_streams
     )
     yield
     await hub.close()
@@ -168,7 +200,7 @@ async def _registry_ctx(app: web.Application) -> AsyncIterator[None]:
         app[PLUGINS],
         app[STORE],
         app[CACHE],
-        on_change=app[HUB].catalogue_changed,
+        on_change=app[ROLES].following(app[HUB].catalogue_changed),
         consistency=app[CONSISTENCY],
     )
     await registry.start()
@@ -197,7 +229,7 @@ async def _upstreams_ctx(app: web.Application) -> AsyncIterator[None]:
     upstreams = UpstreamService(settings, app[PLUGINS], app[STORE], registry)
     await upstreams.sync_local_backends()
     app[UPSTREAMS] = upstreams
-    notifier = Notifier(app[HUB], registry.notes, upstreams.refresh)
+    notifier = Notifier(app[HUB], registry.notes, upstreams.refresh, app[LEADER_USE])
     await notifier.start()
     app[NOTIFIER] = notifier
     election = LeaderElection(app[LEADER_USE], settings.leader_ttl)
@@ -213,14 +245,22 @@ async def _bridge_ctx(app: web.Application) -> AsyncIterator[None]:
     """The 2026 calls that outlive their request while the client answers the upstream,
     and the key, shared by every instance, that seals their `requestState`."""
     settings = app[SETTINGS]
-    secret = await app[STORE].get_or_create_secret(SECRET_NAME, new_secret)
+    key = app[STORE].derived_key(KEY_PURPOSE)
     use = CacheUse(app[CACHE], settings.cache_type, "bridge", settings.cache_timeout)
-    bridge = Bridge(
-        app[HUB], use, Sealer(secret), settings.tool_timeout, settings.bridged_calls_max
-    )
+    bridge = Bridge(app[HUB], use, Sealer(key), settings.tool_timeout, settings.bridged_calls_max)
     app[BRIDGE] = bridge
     yield
     await bridge.close()
+
+
+async def _interceptors_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Every installed interceptor, started once; the chains `INTERCEPTORS` and the virtual
+    servers choose are resolved from them."""
+    interceptors = Interceptors(app[PLUGINS].interceptors.items, app[SETTINGS])
+    await interceptors.start()
+    app[INTERCEPTORS] = interceptors
+    yield
+    await interceptors.close()
 
 
 async def _dispatch_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -236,8 +276,10 @@ async def _dispatch_ctx(app: web.Application) -> AsyncIterator[None]:
         asks,
         app[UPSTREAM_SESSIONS],
         app[BRIDGE],
+        app[INTERCEPTORS],
+        app.get(TRACING),
     )
-    methods = Methods(app[REGISTRY], app[SESSIONS], calls)
+    methods = Methods(app[REGISTRY], app[SESSIONS], calls, app[HUB].session_changed)
     app[DISPATCHER] = Dispatcher(
         methods,
         app[LIMITS],
@@ -245,7 +287,12 @@ async def _dispatch_ctx(app: web.Application) -> AsyncIterator[None]:
         app[HUB],
         asks,
         app[BRIDGE],
-        InFlight(settings.max_inflight_per_session, settings.max_inflight_per_subject),
+        InFlight(
+            settings.max_inflight_per_session,
+            settings.max_inflight_per_subject,
+            settings.max_inflight,
+        ),
+        app.get(TRACING),
     )
     tasks = BackgroundTasks()
     app[TASKS] = tasks
@@ -254,15 +301,19 @@ async def _dispatch_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 RESOURCES: tuple[Ctx, ...] = (
+    tracing_ctx,
     _store_ctx,
     _cache_ctx,
     _consistency_ctx,
     _auth_ctx,
+    _roles_ctx,
     _hub_ctx,
     _registry_ctx,
     _upstream_sessions_ctx,
     _upstreams_ctx,
+    config_ctx,
     _bridge_ctx,
+    _interceptors_ctx,
     _dispatch_ctx,
 )
 """Every long-lived part, in the order it is built; teardown runs in reverse."""
@@ -270,6 +321,13 @@ RESOURCES: tuple[Ctx, ...] = (
 
 async def _authenticate(request: web.Request) -> Principal:
     return await request.app[AUTHENTICATOR].authenticate(request)
+
+
+def _challenge(request: web.Request, error: AuthError) -> str | None:
+    authenticator = request.app.get(AUTHENTICATOR)
+    if isinstance(authenticator, Challenging):
+        return authenticator.challenge(request, error)
+    return None
 
 
 async def _end_streams(app: web.Application) -> None:
@@ -286,11 +344,16 @@ def build_app(
         # A client that hangs up cancels its request: upstream calls stop, streams close.
         handler_args={"handler_cancellation": True},
         middlewares=[
+            *([server_spans()] if tracing_wanted(settings) else []),
             front_door(
                 access.gatekeeper(
-                    _authenticate if settings.auth_required else None, hosts.screen(settings)
-                )
+                    _authenticate if settings.auth_required else None,
+                    hosts.screen(settings),
+                    _challenge,
+                ),
+                access_log=settings.access_log == "json",
             ),
+            *([span_ids_in_logs()] if tracing_wanted(settings) else []),
         ],
     )
     app[SETTINGS] = settings
@@ -303,8 +366,13 @@ def build_app(
     health.install(app)
     admin.install(app)
     servers.install(app)
+    roles_api.install(app)
     metrics.install(app)
+    if settings.admin_ui:
+        ui_routes.install(app)
     plugins.configure_app(app, settings)
+    # Every route, the plugins' included: an `Expect` other than 100-continue is a JSON 417.
+    expectations.install(app)
     return app
 
 
@@ -325,6 +393,7 @@ async def create_app(settings: Settings | None = None) -> web.Application:
         sys.exit(3)
     app = build_app(settings, plugins, guard=_exit_on_startup_error)
     app.on_startup.append(_log_started)
+    heap.install(app, settings)
     return app
 
 

@@ -11,22 +11,17 @@ What degrades when the cache is down (documented in the README):
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable
 from typing import TypeVar
 
 import structlog
-from prometheus_client import Counter
 
 from gateway.contracts import Cache
+from gateway.metrics import CACHE_OPERATION_SECONDS, CACHE_OPERATIONS
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
-
-CACHE_OPERATIONS = Counter(
-    "gateway_cache_operations_total",
-    "Cache operations by cache type, use and outcome (hit, miss, write, error).",
-    ["cache", "use", "outcome"],
-)
 
 
 class CacheUnavailable(Exception):
@@ -43,12 +38,13 @@ class CacheUse:
         self.timeout = timeout
 
     def count(self, outcome: str) -> None:
-        CACHE_OPERATIONS.labels(self.cache_type, self.use, outcome).inc()
+        CACHE_OPERATIONS(self.cache_type, self.use, outcome).inc()
 
     async def run(self, operation: Awaitable[T]) -> T:
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(self.timeout):
-                return await operation
+                done = await operation
         except Exception as exc:
             self.count("error")
             log.warning(
@@ -58,3 +54,5 @@ class CacheUse:
                 error=str(exc) or type(exc).__name__,
             )
             raise CacheUnavailable(str(exc)) from None
+        CACHE_OPERATION_SECONDS(self.cache_type, self.use).observe(time.perf_counter() - started)
+        return done

@@ -7,15 +7,16 @@ cursor pagination is stable across workers that hold the same catalogue version.
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import orjson
+import structlog
 
-from gateway.contracts import PromptDef, ResourceDef, ResourceTemplateDef, ToolDef
+from gateway.contracts import EXTRA, Definition, mcp_key, modelled_keys
 from gateway.schemas import Check, lazy_schema
 from gateway.store import (
     CatalogueData,
@@ -23,9 +24,13 @@ from gateway.store import (
     ResourceRecord,
     ResourceTemplateRecord,
     ServerRecord,
+    ToolOverride,
     ToolRecord,
     UpstreamRecord,
 )
+from gateway.toolsearch import META_TOOLS, Entry, ToolIndex
+
+log = structlog.get_logger(__name__)
 
 JSON = dict[str, Any]
 
@@ -35,7 +40,13 @@ class Tool:
     record: ToolRecord
     check: Check
     listing: JSON
-    """The MCP `Tool` object shown by `tools/list`."""
+    """The MCP `Tool` object shown by `tools/list`: the curated view."""
+    tags: tuple[str, ...] = ()
+
+    @property
+    def shown(self) -> str:
+        """The name agents see: the curated alias, else the gateway name."""
+        return str(self.listing["name"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,29 +59,37 @@ class Template:
         return self.record.definition.uri_template
 
 
-@functools.cache
-def _camel(name: str) -> str:
-    """The MCP key of a definition's field: `mime_type` is `mimeType`."""
-    head, *rest = name.split("_")
-    return head + "".join(part.title() for part in rest)
-
-
-def mcp_object(
-    definition: ToolDef | ResourceDef | ResourceTemplateDef | PromptDef, **gateway: Any
-) -> JSON:
+def mcp_object(definition: Definition, **gateway: Any) -> JSON:
     """The MCP object of a backend's definition, with the fields the gateway sets itself
-    (a tool's or a prompt's `name`) replaced; empty fields are left out."""
-    listing: JSON = {}
+    (a tool's or a prompt's `name`) replaced; empty fields are left out. The upstream's
+    extra fields come first, without any key the gateway models, so that nothing in them
+    stands for a field of the gateway's."""
+    modelled = modelled_keys(type(definition))
+    extra = definition.extra or {}
+    listing: JSON = {key: value for key, value in extra.items() if key not in modelled}
     for spec in fields(definition):
+        if spec.name == EXTRA:
+            continue
         value = gateway.get(spec.name, getattr(definition, spec.name))
         if value is None or value == "" or value == ():
             continue
-        listing[_camel(spec.name)] = list(value) if isinstance(value, tuple) else value
+        listing[mcp_key(spec.name)] = list(value) if isinstance(value, tuple) else value
     return listing
 
 
-def tool_listing(record: ToolRecord) -> JSON:
-    return mcp_object(record.definition, name=record.name)
+def tool_listing(record: ToolRecord, override: ToolOverride | None = None) -> JSON:
+    """What agents see of a tool: the upstream's definition under the gateway name, with the
+    operator's curation laid over it."""
+    if override is None:
+        return mcp_object(record.definition, name=record.name)
+    curated: JSON = {"name": override.alias or record.name}
+    if override.title is not None:
+        curated["title"] = override.title
+    if override.description is not None:
+        curated["description"] = override.description
+    if override.annotations is not None:
+        curated["annotations"] = {**(record.definition.annotations or {}), **override.annotations}
+    return mcp_object(record.definition, **curated)
 
 
 def resource_listing(record: ResourceRecord) -> JSON:
@@ -116,6 +135,8 @@ class View:
     template_list: list[JSON]
     prompts: dict[str, PromptRecord]
     prompt_list: list[JSON]
+    search: ToolIndex | None = None
+    """Set in search mode, where `tool_list` shows only the search tools."""
 
     def resource_owner(self, uri: str) -> str | None:
         """The upstream that serves `uri`: an exact resource first, then a template."""
@@ -138,10 +159,13 @@ def _view(
     keep: Callable[[str, tuple[str, ...]], bool] = (
         (lambda key, bundle: True) if server is None else (lambda key, bundle: key in bundle)
     )
-    bundle_tools = server.tools if server else ()
     bundle_resources = server.resources if server else ()
     bundle_prompts = server.prompts if server else ()
-    tool_map = {t.record.name: t for t in tools if keep(t.record.name, bundle_tools)}
+    members = sorted((t for t in tools if _member(server, t)), key=lambda t: t.shown)
+    # Callable by alias and by gateway name; the store keeps the two from colliding.
+    tool_map = {t.record.name: t for t in members} | {t.shown: t for t in members}
+    listed = [t for t in members if t.record.enabled]
+    search = server is not None and server.tool_mode == "search"
     resource_map = {
         r.definition.uri: r for r in resources if keep(r.definition.uri, bundle_resources)
     }
@@ -150,7 +174,7 @@ def _view(
     return View(
         server=server,
         tools=tool_map,
-        tool_list=[tool_map[n].listing for n in sorted(tool_map) if tool_map[n].record.enabled],
+        tool_list=META_TOOLS if search else [t.listing for t in listed],
         resources=resource_map,
         resource_list=[
             resource_listing(resource_map[u])
@@ -167,7 +191,50 @@ def _view(
         prompt_list=[
             prompt_listing(prompt_map[n]) for n in sorted(prompt_map) if prompt_map[n].enabled
         ],
+        search=ToolIndex([_entry(t) for t in listed]) if search else None,
     )
+
+
+def _member(server: ServerRecord | None, tool: Tool) -> bool:
+    """Whether a virtual server has the tool: named (by gateway name or alias) or tagged."""
+    if server is None:
+        return True
+    return (
+        tool.record.name in server.tools
+        or tool.shown in server.tools
+        or not set(tool.tags).isdisjoint(server.tags)
+    )
+
+
+def _entry(tool: Tool) -> Entry:
+    listing = tool.listing
+    return Entry(
+        name=tool.shown,
+        title=str(listing.get("title") or (listing.get("annotations") or {}).get("title") or ""),
+        description=str(listing.get("description") or ""),
+        tags=tool.tags,
+    )
+
+
+def _curations(data: CatalogueData) -> dict[str, ToolOverride]:
+    """Each tool's curation; an alias a tool registered later now has as its name is
+    dropped (the tool's own name wins), with a warning."""
+    names = {t.name for t in data.tools}
+    curations: dict[str, ToolOverride] = {}
+    for override in data.overrides:
+        if (
+            override.alias is not None
+            and override.alias != override.name
+            and override.alias in names
+        ):
+            log.warning(
+                "tool alias ignored: another tool has that name",
+                tool=override.name,
+                alias=override.alias,
+            )
+            override = dataclasses.replace(override, alias=None)
+        curations[override.name] = override
+    return curations
 
 
 def changed_kinds(before: View | None, after: View | None) -> list[str]:
@@ -199,6 +266,10 @@ class Catalogue:
     def view(self, server: str | None) -> View | None:
         return self.everything if server is None else self.servers.get(server)
 
+    def search_indexes(self) -> list[ToolIndex]:
+        """The tool search index of each search-mode virtual server."""
+        return [v.search for v in self.servers.values() if v.search is not None]
+
     @classmethod
     def empty(cls) -> Catalogue:
         return cls.build(CatalogueData(version=-1, upstreams=[], tools=[]), {})
@@ -209,12 +280,19 @@ class Catalogue:
         replaced in place by the ones this snapshot uses."""
         fresh: dict[tuple[str, bytes], Check] = {}
         tools: dict[str, Tool] = {}
+        curations = _curations(data)
         for record in data.tools:
             schema = record.definition.input_schema
             key = (record.name, orjson.dumps(schema, option=orjson.OPT_SORT_KEYS))
             check = checks.get(key) or lazy_schema(record.name, schema)
             fresh[key] = check
-            tools[record.name] = Tool(record=record, check=check, listing=tool_listing(record))
+            override = curations.get(record.name)
+            tools[record.name] = Tool(
+                record=record,
+                check=check,
+                listing=tool_listing(record, override),
+                tags=override.tags if override else (),
+            )
         checks.clear()
         checks.update(fresh)
         templates = [

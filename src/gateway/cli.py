@@ -1,5 +1,5 @@
-"""The `aio-mcp-gateway` command: `serve` for development, `check`, `demo-upstream`, and
-the commands that plugins add (the jwt plugin's `token create`)."""
+"""The `aio-mcp-gateway` command: `serve` for development, `check`, `demo-upstream`, `bridge`
+(stdio to a gateway), and the commands that plugins add (the jwt plugin's `token create`)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 from gateway import __version__
 from gateway.plugins import Plugins
 from gateway.settings import Settings, SettingsError, load_settings
+from gateway.stdiobridge import command as stdio_bridge
 
 Run = Callable[[argparse.Namespace, Settings], int | Coroutine[Any, Any, int]]
 """A command: gets the parsed arguments and the settings, returns the exit status."""
@@ -56,7 +57,9 @@ def _check(plugins: Plugins, settings: Settings) -> int:
     plugins.check(settings)
     print(
         f"settings ok; caches: {', '.join(plugins.caches.names())}; "
-        f"auth: {', '.join(plugins.auth.names())}; backends: {', '.join(plugins.backends.names())}"
+        f"auth: {', '.join(plugins.auth.names())}; "
+        f"backends: {', '.join(plugins.backends.names())}; "
+        f"interceptors: {', '.join(plugins.interceptors.names()) or 'none'}"
     )
     return 0
 
@@ -104,6 +107,15 @@ def parser(plugins: Plugins | None = None) -> argparse.ArgumentParser:
     demo.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
     demo.add_argument("--port", type=int, default=9000, help="port (default: 9000)")
     demo.set_defaults(run=_demo_upstream)
+
+    from gateway.config.commands import COMMAND as config  # it builds on CommandSpec
+
+    _add_command(sub, config)
+    bridge = sub.add_parser(
+        "bridge", help="serve MCP on stdio, forwarding everything to a gateway over HTTP"
+    )
+    stdio_bridge.add_arguments(bridge)
+    bridge.set_defaults(run=stdio_bridge.run)
 
     for spec in plugins.commands.items.values() if plugins is not None else ():
         _add_command(sub, spec)

@@ -6,8 +6,9 @@ they build, each with `start()` and `close()` run from one `cleanup_ctx`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -32,6 +33,13 @@ class ToolDef:
     title: str | None = None
     output_schema: JSON | None = None
     annotations: JSON | None = None
+    icons: tuple[JSON, ...] = ()
+    """MCP `Icon` objects (`src`, `mimeType`, `sizes`, `theme`), as the upstream lists them."""
+    meta: JSON | None = None
+    """The upstream's `_meta` object, relayed as it is."""
+    extra: JSON | None = None
+    """The upstream's other top-level fields (extensions, a newer revision's fields), relayed
+    as they are: never a key of the fields above (see `modelled_keys`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +51,13 @@ class ResourceDef:
     mime_type: str | None = None
     size: int | None = None
     annotations: JSON | None = None
+    icons: tuple[JSON, ...] = ()
+    """MCP `Icon` objects (`src`, `mimeType`, `sizes`, `theme`), as the upstream lists them."""
+    meta: JSON | None = None
+    """The upstream's `_meta` object, relayed as it is."""
+    extra: JSON | None = None
+    """The upstream's other top-level fields (extensions, a newer revision's fields), relayed
+    as they are: never a key of the fields above (see `modelled_keys`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +68,13 @@ class ResourceTemplateDef:
     title: str | None = None
     mime_type: str | None = None
     annotations: JSON | None = None
+    icons: tuple[JSON, ...] = ()
+    """MCP `Icon` objects (`src`, `mimeType`, `sizes`, `theme`), as the upstream lists them."""
+    meta: JSON | None = None
+    """The upstream's `_meta` object, relayed as it is."""
+    extra: JSON | None = None
+    """The upstream's other top-level fields (extensions, a newer revision's fields), relayed
+    as they are: never a key of the fields above (see `modelled_keys`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +83,52 @@ class PromptDef:
     description: str = ""
     title: str | None = None
     arguments: tuple[JSON, ...] = ()
-    """MCP `PromptArgument` objects: name, description, required."""
+    """MCP `PromptArgument` objects (name, title, description, required), as listed."""
+    icons: tuple[JSON, ...] = ()
+    """MCP `Icon` objects (`src`, `mimeType`, `sizes`, `theme`), as the upstream lists them."""
+    meta: JSON | None = None
+    """The upstream's `_meta` object, relayed as it is."""
+    extra: JSON | None = None
+    """The upstream's other top-level fields (extensions, a newer revision's fields), relayed
+    as they are: never a key of the fields above (see `modelled_keys`)."""
+
+
+Definition = ToolDef | ResourceDef | ResourceTemplateDef | PromptDef
+
+EXTRA = "extra"
+"""The definition field holding the fields the gateway does not model."""
+MCP_KEYS = {"meta": "_meta"}
+"""The definition fields whose MCP key is not their name in camel case."""
+REMOVED_KEYS: dict[type[Definition], frozenset[str]] = {ToolDef: frozenset({"execution"})}
+"""Keys the gateway leaves out on purpose, which are not relayed as extra fields either: a
+tool's `execution` (the gateway declares no `tasks` capability)."""
+
+
+@functools.cache
+def mcp_key(name: str) -> str:
+    """The MCP key of a definition's field: `mime_type` is `mimeType`, `meta` is `_meta`."""
+    if name in MCP_KEYS:
+        return MCP_KEYS[name]
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def _modelled(definition_type: type[Definition]) -> frozenset[str]:
+    own = {mcp_key(spec.name) for spec in fields(definition_type) if spec.name != EXTRA}
+    return frozenset(own) | REMOVED_KEYS.get(definition_type, frozenset())
+
+
+MODELLED_KEYS: dict[type[Definition], frozenset[str]] = {
+    kind: _modelled(kind) for kind in (ToolDef, ResourceDef, ResourceTemplateDef, PromptDef)
+}
+"""The MCP keys the gateway models for each kind of definition: those of its fields, and
+those it removes. `extra` never holds one, so an upstream cannot set through it what the
+gateway sets or checks (a `name`, an `inputSchema`)."""
+
+
+def modelled_keys(definition_type: type[Definition]) -> frozenset[str]:
+    """The MCP keys the gateway models for a kind of definition (see `MODELLED_KEYS`)."""
+    return MODELLED_KEYS[definition_type]
 
 
 Notify = Callable[[str, JSON], Awaitable[None]]
@@ -82,6 +149,8 @@ class UpstreamConfig:
     url: str = ""
     headers: Mapping[str, str] = field(default_factory=dict)
     prefix: str = ""
+    options: Mapping[str, Any] = field(default_factory=dict)
+    """The transport's own registration fields, as `BackendSpec.check_options` returned them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +172,12 @@ class Principal:
 
 class BackendError(Exception):
     """An upstream could not be reached, timed out, or answered with an error."""
+
+    def __init__(self, message: str = "", summary: str | None = None) -> None:
+        super().__init__(message)
+        self.summary = message if summary is None else summary
+        """The message without anything the upstream sent (its body, its words), for whom
+        must not read them: an admin registering a URL may reach a service that is not MCP."""
 
 
 class UpstreamError(BackendError):
@@ -128,10 +203,12 @@ class ClientRequestError(Exception):
 class AuthError(Exception):
     """A request failed authentication (401) or authorisation (403)."""
 
-    def __init__(self, message: str, status: int = 401) -> None:
+    def __init__(self, message: str, status: int = 401, scope: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
+        self.scope = scope
+        """For a 403: the scope (space-separated scopes) the request needed."""
 
 
 # --- contracts -----------------------------------------------------------------------------
@@ -256,7 +333,61 @@ class Authenticator(Protocol):
     async def authenticate(self, request: web.Request) -> Principal: ...
 
 
+@runtime_checkable
+class Challenging(Protocol):
+    """An authenticator that writes its own `WWW-Authenticate` challenges, such as one
+    pointing clients at the metadata that says where to get a token."""
+
+    def challenge(self, request: web.Request, error: AuthError) -> str | None:
+        """The `WWW-Authenticate` value of the 401 or 403 that `request` gets for `error`
+        (None: the default bearer challenge)."""
+        ...
+
+
+@runtime_checkable
+class DiscoveryNotes(Protocol):
+    """A backend with more to tell the admin after `list_tools` than its tools."""
+
+    def discovery_notes(self) -> JSON:
+        """Shown with the upstream (its registration answer and `GET /upstreams/{name}`),
+        e.g. `{"skipped": [...]}`; keep it small."""
+        ...
+
+
+@runtime_checkable
+class Supervised(Protocol):
+    """A backend that runs something it can report on, such as a local process."""
+
+    async def status(self) -> JSON:
+        """Shown as the upstream's `status` in `GET /upstreams/{name}`: its state, restarts,
+        last exit..."""
+        ...
+
+
+@runtime_checkable
+class ManagedTokens(Protocol):
+    """Tokens the gateway mints, lists and revokes (the `jwt` authenticator's `/tokens`),
+    set under `MANAGED_TOKENS` by the plugin that has them, so the admin UI shows them."""
+
+    async def listed(self) -> list[JSON]:
+        """Every managed token's view, as `GET /tokens` lists it (never the token)."""
+        ...
+
+    async def issue(self, body: JSON) -> JSON:
+        """Mint one from a `POST /tokens` body: its view with `token`, shown once;
+        `ValueError` with the reason when the body is refused."""
+        ...
+
+    async def revoke(self, ident: str) -> JSON | None:
+        """Revoke one by id: its view, or None when no managed token has that id."""
+        ...
+
+
 # --- what the registrar hooks receive --------------------------------------------------------
+
+OptionsCheck = Callable[[Mapping[str, Any], str, "Settings"], JSON]
+"""Checks a transport's own fields (see `BackendSpec.check_options`), given the upstream's
+`url` and the settings."""
 
 CacheFactory = Callable[["Settings", "Store"], Cache]
 AuthFactory = Callable[["Settings", str], Authenticator]
@@ -289,3 +420,15 @@ class BackendSpec:
     description: str = ""
     local: bool = False
     """In-process tools: the gateway registers one upstream for it at start-up, with no prefix."""
+    fields: frozenset[str] = frozenset()
+    """Registration fields of this transport beyond the common ones (`spec`, `command`...)."""
+    check_options: OptionsCheck | None = None
+    """Checks those fields (the ones given, merged over the stored ones on a change; called
+    with the upstream's url and the settings) and returns the options to store; raises
+    `ValueError` with a message for the admin."""
+    needs_url: bool = True
+    """False when an upstream of this transport may be registered without a `url`."""
+    secrets_field: str | None = None
+    """A field (in `fields`) whose object of string values are credentials, such as a
+    process's environment: kept encrypted at rest in place of headers (the backend reads
+    them in `UpstreamConfig.headers`), shown by name only, never given to `check_options`."""

@@ -10,7 +10,7 @@ import os
 
 from aiohttp import web
 
-from gateway import __version__
+from gateway import __version__, heap
 from gateway.access import identified, is_identified, public
 from gateway.eventloop import running_loop_name
 from gateway.keys import CACHE, LEADER, REGISTRY, SETTINGS, STORE
@@ -57,6 +57,7 @@ async def version(request: web.Request) -> web.Response:
             "store": "postgresql" if settings.is_postgres else "sqlite",
             "worker": os.getpid(),
             "event_loop": running_loop_name(),
+            "gc": heap.state(),
             "leader": request.app[LEADER].is_leader,
             "catalogue": {"version": catalogue.version, "tools": len(catalogue.tools)},
         }

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
     from gateway.cli import CommandSpec
     from gateway.contracts import AuthSpec, BackendSpec, CacheSpec
+    from gateway.interceptors import InterceptorSpec
     from gateway.plugins import Registrar
     from gateway.settings import Settings, SettingSpec
 
@@ -39,6 +40,11 @@ def gateway_register_auth(register: Registrar[AuthSpec]) -> None:
 @hookspec
 def gateway_register_backends(register: Registrar[BackendSpec]) -> None:
     """Register upstream backends, selected by an upstream's `transport`."""
+
+
+@hookspec
+def gateway_register_interceptors(register: Registrar[InterceptorSpec]) -> None:
+    """Register interceptors of calls, run when `INTERCEPTORS` or a virtual server names them."""
 
 
 @hookspec

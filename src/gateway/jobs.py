@@ -9,6 +9,7 @@ import structlog
 from gateway.cacheuse import CacheUse
 from gateway.contracts import BackendError
 from gateway.leader import LeaderElection, record_health
+from gateway.metrics import UPSTREAM_UP
 from gateway.registry import Registry
 from gateway.settings import Settings
 from gateway.upstreams import UpstreamService
@@ -37,6 +38,7 @@ async def check_upstreams(registry: Registry, use: CacheUse, settings: Settings)
             error = str(exc) or "timed out"
         if error:
             log.warning("upstream unhealthy", upstream=name, error=error)
+        UPSTREAM_UP(name).set(0 if error else 1)
         await record_health(use, name, error, settings.upstream_health_interval * 3)
 
     await asyncio.gather(*(check(name) for name in registry.catalogue.upstreams))

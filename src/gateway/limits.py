@@ -14,6 +14,7 @@ import time
 from gateway import jsonrpc
 from gateway.cacheuse import CacheUnavailable, CacheUse
 from gateway.jsonrpc import RPCError
+from gateway.metrics import RATE_LIMITED
 
 WINDOW = 60.0
 
@@ -42,6 +43,7 @@ class RateLimiter:
             return
         if count > limit:
             self.use.count("limited")
+            RATE_LIMITED(scope.partition(":")[0]).inc()
             retry_after = max(1, int((window + 1) * WINDOW - now) + 1)
             raise RateLimited(
                 f"Rate limit exceeded: {what} allows {limit} requests per minute; "

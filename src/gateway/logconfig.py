@@ -16,7 +16,10 @@ from typing import Any
 
 import orjson
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
+from gateway import content_codings
 from gateway.settings import Settings
 
 QUIET_LIBRARIES = ("aiosqlite", "aiopg", "psycopg2", "aiohttp.client", "asyncio", "redis")
@@ -45,6 +48,38 @@ def redact_secrets(
         if lowered in SECRET_FIELDS or lowered.endswith(SECRET_SUFFIXES):
             event[name] = REDACTED
     return event
+
+
+class MalformedRequests(logging.Filter):
+    """aiohttp logs a request its HTTP parser refuses (a bad header line, a header over
+    8 KiB, an unknown method) at ERROR with a traceback, though the fault is the client's
+    and the client already got its 400. Such a record becomes one INFO line with the reason.
+
+    So does the one aiohttp logs as an unhandled exception when a body the app did not read
+    (it answered 401, 404...) turns out not to be valid data of its `Content-Encoding` as
+    aiohttp reads the rest of it after the answer; a body the app reads is answered 400
+    by the front door (`middlewares`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        message = str(record.msg)
+        if isinstance(exc, HttpProcessingError) and message.startswith("Error handling request"):
+            reason = (exc.message or "").strip().splitlines()
+            record.msg = "malformed HTTP request from %s refused: %s"
+            remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            record.args = (remote, reason[0] if reason else "")
+            _quiet(record)
+        elif isinstance(exc, RequestPayloadError) and message == "Unhandled exception":
+            record.msg = "malformed HTTP request body discarded: %s"
+            record.args = (content_codings.reason(exc),)
+            _quiet(record)
+        return True
+
+
+def _quiet(record: logging.LogRecord) -> None:
+    """`record` as one INFO line, without its traceback."""
+    record.exc_info = record.exc_text = None
+    record.levelno, record.levelname = logging.INFO, "INFO"
 
 
 def _use_console(settings: Settings) -> bool:
@@ -97,8 +132,10 @@ def logging_dict(settings: Settings) -> dict[str, Any]:
                 "class": "logging.StreamHandler",
                 "formatter": "structlog",
                 "stream": "ext://sys.stderr",
+                "filters": ["malformed_requests"],
             }
         },
+        "filters": {"malformed_requests": {"()": MalformedRequests}},
         "root": {"handlers": ["default"], "level": level},
         "loggers": {
             "gunicorn.error": {"handlers": [], "level": level, "propagate": True},

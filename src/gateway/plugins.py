@@ -18,6 +18,7 @@ import pluggy
 
 from gateway import hookspecs
 from gateway.contracts import AuthSpec, BackendSpec, CacheSpec
+from gateway.interceptors import InterceptorSpec
 from gateway.settings import Settings, SettingsError, SettingSpec
 
 if TYPE_CHECKING:
@@ -99,11 +100,13 @@ class Plugins:
         self.caches: Registrar[CacheSpec] = Registrar("cache")
         self.auth: Registrar[AuthSpec] = Registrar("auth")
         self.backends: Registrar[BackendSpec] = Registrar("backend")
+        self.interceptors: Registrar[InterceptorSpec] = Registrar("interceptor")
         self.declared_settings: Registrar[SettingSpec[Any]] = Registrar("setting")
         self.commands: Registrar[CommandSpec] = Registrar("command")
         pm.hook.gateway_register_caches(register=self.caches)
         pm.hook.gateway_register_auth(register=self.auth)
         pm.hook.gateway_register_backends(register=self.backends)
+        pm.hook.gateway_register_interceptors(register=self.interceptors)
         pm.hook.gateway_register_settings(register=self.declared_settings)
         pm.hook.gateway_register_commands(register=self.commands)
 
@@ -134,6 +137,8 @@ class Plugins:
         self.cache_for(settings)
         if settings.auth_required:
             self.auth_for(settings)
+        for name in settings.interceptors:
+            self.interceptors.select("INTERCEPTORS", name)
 
     def configure_app(self, app: web.Application, settings: Settings) -> None:
         self.pm.hook.gateway_configure_app(app=app, settings=settings)

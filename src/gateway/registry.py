@@ -21,6 +21,7 @@ import structlog
 from gateway.catalogue import Catalogue, Tool
 from gateway.consistency import Consistency
 from gateway.contracts import JSON, Backend, Cache, FullBackend, UpstreamConfig
+from gateway.log_throttle import LogThrottle
 from gateway.plugins import Plugins
 from gateway.schemas import Check
 from gateway.settings import Settings
@@ -43,6 +44,7 @@ def backend_config(upstream: UpstreamRecord) -> UpstreamConfig:
         url=upstream.url,
         headers=dict(upstream.headers),
         prefix=upstream.prefix,
+        options=upstream.options,
     )
 
 
@@ -90,6 +92,7 @@ class Registry:
         """Called with (old, new) after every reload."""
         self.consistency = consistency
         self.notes: asyncio.Queue[UpstreamNote] = asyncio.Queue(NOTES_MAX)
+        self._drops = LogThrottle()
         """Notifications upstreams send on their own, for whoever acts on them."""
 
     async def start(self) -> None:
@@ -141,6 +144,8 @@ class Registry:
             data = await self.store.load_catalogue()
             await self._sync_backends(data.upstreams)
             old, self.catalogue = self.catalogue, Catalogue.build(data, self._checks)
+            for index in self.catalogue.search_indexes():
+                self._spawn(index.warm())
             log.info(
                 "catalogue loaded",
                 version=data.version,
@@ -186,7 +191,14 @@ class Registry:
         try:
             self.notes.put_nowait(UpstreamNote(upstream, method, params))
         except asyncio.QueueFull:
-            log.warning("upstream notification dropped", upstream=upstream, notification=method)
+            dropped = self._drops.count(upstream)
+            if dropped:
+                log.warning(
+                    "upstream notifications dropped: the queue is full",
+                    upstream=upstream,
+                    notification=method,
+                    dropped=dropped,
+                )
 
     async def _close_later(self, backend: Backend) -> None:
         try:

@@ -13,11 +13,38 @@ import fastjsonschema
 import jsonschema
 import structlog
 from jsonschema.exceptions import SchemaError, ValidationError, best_match
+from referencing.exceptions import Unresolvable
 
 log = structlog.get_logger(__name__)
 
 Check = Callable[[Any], str | None]
 """Returns None when the arguments are valid, else a message naming the field and why."""
+
+_REF_KEYWORDS = ("$ref", "$dynamicRef", "$recursiveRef")
+
+
+def _unchecked(tool: str, why: str) -> Check:
+    # An upstream's broken schema must not make its tool uncallable; the upstream still
+    # validates its own arguments.
+    log.warning("tool input schema is unusable; arguments not checked", tool=tool, error=why)
+    return lambda arguments: None
+
+
+def _outside_ref(schema: Any) -> str | None:
+    """A reference of `schema` to anything but a part of itself, if it has one: both
+    validators would fetch it (any URL, a local file), a request the upstream chooses."""
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for keyword in _REF_KEYWORDS:
+                ref = node.get(keyword)
+                if isinstance(ref, str) and not ref.startswith("#"):
+                    return ref
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return None
 
 
 def _describe(error: ValidationError) -> str:
@@ -29,16 +56,14 @@ def _describe(error: ValidationError) -> str:
 
 
 def compile_schema(tool: str, schema: dict[str, Any]) -> Check:
+    outside = _outside_ref(schema)
+    if outside is not None:
+        return _unchecked(tool, f"$ref {outside[:200]!r} is outside the schema")
     try:
         cls = jsonschema.validators.validator_for(schema)
         cls.check_schema(schema)
     except SchemaError as exc:
-        # An upstream's broken schema must not make its tool uncallable; the upstream
-        # still validates its own arguments.
-        log.warning(
-            "tool input schema is invalid; arguments not checked", tool=tool, error=exc.message
-        )
-        return lambda arguments: None
+        return _unchecked(tool, exc.message)
     validator = cls(schema)
     try:
         fast = fastjsonschema.compile(schema)
@@ -52,9 +77,15 @@ def compile_schema(tool: str, schema: dict[str, Any]) -> Check:
                 return None
             except fastjsonschema.JsonSchemaException:
                 pass
-        elif validator.is_valid(arguments):
+        try:
+            if fast is None and validator.is_valid(arguments):
+                return None
+            error = best_match(validator.iter_errors(arguments))
+        except Unresolvable as exc:  # a `$ref` to a part the schema does not have
+            log.warning(
+                "tool input schema is unusable; arguments not checked", tool=tool, error=str(exc)
+            )
             return None
-        error = best_match(validator.iter_errors(arguments))
         return _describe(error) if error is not None else "arguments are invalid"
 
     return check

@@ -4,16 +4,30 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 
 from gateway.admin import Invalid, admin_route, json_body, respond
-from gateway.keys import REGISTRY, STORE
-from gateway.store import NotFound, ServerRecord
+from gateway.catalogue import Catalogue
+from gateway.curation import DESCRIPTION_CHARS_MAX, TITLE_CHARS_MAX, tags
+from gateway.keys import PLUGINS, REGISTRY, STORE
+from gateway.plugins import Plugins
+from gateway.store import TOOL_MODES, NotFound, ServerRecord
 
 SERVER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_FIELDS = {"id", "name", "description", "tools", "resources", "prompts"}
+_FIELDS = {
+    "id",
+    "name",
+    "description",
+    "tools",
+    "tags",
+    "tool_mode",
+    "resources",
+    "prompts",
+    "interceptors",
+}
 
 
 def server_view(record: ServerRecord) -> dict[str, Any]:
@@ -22,19 +36,41 @@ def server_view(record: ServerRecord) -> dict[str, Any]:
         "name": record.name,
         "description": record.description,
         "tools": list(record.tools),
+        "tags": list(record.tags),
+        "tool_mode": record.tool_mode,
         "resources": list(record.resources),
         "prompts": list(record.prompts),
+        "interceptors": (None if record.interceptors is None else list(record.interceptors)),
         "endpoints": {"mcp": f"/servers/{record.id}/mcp", "sse": f"/servers/{record.id}/sse"},
         "created_at": record.created_at,
         "updated_at": record.updated_at,
     }
 
 
-def _names(payload: dict[str, Any], key: str) -> tuple[str, ...]:
+def _names(payload: Mapping[str, Any], key: str) -> tuple[str, ...]:
     value = payload.get(key, [])
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise Invalid(f"'{key}' must be a list of strings")
     return tuple(dict.fromkeys(value))
+
+
+def _interceptors(
+    plugins: Plugins, payload: Mapping[str, Any], current: ServerRecord
+) -> tuple[str, ...] | None:
+    """The server's own interceptors: a list of installed names, or null for the gateway's."""
+    if "interceptors" not in payload:
+        return current.interceptors
+    if payload["interceptors"] is None:
+        return None
+    names = _names(payload, "interceptors")
+    installed = plugins.interceptors
+    unknown = [name for name in names if name not in installed.items]
+    if unknown:
+        raise Invalid(
+            f"unknown interceptor(s): {', '.join(unknown)}; "
+            f"installed: {', '.join(installed.names()) or 'none'}"
+        )
+    return names
 
 
 def _record(
@@ -42,6 +78,16 @@ def _record(
     payload: dict[str, Any],
     current: ServerRecord | None,
 ) -> ServerRecord:
+    record = server_record(payload, current, request.app[PLUGINS])
+    check_members(record, request.app[REGISTRY].catalogue)
+    return record
+
+
+def server_record(
+    payload: Mapping[str, Any], current: ServerRecord | None, plugins: Plugins
+) -> ServerRecord:
+    """The server a POST (no `current`) or PATCH body makes, its fields checked; raise
+    `Invalid`. Its members are checked against a catalogue by `check_members`."""
     unknown = set(payload) - _FIELDS
     if unknown:
         raise Invalid(f"unknown field(s): {', '.join(sorted(unknown))}")
@@ -56,6 +102,17 @@ def _record(
     description = payload.get("description", current.description)
     if not isinstance(name, str) or not isinstance(description, str):
         raise Invalid("'name' and 'description' must be strings")
+    if len(name) > TITLE_CHARS_MAX:
+        raise Invalid(f"'name' must be at most {TITLE_CHARS_MAX} characters")
+    if len(description) > DESCRIPTION_CHARS_MAX:
+        raise Invalid(f"'description' must be at most {DESCRIPTION_CHARS_MAX} characters")
+    tool_mode = payload.get("tool_mode", current.tool_mode)
+    if tool_mode not in TOOL_MODES:
+        raise Invalid(f"'tool_mode' must be one of {', '.join(TOOL_MODES)}")
+    try:
+        tagged = tags(payload["tags"]) if "tags" in payload else current.tags
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
     record = ServerRecord(
         id=current.id,
         name=name,
@@ -63,9 +120,17 @@ def _record(
         tools=_names(payload, "tools") if "tools" in payload else current.tools,
         resources=_names(payload, "resources") if "resources" in payload else current.resources,
         prompts=_names(payload, "prompts") if "prompts" in payload else current.prompts,
+        interceptors=_interceptors(plugins, payload, current),
         created_at=current.created_at,
+        tags=tagged,
+        tool_mode=tool_mode,
     )
-    everything = request.app[REGISTRY].catalogue.everything
+    return record
+
+
+def check_members(record: ServerRecord, catalogue: Catalogue) -> None:
+    """Raise `Invalid` naming the members of `record` that `catalogue` does not hold."""
+    everything = catalogue.everything
     templates = {t.uri_template for t in everything.templates}
     missing = (
         [f"tool '{t}'" for t in record.tools if t not in everything.tools]
@@ -78,7 +143,6 @@ def _record(
     )
     if missing:
         raise Invalid(f"not in the catalogue: {', '.join(missing[:10])}")
-    return record
 
 
 @admin_route

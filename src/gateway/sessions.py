@@ -21,6 +21,7 @@ import orjson
 from gateway import jsonrpc
 from gateway.cacheuse import CacheUnavailable, CacheUse
 from gateway.jsonrpc import RPCError
+from gateway.metrics import CLIENT_SESSIONS_CREATED
 
 
 class TooManySessions(RPCError):
@@ -114,6 +115,7 @@ class SessionStore:
         if self.per_subject_max and record.owner:
             await self._count_in(record)
         await self.save(record)
+        CLIENT_SESSIONS_CREATED.inc()
         return record
 
     async def _held(self, owner: str) -> dict[str, float]:
@@ -205,6 +207,10 @@ class SessionStore:
             if len(self._local) >= self.LOCAL_MAX:
                 self._local.clear()
         self._local[record.id] = (now + min(self.LOCAL_TTL, self.ttl), record)
+
+    def drop_copy(self, session_id: str) -> None:
+        """The session changed elsewhere: read it from the cache next time."""
+        self._local.pop(session_id, None)
 
     def forget(self, session_id: str) -> None:
         """The session ended: drop this worker's copy and refuse it from now on."""

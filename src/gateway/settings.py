@@ -3,120 +3,33 @@
 The environment wins over `.env` in the working directory. Plugins declare their own
 settings (`SettingSpec`, through `gateway_register_settings`); they are read here too, in
 the same pass. Every bad value is reported, one line each naming the variable and what it
-accepts, in one `SettingsError`.
+accepts, in one `SettingsError`. Which variables the gateway reads, and how each one's
+text is checked, is the table in `gateway.setting_parsers`.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Generic, TypeVar, cast
-from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
-from gateway.jsonrpc import DEPTH_CEILING
+from gateway.roles import Role
+from gateway.setting_parsers import PARSERS, Parser, SettingsError
+
+__all__ = [
+    "ENVIRONMENT_VARIABLES",
+    "SettingSpec",
+    "Settings",
+    "SettingsError",
+    "load_settings",
+]
 
 T = TypeVar("T")
-
-
-Parser = Callable[[str, str], T]
-"""Turns (variable, raw text) into a value, or raises `SettingsError` with one line."""
-
-
-class SettingsError(ValueError):
-    """Settings the gateway cannot use: one line per problem."""
-
-    def __init__(self, *problems: str) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
-
-
-def _bool(name: str, raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in {"1", "true", "yes", "on"}:
-        return True
-    if value in {"0", "false", "no", "off"}:
-        return False
-    raise SettingsError(f"{name}={raw!r} is not a boolean; use true or false")
-
-
-def _int(name: str, raw: str, minimum: int = 0) -> int:
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not an integer") from None
-    if value < minimum:
-        raise SettingsError(f"{name}={raw!r} must be at least {minimum}")
-    return value
-
-
-def _float(name: str, raw: str, minimum: float = 0.0) -> float:
-    try:
-        value = float(raw.strip())
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a number") from None
-    if value <= minimum:
-        raise SettingsError(f"{name}={raw!r} must be greater than {minimum:g}")
-    return value
-
-
-def _choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
-    """The choice `raw` names, in any letter case, spelt as in `choices`."""
-    value = raw.strip().lower()
-    for choice in choices:
-        if choice.lower() == value:
-            return choice
-    raise SettingsError(f"{name}={raw!r} is not one of: {', '.join(choices)}")
-
-
-def _list(raw: str) -> tuple[str, ...]:
-    return tuple(item.strip() for item in raw.split(",") if item.strip())
-
-
-def _cidrs(name: str, raw: str) -> tuple[str, ...]:
-    """Address ranges in CIDR notation (a bare address is a range of one), normalised."""
-    try:
-        return tuple(str(ipaddress.ip_network(item, strict=False)) for item in _list(raw))
-    except ValueError as exc:
-        raise SettingsError(f"{name}={raw!r} is not a list of CIDR ranges: {exc}") from None
-
-
-def _database_url(name: str, raw: str) -> str:
-    value = raw.strip()
-    if not value.startswith(("sqlite://", "postgresql://", "postgres://")):
-        raise SettingsError(
-            f"{name}={raw!r} is not supported; use sqlite:///path/to/file.db "
-            "or postgresql://user@host:port/dbname"
-        )
-    return value
-
-
-# --- parsers for plugins' settings ----------------------------------------------------------
-
-
-def text(name: str, raw: str) -> str:
-    return raw.strip()
-
-
-def boolean(name: str, raw: str) -> bool:
-    return _bool(name, raw)
-
-
-def integer(minimum: int = 0) -> Parser[int]:
-    return lambda name, raw: _int(name, raw, minimum)
-
-
-def number(above: float = 0.0) -> Parser[float]:
-    return lambda name, raw: _float(name, raw, above)
-
-
-def choice(*choices: str) -> Parser[str]:
-    return lambda name, raw: _choice(name, raw, choices)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,8 +75,12 @@ class Settings:
     max_sessions_per_subject: int = 100
     max_streams_per_session: int = 10
     max_streams_per_subject: int = 100
+    max_streams: int = 10_000
     max_inflight_per_session: int = 64
     max_inflight_per_subject: int = 256
+    max_inflight: int = 1024
+    max_upstream_response_bytes: int = 16_777_216
+    max_sse_line_bytes: int = 16_777_216
     catalogue_poll_interval: float = 1.0
     cache_timeout: float = 1.0
     consistency_timeout: float = 5.0
@@ -173,20 +90,34 @@ class Settings:
     upstream_health_interval: float = 30.0
     upstream_refresh_interval: float = 300.0
     session_ttl: float = 3600.0
+    admin_ui: bool = True
+    admin_ui_session_ttl: float = 1800.0
     per_client_sessions_max: int = 1000
     bridged_calls_max: int = 1000
     detached_calls_max: int = 1000
     mcp_sessions: str = "optional"
     log_level: str = "info"
     log_format: str = "auto"
+    access_log: str = "off"
     plugins_blocked: tuple[str, ...] = ()
     plugins_trace: bool = False
+    interceptors: tuple[str, ...] = ()
+    interceptor_timeout: float = 5.0
+    interceptors_fail_open: bool = False
     allowed_origins: tuple[str, ...] = ()
     upstream_allow_cidrs: tuple[str, ...] = ()
     upstream_deny_cidrs: tuple[str, ...] = ()
     allowed_hosts: tuple[str, ...] = ()
     public_url: str = ""
+    config_file: str = ""
+    roles: tuple[Role, ...] = ()
+    """The roles of ROLES (`gateway.roles`)."""
+    roles_from_file: tuple[Role, ...] = ()
+    """The roles of ROLES_FILE."""
+    roles_group_claim: str = "groups"
     event_loop: str = "auto"
+    gc_threshold: int = 10_000
+    """Young-generation threshold of Python's garbage collector (`gateway.heap`)."""
     gunicorn_workers: int = field(default_factory=_cpu_workers)
     gunicorn_timeout: int = 60
     gunicorn_graceful_timeout: int = 30
@@ -196,6 +127,18 @@ class Settings:
     gunicorn_preload_app: bool = False
     gunicorn_backlog: int = 2048
     gunicorn_access_log: bool = False
+    otel_enabled: bool | None = None
+    """None: tracing is on when an OTLP endpoint is set (`gateway.tracing.wanted`)."""
+    otel_sdk_disabled: bool = False
+    otel_exporter_otlp_endpoint: str = ""
+    otel_exporter_otlp_traces_endpoint: str = ""
+    otel_exporter_otlp_headers: tuple[tuple[str, str], ...] = ()
+    otel_service_name: str = "aio-mcp-gateway"
+    otel_resource_attributes: tuple[tuple[str, str], ...] = ()
+    otel_traces_sampler: str = "parentbased_always_on"
+    otel_traces_sampler_arg: float = 1.0
+    otel_bsp_schedule_delay: int = 5000
+    """Milliseconds between two exports of finished spans."""
     plugin_values: Mapping[str, Any] = field(default_factory=dict, hash=False)
     """The plugins' own settings by variable name; read one with `plugin_value`."""
 
@@ -216,88 +159,7 @@ class Settings:
         return Settings(**values)
 
 
-_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-
-# Each entry: environment variable -> (field, parser). Parsers get (name, raw).
-_PARSERS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
-    "HOST": ("host", lambda n, r: r.strip() or "0.0.0.0"),
-    "PORT": ("port", lambda n, r: _int(n, r, 1)),
-    "DATABASE_URL": ("database_url", _database_url),
-    "CACHE_TYPE": ("cache_type", lambda n, r: r.strip().lower()),
-    "CACHE_PREFIX": ("cache_prefix", lambda n, r: r.strip()),
-    "AUTH_REQUIRED": ("auth_required", _bool),
-    "AUTH_TYPE": ("auth_type", lambda n, r: r.strip().lower()),
-    "JWT_SECRET_KEY": ("jwt_secret_key", lambda n, r: r),
-    "AUTH_ENCRYPTION_SECRET": ("auth_encryption_secret", lambda n, r: r),
-    "SECRETS_DIR": ("secrets_dir", lambda n, r: r.strip()),
-    "TOOL_TIMEOUT": ("tool_timeout", _float),
-    "TOOL_NAME_SEPARATOR": ("tool_name_separator", lambda n, r: _separator(n, r)),
-    "MAX_REQUEST_BYTES": ("max_request_bytes", lambda n, r: _int(n, r, 1024)),
-    "MAX_JSON_DEPTH": ("max_json_depth", lambda n, r: _at_most(n, _int(n, r, 2), DEPTH_CEILING)),
-    "MAX_BATCH": ("max_batch", lambda n, r: _int(n, r, 1)),
-    "MAX_RESPONSE_BYTES": ("max_response_bytes", lambda n, r: _int(n, r, 1024)),
-    "MAX_INITIALIZE_BYTES": ("max_initialize_bytes", lambda n, r: _int(n, r, 256)),
-    "MAX_SESSIONS_PER_SUBJECT": ("max_sessions_per_subject", lambda n, r: _int(n, r, 0)),
-    "MAX_STREAMS_PER_SESSION": ("max_streams_per_session", lambda n, r: _int(n, r, 0)),
-    "MAX_STREAMS_PER_SUBJECT": ("max_streams_per_subject", lambda n, r: _int(n, r, 0)),
-    "MAX_INFLIGHT_PER_SESSION": ("max_inflight_per_session", lambda n, r: _int(n, r, 0)),
-    "MAX_INFLIGHT_PER_SUBJECT": ("max_inflight_per_subject", lambda n, r: _int(n, r, 0)),
-    "CATALOGUE_POLL_INTERVAL": ("catalogue_poll_interval", _float),
-    "CACHE_TIMEOUT": ("cache_timeout", _float),
-    "CONSISTENCY_TIMEOUT": ("consistency_timeout", _float),
-    "RATE_LIMIT_PER_MINUTE": ("rate_limit_per_minute", lambda n, r: _int(n, r, 0)),
-    "TOOL_RATE_LIMIT_PER_MINUTE": ("tool_rate_limit_per_minute", lambda n, r: _int(n, r, 0)),
-    "LEADER_TTL": ("leader_ttl", _float),
-    "UPSTREAM_HEALTH_INTERVAL": ("upstream_health_interval", _float),
-    "UPSTREAM_REFRESH_INTERVAL": ("upstream_refresh_interval", _float),
-    "SESSION_TTL": ("session_ttl", _float),
-    "PER_CLIENT_SESSIONS_MAX": ("per_client_sessions_max", lambda n, r: _int(n, r, 1)),
-    "BRIDGED_CALLS_MAX": ("bridged_calls_max", lambda n, r: _int(n, r, 1)),
-    "DETACHED_CALLS_MAX": ("detached_calls_max", lambda n, r: _int(n, r, 0)),
-    "MCP_SESSIONS": ("mcp_sessions", lambda n, r: _choice(n, r, ("optional", "required"))),
-    "LOG_LEVEL": ("log_level", lambda n, r: _choice(n, r, _LOG_LEVELS)),
-    "LOG_FORMAT": ("log_format", lambda n, r: _choice(n, r, ("auto", "json", "console"))),
-    "PLUGINS_BLOCKED": ("plugins_blocked", lambda n, r: _list(r)),
-    "PLUGINS_TRACE": ("plugins_trace", _bool),
-    "ALLOWED_ORIGINS": ("allowed_origins", lambda n, r: _list(r)),
-    "UPSTREAM_ALLOW_CIDRS": ("upstream_allow_cidrs", lambda n, r: _cidrs(n, r)),
-    "UPSTREAM_DENY_CIDRS": ("upstream_deny_cidrs", lambda n, r: _cidrs(n, r)),
-    "ALLOWED_HOSTS": ("allowed_hosts", lambda n, r: _list(r)),
-    "PUBLIC_URL": ("public_url", lambda n, r: _public_url(n, r)),
-    "EVENT_LOOP": ("event_loop", lambda n, r: _choice(n, r, ("auto", "uvloop", "asyncio"))),
-    "GUNICORN_WORKERS": ("gunicorn_workers", lambda n, r: _int(n, r, 1)),
-    "GUNICORN_TIMEOUT": ("gunicorn_timeout", lambda n, r: _int(n, r, 1)),
-    "GUNICORN_GRACEFUL_TIMEOUT": ("gunicorn_graceful_timeout", lambda n, r: _int(n, r, 1)),
-    "GUNICORN_KEEPALIVE": ("gunicorn_keepalive", lambda n, r: _int(n, r, 0)),
-    "GUNICORN_MAX_REQUESTS": ("gunicorn_max_requests", lambda n, r: _int(n, r, 0)),
-    "GUNICORN_MAX_REQUESTS_JITTER": ("gunicorn_max_requests_jitter", lambda n, r: _int(n, r, 0)),
-    "GUNICORN_PRELOAD_APP": ("gunicorn_preload_app", _bool),
-    "GUNICORN_BACKLOG": ("gunicorn_backlog", lambda n, r: _int(n, r, 1)),
-    "GUNICORN_ACCESS_LOG": ("gunicorn_access_log", _bool),
-}
-
-ENVIRONMENT_VARIABLES = tuple(_PARSERS)
-
-
-def _at_most(name: str, value: int, maximum: int) -> int:
-    if value > maximum:
-        raise SettingsError(f"{name}={value} must be at most {maximum}")
-    return value
-
-
-def _public_url(name: str, raw: str) -> str:
-    value = raw.strip().rstrip("/")
-    parts = urlsplit(value)
-    if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise SettingsError(f"{name}={raw!r} must be an http:// or https:// URL")
-    return value
-
-
-def _separator(name: str, raw: str) -> str:
-    value = raw.strip()
-    if not value or any(not (c.isalnum() or c in "_-.") for c in value):
-        raise SettingsError(f"{name}={raw!r} must be one or more of the characters _ - .")
-    return value
+ENVIRONMENT_VARIABLES = tuple(PARSERS)
 
 
 def load_settings(
@@ -329,13 +191,13 @@ def load_settings(
 
     parsed = {
         field_name: value
-        for variable, (field_name, parser) in _PARSERS.items()
+        for variable, (field_name, parser) in PARSERS.items()
         if (value := parse(variable, parser)) is not unset
     }
     settings = Settings(**parsed)
     plugin_values: dict[str, Any] = {}
     for spec in _declared_by_plugins(settings, problems) if declared is None else declared:
-        if spec.name in _PARSERS:
+        if spec.name in PARSERS:
             problems.append(f"{spec.name} is a setting of the gateway itself; a plugin declares it")
             continue
         value = parse(spec.name, spec.parse)

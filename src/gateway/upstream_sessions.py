@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 import structlog
 
+from gateway import upstream_oauth
 from gateway.cacheuse import CacheUnavailable, CacheUse
 from gateway.client_backend import ClientBackend
 from gateway.contracts import (
@@ -275,6 +276,7 @@ class UpstreamSessions:
                 "per-client sessions"
             )
         assert isinstance(backend, McpClient)
+        upstream_oauth.share_token(backend, self.registry.backends.get(config.name))
         return backend
 
     # --- agreeing on a session across workers ----------------------------------------------

@@ -1,21 +1,20 @@
-"""Registering upstreams: validate, discover their tools, store them in one transaction,
-and tell every worker. Also keeps the in-process (local) backends registered."""
+"""Registering upstreams: discover their tools, store them in one transaction, and tell
+every worker. Also keeps the in-process (local) backends registered. What a registration
+may say is checked in `gateway.upstream_validation`."""
 
 from __future__ import annotations
 
-import base64
-import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
 
 import structlog
 
 from gateway.contracts import (
     Backend,
     BackendError,
+    DiscoveryNotes,
     FullBackend,
     PromptDef,
     ResourceDef,
@@ -24,15 +23,13 @@ from gateway.contracts import (
     UpstreamConfig,
     UpstreamError,
 )
-from gateway.mcpclient.http import HttpStatusError
-from gateway.naming import PREFIX, UPSTREAM_NAME, gateway_name, invalid_tool_names
+from gateway.listing_bounds import CONTROL, bounded
+from gateway.naming import gateway_name, invalid_tool_names
 from gateway.netguard import AddressPolicy, AddressRefused
 from gateway.plugins import Plugins
 from gateway.registry import Registry, backend_config
 from gateway.settings import Settings
 from gateway.store import (
-    PER_CLIENT_SESSION,
-    SESSION_MODES,
     Conflict,
     Features,
     NotFound,
@@ -45,78 +42,13 @@ from gateway.store import (
     UpstreamRecord,
     as_discovered,
 )
-from gateway.upstream_sessions import adoptable
+from gateway.upstream_validation import InvalidUpstream, upstream_record
 
 log = structlog.get_logger(__name__)
 
 
-class InvalidUpstream(ValueError):
-    """The request to register or change an upstream is not acceptable (422)."""
-
-
 class DiscoveryFailed(Exception):
     """The upstream could not be reached or listed (502)."""
-
-
-_FIELDS = {"name", "url", "transport", "headers", "prefix", "session"}
-_PATCHABLE = {"url", "transport", "headers", "prefix", "session"}
-
-
-def _string(payload: Mapping[str, Any], key: str, default: str | None = None) -> str:
-    value = payload.get(key, default)
-    if not isinstance(value, str):
-        raise InvalidUpstream(f"'{key}' must be a string")
-    return value
-
-
-def _session(payload: Mapping[str, Any], default: str) -> str:
-    value = payload.get("session", default)
-    if value not in SESSION_MODES:
-        raise InvalidUpstream(f"'session' must be one of: {', '.join(SESSION_MODES)}")
-    return str(value)
-
-
-def _headers(payload: Mapping[str, Any]) -> dict[str, str]:
-    headers = payload.get("headers") or {}
-    if not isinstance(headers, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
-    ):
-        raise InvalidUpstream("'headers' must be an object of string values")
-    for name, value in headers.items():
-        _check_header(name, value)
-    return headers
-
-
-# RFC 9110 section 5.1: a field name is a token.
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-# Hop-by-hop fields (RFC 9110 section 7.6.1) describe one connection, and Host and
-# Content-Length describe the request the client builds: an override would split or
-# misroute the request.
-_REFUSED = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "content-length",
-    }
-)
-
-
-def _check_header(name: str, value: str) -> None:
-    if not _TOKEN.fullmatch(name):
-        raise InvalidUpstream(f"header {name!r}: a field name must be an RFC 9110 token")
-    if any(c in value for c in "\r\n\0"):
-        raise InvalidUpstream(f"header {name!r}: the value must not contain CR, LF or NUL")
-    lowered = name.lower()
-    if lowered in _REFUSED or lowered.startswith("proxy-"):
-        raise InvalidUpstream(
-            f"header {name!r} is set by the gateway's client for each connection and "
-            "cannot be given for an upstream"
-        )
 
 
 class UpstreamService:
@@ -129,55 +61,7 @@ class UpstreamService:
         self.registry = registry
         self.guard = AddressPolicy.of(settings)
 
-    # --- validation --------------------------------------------------------------------
-
-    def _record(self, payload: Mapping[str, Any], current: UpstreamRecord | None) -> UpstreamRecord:
-        unknown = set(payload) - (_PATCHABLE if current else _FIELDS)
-        if unknown:
-            raise InvalidUpstream(f"unknown field(s): {', '.join(sorted(unknown))}")
-        now = time.time()
-        if current is None:
-            name = _string(payload, "name")
-            if not UPSTREAM_NAME.fullmatch(name):
-                raise InvalidUpstream(
-                    "'name' must be 1-64 characters of letters, digits, '_' and '-'"
-                )
-            base = UpstreamRecord(
-                name=name, transport="streamable-http", url="", prefix=name, created_at=now
-            )
-        else:
-            if current.builtin:
-                raise InvalidUpstream(f"upstream '{current.name}' is built in and cannot change")
-            base = current
-        record = replace(
-            base,
-            transport=_string(payload, "transport", base.transport),
-            url=_string(payload, "url", base.url),
-            prefix=_string(payload, "prefix", base.prefix),
-            headers=_headers(payload) if "headers" in payload else base.headers,
-            session=_session(payload, base.session),
-            updated_at=now,
-        )
-        record = _credentials_out_of_url(record)
-        spec = self.plugins.backend_for(record.transport)
-        if spec is None or spec.local:
-            raise InvalidUpstream(
-                f"'transport' {record.transport!r} is not served by an installed backend; "
-                f"use one of: {', '.join(self.plugins.transports())}"
-            )
-        if record.session == PER_CLIENT_SESSION and not adoptable(
-            spec.factory(backend_config(record), self.settings)
-        ):
-            raise InvalidUpstream(
-                f"'session': 'per-client' needs a transport whose sessions every worker can "
-                f"resume by id, such as streamable-http; {record.transport!r} ties a session "
-                "to one connection held by one worker, so use 'shared' with it"
-            )
-        if not record.url.startswith(("http://", "https://")):
-            raise InvalidUpstream("'url' must be an http:// or https:// URL")
-        if not PREFIX.fullmatch(record.prefix):
-            raise InvalidUpstream("'prefix' must be up to 64 characters of letters, digits, _ - .")
-        return record
+    # --- discovery ---------------------------------------------------------------------
 
     def _names(self, upstream: UpstreamRecord, kind: str, originals: list[str]) -> list[str]:
         """The gateway names of an upstream's tools or prompts, which MCP must accept."""
@@ -193,6 +77,7 @@ class UpstreamService:
 
     def _tools(self, upstream: UpstreamRecord, defs: list[ToolDef]) -> list[ToolRecord]:
         names = self._names(upstream, "tool", [d.name for d in defs])
+        defs = bounded(upstream.name, "tools", defs)
         seen: set[str] = set()
         for name in names:
             if name in seen:
@@ -211,6 +96,11 @@ class UpstreamService:
         prompts: list[PromptDef],
     ) -> Features:
         prompt_names = self._names(upstream, "prompt", [p.name for p in prompts])
+        _check_uris(upstream, "resource URIs", [r.uri for r in resources])
+        _check_uris(upstream, "resource templates", [t.uri_template for t in templates])
+        resources = bounded(upstream.name, "resources", resources)
+        templates = bounded(upstream.name, "resource templates", templates)
+        prompts = bounded(upstream.name, "prompts", prompts)
         # Discovery's records wrap the definitions, under their owner; a resource or template
         # listed twice is stored once.
         return Features(
@@ -240,16 +130,13 @@ class UpstreamService:
         )
         return tools, features
 
-    async def _discover(self, upstream: UpstreamRecord) -> tuple[list[ToolRecord], Features]:
+    async def _discover(
+        self, upstream: UpstreamRecord
+    ) -> tuple[UpstreamRecord, list[ToolRecord], Features]:
+        """The upstream's tools and features, and the record with discovery's notes."""
         spec = self.plugins.backend_for(upstream.transport)
         assert spec is not None
-        config = UpstreamConfig(
-            name=upstream.name,
-            transport=upstream.transport,
-            url=upstream.url,
-            headers=dict(upstream.headers),
-            prefix=upstream.prefix,
-        )
+        config = backend_config(upstream)
         try:
             await self.guard.check_url(upstream.url)
         except AddressRefused as exc:
@@ -257,7 +144,9 @@ class UpstreamService:
         backend = spec.factory(config, self.settings)
         try:
             await backend.start()
-            return await self._list_all(upstream, backend)
+            tools, features = await self._list_all(upstream, backend)
+            notes = backend.discovery_notes() if isinstance(backend, DiscoveryNotes) else {}
+            return replace(upstream, notes=notes), tools, features
         except BackendError as exc:
             raise DiscoveryFailed(_without_body(upstream.name, exc)) from None
         finally:
@@ -265,11 +154,16 @@ class UpstreamService:
 
     # --- operations --------------------------------------------------------------------
 
+    def check(self, payload: Mapping[str, Any]) -> UpstreamRecord:
+        """The upstream a `POST /upstreams` body would register, checked without contacting
+        it (a configuration file's entries); raise `InvalidUpstream`."""
+        return upstream_record(payload, None, self.plugins, self.settings)
+
     async def create(self, payload: Mapping[str, Any]) -> UpstreamRecord:
-        record = self._record(payload, None)
+        record = upstream_record(payload, None, self.plugins, self.settings)
         if await self.store.get_upstream(record.name) is not None:
             raise Conflict(f"upstream '{record.name}' already exists")
-        tools, features = await self._discover(record)
+        record, tools, features = await self._discover(record)
         await self.store.create_upstream(record, tools, features)
         log.info(
             "upstream registered",
@@ -283,8 +177,8 @@ class UpstreamService:
 
     async def update(self, name: str, payload: Mapping[str, Any]) -> UpstreamRecord:
         current = await self._existing(name)
-        record = self._record(payload, current)
-        tools, features = await self._discover(record)
+        record = upstream_record(payload, current, self.plugins, self.settings)
+        record, tools, features = await self._discover(record)
         await self.store.update_upstream(record, tools, features)
         log.info("upstream updated", upstream=name, tools=len(tools))
         await self.registry.changed()
@@ -294,15 +188,23 @@ class UpstreamService:
         current = await self._existing(name)
         if current.builtin:
             return await self._sync_local(current.transport)
-        tools, features = await self._discover(current)
-        if await self._unchanged(name, tools, features):
+        record, tools, features = await self._discover(current)
+        if record.notes == current.notes and await self._unchanged(name, tools, features):
             return current
-        await self.store.update_upstream(replace(current, updated_at=time.time()), tools, features)
+        record = replace(record, updated_at=time.time())
+        await self.store.update_upstream(record, tools, features)
         log.info("upstream refreshed", upstream=name, tools=len(tools))
         await self.registry.changed()
-        return current
+        return record
 
     async def delete(self, name: str) -> None:
+        current = await self.store.get_upstream(name)
+        if current is not None and current.builtin:
+            # Every worker's start registers it again: a delete would hold until then only.
+            raise Conflict(
+                f"upstream '{name}' is built in (an installed plugin's tools); disable its "
+                "tools with PATCH /tools/{name}, or keep the plugin out with PLUGINS_BLOCKED"
+            )
         if not await self.store.delete_upstream(name):
             raise NotFound(f"upstream '{name}' does not exist")
         log.info("upstream deleted", upstream=name)
@@ -375,32 +277,30 @@ class UpstreamService:
         return record
 
 
-def _credentials_out_of_url(record: UpstreamRecord) -> UpstreamRecord:
-    """`user:password@` in a URL becomes the `Authorization: Basic` header an HTTP client
-    would send for it, so it is encrypted at rest and never shown, like any header."""
-    parts = urlsplit(record.url)
-    if parts.username is None and parts.password is None:
-        return record
-    userinfo = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
-    basic = base64.b64encode(userinfo.encode("utf-8")).decode("ascii")
-    headers = {k: v for k, v in record.headers.items() if k.lower() != "authorization"}
-    return replace(
-        record,
-        url=urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])),
-        headers={**headers, "Authorization": f"Basic {basic}"},
-    )
-
-
 def _without_body(name: str, exc: BackendError) -> str:
     """What failed, for the admin, without what the upstream said: a URL may reach a
     service that is not MCP, and its answers are no business of whoever registers it."""
     if isinstance(exc, UpstreamError):
         return f"upstream {name!r} answered with JSON-RPC error {exc.code}"
-    if isinstance(exc, HttpStatusError):
-        return exc.summary
-    return str(exc)
+    return exc.summary
 
 
 def _discovered(records: Iterable[Offered], upstream: str) -> list[Offered]:
     """Records of `upstream` as discovery makes them: operator settings reset, sorted."""
     return sorted((as_discovered(r) for r in records if r.upstream == upstream), key=repr)
+
+
+URI_CHARS_MAX = 8192
+"""The longest resource URI or template an upstream may list."""
+
+
+def _check_uris(upstream: UpstreamRecord, kind: str, uris: list[str]) -> None:
+    """Refuse URIs no client could send back: with control characters (which RFC 3986
+    leaves out and PostgreSQL cannot store, for NUL), or past `URI_CHARS_MAX`."""
+    bad = [u for u in uris if len(u) > URI_CHARS_MAX or CONTROL.search(u)]
+    if bad:
+        shown = ", ".join(repr(u[:80]) for u in bad[:5])
+        raise InvalidUpstream(
+            f"upstream '{upstream.name}' lists {kind} with control characters or longer "
+            f"than {URI_CHARS_MAX} characters: {shown}"
+        )

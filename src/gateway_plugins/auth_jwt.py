@@ -1,6 +1,7 @@
-"""The `jwt` authenticator: bearer tokens verified by aiohttp-jwt, plus `create_token`, the
-`aio-mcp-gateway token create` and `token revoke` commands, the `/tokens` admin routes and
-the `JWT_ALGORITHM` and `MAX_TOKEN_LIFETIME` settings.
+"""The `jwt` authenticator: bearer tokens verified by aiohttp-jwt, the plugin's hooks, and
+the `/tokens` admin routes (revocation in `jwt_revocations`, managed tokens in
+`jwt_managed`). Minting and the `JWT_ALGORITHM` and `MAX_TOKEN_LIFETIME` settings are
+`jwt_tokens`; the `aio-mcp-gateway token` commands are `jwt_commands`.
 
 aiohttp-jwt does the header parsing and signature checks; this module turns its HTTP
 exceptions into `AuthError`s with readable messages, insists on `exp` and `iat` claims no
@@ -11,11 +12,7 @@ rejected token (the core logs one line per denied request instead).
 
 from __future__ import annotations
 
-import argparse
 import logging
-import math
-import secrets
-import sys
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Container, Mapping, Sequence
@@ -27,36 +24,20 @@ from aiohttp_jwt import JWTMiddleware
 
 from gateway.plugin import (
     AUTHENTICATOR,
-    CACHE,
-    SETTINGS,
-    STORE,
+    MANAGED_TOKENS,
     AuthError,
     AuthSpec,
     CommandSpec,
-    Plugins,
     Principal,
     Registrar,
     Settings,
     SettingsError,
     SettingSpec,
-    Store,
-    auth_secret,
-    choice,
     hookimpl,
-    number,
 )
-from gateway_plugins import jwt_revocations
-
-ALGORITHM = SettingSpec(
-    "JWT_ALGORITHM", "HS256", choice("HS256", "HS384", "HS512"), "HS256, HS384 or HS512."
-)
-DEFAULT_MAX_LIFETIME = 30 * 24 * 3600.0
-MAX_LIFETIME = SettingSpec(
-    "MAX_TOKEN_LIFETIME",
-    DEFAULT_MAX_LIFETIME,
-    number(above=0),
-    "Seconds a token may live (exp - iat); longer tokens are refused and not minted.",
-)
+from gateway_plugins import jwt_managed, jwt_revocations
+from gateway_plugins.jwt_commands import TOKEN_COMMAND
+from gateway_plugins.jwt_tokens import ALGORITHM, DEFAULT_MAX_LIFETIME, MAX_LIFETIME, create_token
 
 # Verifying an HMAC signature costs more than the rest of a small request; at thousands
 # of requests per second from a few clients, remembering recent tokens pays for itself.
@@ -236,6 +217,14 @@ class JwtAuthenticator:
             self._remember(header, principal, exp, jti)
         return principal
 
+    def mint(
+        self, subject: str, scopes: Sequence[str], minutes: float, servers: Sequence[str]
+    ) -> str:
+        """A token signed with this authenticator's secret (see `create_token`)."""
+        return create_token(
+            self._secret, subject, scopes, minutes, self._algorithm, servers, self.max_lifetime
+        )
+
     def claims_of(self, token: str) -> Mapping[str, Any]:
         """The claims of a token this gateway signed, expired or not (for revoking it)."""
         try:
@@ -254,118 +243,10 @@ class JwtAuthenticator:
             self._verified.popitem(last=False)
 
 
-def create_token(
-    secret: str,
-    subject: str,
-    scopes: Sequence[str] = (),
-    expires_minutes: float = 60,
-    algorithm: str = "HS256",
-    servers: Sequence[str] = (),
-    max_lifetime: float = DEFAULT_MAX_LIFETIME,
-) -> str:
-    """A signed token for `subject`, with `scope` as an OAuth-style space-separated string
-    and a random `jti` by which it can be revoked.
-
-    `servers`, when given, becomes the `servers` claim: the bearer may then reach only those
-    virtual servers' MCP endpoints. A lifetime over `max_lifetime` seconds is refused.
-    """
-    if not secret:
-        raise ValueError("secret must not be empty")
-    if not subject:
-        raise ValueError("subject must not be empty")
-    if not expires_minutes > 0:
-        raise ValueError(f"expires_minutes must be positive, got {expires_minutes!r}")
-    if expires_minutes * 60 > max_lifetime:
-        raise ValueError(
-            f"expires_minutes={expires_minutes:g} exceeds MAX_TOKEN_LIFETIME"
-            f" ({max_lifetime:g} seconds)"
-        )
-    for scope in scopes:
-        if not scope or any(c.isspace() for c in scope):
-            raise ValueError(f"scope {scope!r} must be non-empty and contain no spaces")
-    now = time.time()
-    payload: dict[str, Any] = {
-        "sub": subject,
-        "iat": int(now),
-        "exp": math.ceil(now + expires_minutes * 60),
-        "jti": secrets.token_urlsafe(16),
-    }
-    if scopes:
-        payload["scope"] = " ".join(dict.fromkeys(scopes))
-    if servers:
-        payload["servers"] = list(dict.fromkeys(servers))
-    return jwt.encode(payload, secret, algorithm=algorithm)
-
-
 def create_jwt_authenticator(settings: Settings, secret: str) -> JwtAuthenticator:
     return JwtAuthenticator(
         secret, settings.plugin_value(ALGORITHM), max_lifetime=settings.plugin_value(MAX_LIFETIME)
     )
-
-
-def _token_create_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sub", required=True, help="the subject (who the token is for)")
-    parser.add_argument(
-        "--scope", action="append", default=[], help="a scope to grant, e.g. admin (repeatable)"
-    )
-    parser.add_argument("--exp", type=float, default=60.0, help="minutes until it expires")
-    parser.add_argument(
-        "--server",
-        action="append",
-        default=[],
-        help="restrict the token to this virtual server (repeatable)",
-    )
-
-
-async def _token_create(args: argparse.Namespace, settings: Settings) -> int:
-    secret = await auth_secret(settings)
-    scopes = [s for scope in args.scope for s in scope.split()]
-    algorithm = settings.plugin_value(ALGORITHM)
-    max_lifetime = settings.plugin_value(MAX_LIFETIME)
-    try:
-        token = create_token(
-            secret, args.sub, scopes, args.exp, algorithm, args.server, max_lifetime
-        )
-    except ValueError as exc:
-        print(f"aio-mcp-gateway: token create: {exc}", file=sys.stderr)
-        return 2
-    print(token)
-    return 0
-
-
-def _token_revoke_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--jti", required=True, help="the jti claim of the token to revoke")
-
-
-async def _token_revoke(args: argparse.Namespace, settings: Settings) -> int:
-    spec = Plugins.load(settings).cache_for(settings)
-
-    def shared_cache(store: Store) -> Any:
-        return spec.factory(settings, store)
-
-    return await jwt_revocations.revoke_command(
-        args, settings, settings.plugin_value(MAX_LIFETIME), shared_cache if spec.shared else None
-    )
-
-
-TOKEN_COMMAND = CommandSpec(
-    name="token",
-    help="JWT tokens",
-    subcommands=(
-        CommandSpec(
-            name="create",
-            help="print a token signed with the gateway's secret",
-            run=_token_create,
-            arguments=_token_create_arguments,
-        ),
-        CommandSpec(
-            name="revoke",
-            help="revoke a token by its jti, on every worker and instance",
-            run=_token_revoke,
-            arguments=_token_revoke_arguments,
-        ),
-    ),
-)
 
 
 async def _revocations_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -375,17 +256,13 @@ async def _revocations_ctx(app: web.Application) -> AsyncIterator[None]:
     if not isinstance(authenticator, JwtAuthenticator):
         yield
         return
-    settings = app[SETTINGS]
-    revocations = jwt_revocations.Revocations(
-        app[STORE], app[CACHE], settings.catalogue_poll_interval
-    )
-    await revocations.start()
-    app[jwt_revocations.REVOCATIONS] = revocations
-    app[jwt_revocations.CLAIMS_OF] = authenticator.claims_of
-    app[jwt_revocations.MAX_LIFETIME] = authenticator.max_lifetime
-    authenticator.revoked = revocations
-    yield
-    await revocations.close()
+    async with jwt_revocations.worker_revocations(
+        app, authenticator.claims_of, authenticator.max_lifetime
+    ) as revocations:
+        app[jwt_managed.MINT] = authenticator.mint
+        app[MANAGED_TOKENS] = jwt_managed.Managed(app)
+        authenticator.revoked = revocations
+        yield
 
 
 @hookimpl(trylast=True)
@@ -410,6 +287,7 @@ def gateway_configure_app(app: web.Application, settings: Settings) -> None:
     if settings.auth_required and settings.auth_type == "jwt":
         app.cleanup_ctx.append(_revocations_ctx)
         app.router.add_routes(jwt_revocations.routes)
+        app.router.add_routes(jwt_managed.routes)
 
 
 @hookimpl(trylast=True)

@@ -1,7 +1,8 @@
 """The `streamable-http` backend: one upstream MCP server reached over Streamable HTTP.
 
 Each backend instance (one per upstream per worker) keeps one keep-alive connection
-pool and one MCP session, initialised lazily on first use and re-initialised
+pool and one MCP session, initialised on first use, or as soon as a listener is set (the
+gateway's own backends have one, so they listen from the start), and re-initialised
 once when the upstream forgets it (HTTP 404); `close()` ends it with DELETE, and fails
 the requests still reading their replies with `BackendError`. Every message is a POST,
 and a request's reply is a JSON body or an SSE stream. That stream belongs to its request,
@@ -16,16 +17,24 @@ With a listener set, the backend also holds the session's own GET event stream o
 upstream's notifications, reconnecting with backoff (resuming with `Last-Event-ID`) when it
 drops and reopening it for every new session.
 
+What an upstream sends is bounded (`gateway.mcpclient.bounded`): a reply, JSON or event
+stream, by `MAX_UPSTREAM_RESPONSE_BYTES` after decompression, and every line of an event
+stream by `MAX_SSE_LINE_BYTES`; past either the connection is closed and the request fails
+naming the setting. The listening stream lives long, so only its lines and events are
+bounded, not its total.
+
 The MCP logic is `gateway.mcpclient`'s; this module only moves the bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping
 
 import aiohttp
 
+from gateway import upstream_oauth
 from gateway.mcpclient import (
     CLOSE_TIMEOUT,
     Backoff,
@@ -37,6 +46,7 @@ from gateway.mcpclient import (
     SseParser,
 )
 from gateway.mcpclient.fasthttp import Response
+from gateway.mcpclient.http import HttpStatusError
 from gateway.mcpclient.wire import decode_json, json_messages
 from gateway.plugin import (
     JSON,
@@ -104,9 +114,25 @@ class McpHttpBackend(HttpClient[_SessionLink]):
         self._base_headers: dict[str, str] = {
             "Accept": "application/json, text/event-stream",
             "Content-Type": "application/json",
-            **upstream.headers,
+            **upstream_oauth.sent_headers(upstream.headers),
         }
         self._await_stream_end = True
+        self._own_oauth = upstream_oauth.TokenSource.of(
+            self.name, upstream.options, upstream.headers, self._guard
+        )
+        self.oauth: upstream_oauth.Tokens | None = self._own_oauth
+        """Where the upstream's OAuth access token comes from, when its registration has
+        `oauth`."""
+
+    def borrow(self, source: upstream_oauth.Tokens) -> None:
+        """Use `source` (the shared backend's, or the caller's exchanged token) instead of
+        a token of its own."""
+        self.oauth = source
+
+    async def close(self) -> None:
+        await super().close()
+        if self._own_oauth is not None:
+            await self._own_oauth.close()
 
     async def _open(self) -> _SessionLink:
         # Nothing to connect: the session begins with the initialize POST.
@@ -119,6 +145,11 @@ class McpHttpBackend(HttpClient[_SessionLink]):
         # Courtesy only (the spec's DELETE): an upstream that is gone must not slow shutdown.
         try:
             async with asyncio.timeout(CLOSE_TIMEOUT):
+                if self.oauth is not None:
+                    # A session adopted from another worker has sent nothing yet, and one
+                    # idle for long holds an expired token: the DELETE gets a current one.
+                    with contextlib.suppress(BackendError):
+                        link.headers["Authorization"] = await self.oauth.header()
                 async with self._client().delete(
                     self.url, headers=link.headers, allow_redirects=False
                 ):
@@ -129,6 +160,20 @@ class McpHttpBackend(HttpClient[_SessionLink]):
     # --- POST: every message, and a request's reply ---
 
     async def _post(self, link: _SessionLink, message: JSON, call: Call | None) -> None:
+        if self.oauth is None:
+            return await self._post_once(link, message, call)
+        # The link's headers are shared by concurrent calls: remember what this one sent.
+        sent = link.headers["Authorization"] = await self.oauth.header()
+        try:
+            await self._post_once(link, message, call)
+        except HttpStatusError as exc:
+            if exc.status != 401:
+                raise
+            # Revoked or expired early: once more with a fresh token.
+            link.headers["Authorization"] = await self.oauth.header(sent)
+            await self._post_once(link, message, call)
+
+    async def _post_once(self, link: _SessionLink, message: JSON, call: Call | None) -> None:
         async with self._posting(link, message) as resp:
             if call is None:
                 return
@@ -144,7 +189,8 @@ class McpHttpBackend(HttpClient[_SessionLink]):
                 await self._read_body(resp, link, call)
 
     async def _read_body(self, resp: Response, link: _SessionLink, call: Call) -> None:
-        for message in json_messages(decode_json(self.name, await resp.read(), call.method)):
+        decoded = decode_json(self.name, await resp.read(), call.method, resp.content_type)
+        for message in json_messages(decoded):
             await self._receive(link, message, call)
         if not call.reply.done():
             raise BackendError(
@@ -152,7 +198,7 @@ class McpHttpBackend(HttpClient[_SessionLink]):
             )
 
     async def _read_stream(self, resp: Response, link: _SessionLink, call: Call) -> None:
-        parser = SseParser()
+        parser = SseParser(self.bounds)
         async for chunk in resp.content.iter_any():
             for event in parser.feed(chunk):
                 # Other event types carry no JSON-RPC; an event with empty data only primes
@@ -198,7 +244,7 @@ class McpHttpBackend(HttpClient[_SessionLink]):
             if resp.status == 404 and link.session_id is not None:
                 return ListenOutcome.EXPIRED
             await self._check_stream(resp)
-            parser = SseParser()
+            parser = SseParser(self.bounds)
             async for chunk in resp.content.iter_any():
                 for event in parser.feed(chunk):
                     backoff.reset()
@@ -219,5 +265,7 @@ def gateway_register_backends(register: Registrar[BackendSpec]) -> None:
             transport="streamable-http",
             factory=McpHttpBackend,
             description="An upstream MCP server over Streamable HTTP (JSON or SSE replies).",
+            fields=frozenset({upstream_oauth.FIELD}),
+            check_options=upstream_oauth.check_options,
         )
     )

@@ -24,6 +24,11 @@ Not done here: no `subscriptions/listen` stream is held, so the upstream's list 
 reach the gateway through its periodic refresh; `Mcp-Param-*` headers (arguments a tool
 marks with `x-mcp-header`) are not sent. Cancelling a request closes its connection, which
 is how 2026 cancels; `notify` has nothing to send.
+
+A reply is bounded like every upstream's (`gateway.mcpclient.bounded`): its bytes after
+decompression by `MAX_UPSTREAM_RESPONSE_BYTES`, each line of an event stream by
+`MAX_SSE_LINE_BYTES`; past either the connection is closed and the request fails naming the
+setting.
 """
 
 from __future__ import annotations
@@ -39,8 +44,17 @@ import orjson
 
 from gateway.jsonrpc import METHOD_NOT_FOUND
 from gateway.mcpclient import SseParser
-from gateway.mcpclient.catalogue import Catalogue, collect
-from gateway.mcpclient.wire import CLIENT_INFO, decode_json, json_messages, request, rpc_result
+from gateway.mcpclient.bounded import Bounds, Counter, TooLarge, read_bounded
+from gateway.mcpclient.catalogue import Catalogue
+from gateway.mcpclient.wire import (
+    CLIENT_INFO,
+    decode_json,
+    json_messages,
+    media_type,
+    one_line,
+    request,
+    rpc_result,
+)
 from gateway.netguard import AddressPolicy, guarded_connector
 from gateway.plugin import (
     JSON,
@@ -55,6 +69,8 @@ from gateway.plugin import (
     UpstreamError,
     hookimpl,
 )
+from gateway.request_ids import send_request_id
+from gateway.tracing import send_trace_context
 
 T = TypeVar("T")
 
@@ -85,11 +101,14 @@ class McpModernBackend(Catalogue):
         self._ids = itertools.count(1)
         self._http: aiohttp.ClientSession | None = None
         self._guard = AddressPolicy.of(settings)
+        self.bounds = Bounds.of(settings)
 
     async def start(self) -> None:
         # No network here: the first request connects.
         self._http = aiohttp.ClientSession(
-            connector=guarded_connector(self._guard), timeout=aiohttp.ClientTimeout(total=None)
+            connector=guarded_connector(self._guard),
+            timeout=aiohttp.ClientTimeout(total=None),
+            middlewares=(send_request_id, send_trace_context),
         )
 
     async def close(self) -> None:
@@ -111,21 +130,20 @@ class McpModernBackend(Catalogue):
         result = await self.request("server/discover", {}, self.discovery_timeout)
         supported = result.get("supportedVersions")
         if not isinstance(supported, list) or VERSION not in supported:
-            raise BackendError(f"upstream {self.name!r} does not speak {VERSION}: {supported!r}")
+            summary = f"upstream {self.name!r} does not speak {VERSION}"
+            raise BackendError(f"{summary}: {one_line(repr(supported))}", summary)
         capabilities = result.get("capabilities")
         self.capabilities = capabilities if isinstance(capabilities, dict) else {}
 
     async def _collect(
         self, method: str, key: str, capability: str | None, convert: Callable[[Any], T | None]
     ) -> list[T]:
+        # Discovery first, even for tools/list: it proves the upstream speaks this version.
         await self.connect()
-        if capability is not None and capability not in self.capabilities:
-            return []
+        return await super()._collect(method, key, capability, convert)
 
-        async def fetch(params: JSON | None) -> JSON:
-            return await self.request(method, params or {}, self.discovery_timeout)
-
-        return await collect(self.name, method, key, convert, fetch)
+    async def _list_page(self, method: str, params: JSON | None) -> JSON:
+        return await self.request(method, params or {}, self.discovery_timeout)
 
     # --- requests ---
 
@@ -151,7 +169,12 @@ class McpModernBackend(Catalogue):
                 f"upstream {self.name!r} did not answer within {timeout:g}s ({method})"
             ) from None
         except aiohttp.ClientError as exc:
-            raise BackendError(f"upstream {self.name!r} failed during {method}: {exc}") from None
+            summary = f"upstream {self.name!r} failed during {method}: {type(exc).__name__}"
+            raise BackendError(f"{summary}: {one_line(str(exc))}", summary) from None
+        except TooLarge as exc:
+            raise BackendError(
+                f"upstream {self.name!r} sent {exc} in reply to {method}; the connection was closed"
+            ) from None
 
     async def _rounds(
         self,
@@ -234,17 +257,33 @@ class McpModernBackend(Catalogue):
         async with self._http.post(
             self.url, data=orjson.dumps(body), headers=headers, allow_redirects=False
         ) as resp:
-            if resp.content_type == "text/event-stream":
-                reply = await self._read_stream(resp, request_id, method, on_notification)
-            elif resp.content_type == "application/json":
-                decoded = decode_json(self.name, await resp.read(), method)
-                reply = self._reply_in(json_messages(decoded), request_id, method)
-            else:
-                raise BackendError(
-                    f"upstream {self.name!r} answered {method} with HTTP {resp.status} "
-                    f"({resp.content_type or 'no content type'})"
-                )
+            try:
+                reply = await self._read_reply(resp, request_id, method, on_notification)
+            except TooLarge:
+                resp.close()  # the rest of the reply is still on the connection
+                raise
         return rpc_result(self.name, reply, method)
+
+    async def _read_reply(
+        self,
+        resp: aiohttp.ClientResponse,
+        request_id: int,
+        method: str,
+        on_notification: Notify | None,
+    ) -> JSON:
+        if resp.content_type == "text/event-stream":
+            return await self._read_stream(resp, request_id, method, on_notification)
+        if resp.content_type == "application/json":
+            raw = await read_bounded(
+                resp.content, self.bounds.response_bytes, self.bounds.reply_too_large()
+            )
+            return self._reply_in(
+                json_messages(decode_json(self.name, raw, method)), request_id, method
+            )
+        raise BackendError(
+            f"upstream {self.name!r} answered {method} with HTTP {resp.status} "
+            f"({media_type(resp.content_type)})"
+        )
 
     def _reply_in(self, messages: list[JSON], request_id: int, method: str) -> JSON:
         for message in messages:
@@ -259,9 +298,9 @@ class McpModernBackend(Catalogue):
         method: str,
         on_notification: Notify | None,
     ) -> JSON:
-        parser = SseParser()
+        parser, counted = SseParser(self.bounds), Counter(self.bounds)
         async for chunk in resp.content.iter_any():
-            for event in parser.feed(chunk):
+            for event in parser.feed(counted.add(chunk)):
                 if event.event != "message" or not event.data.strip():
                     continue
                 for message in json_messages(decode_json(self.name, event.data, method)):

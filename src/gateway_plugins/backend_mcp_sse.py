@@ -16,6 +16,10 @@ The MCP session lives as long as the stream. When the stream drops, the requests
 it fail with `BackendError`; the next request opens a new stream and initialises again, as
 does a background task with backoff while a listener is set.
 
+The stream is bounded line by line (`MAX_SSE_LINE_BYTES`) and event by event
+(`MAX_UPSTREAM_RESPONSE_BYTES`, after decompression): past either it is closed, and the
+requests waiting on it fail naming the setting.
+
 The MCP logic is `gateway.mcpclient`'s; this module only moves the bytes.
 """
 
@@ -27,7 +31,10 @@ from urllib.parse import SplitResult, urljoin, urlsplit
 
 import aiohttp
 
+from gateway import upstream_oauth
 from gateway.mcpclient import Backoff, Call, HttpClient, HttpLink, ListenOutcome, SseParser
+from gateway.mcpclient.bounded import TooLarge
+from gateway.mcpclient.http import HttpStatusError
 from gateway.mcpclient.wire import one_line
 from gateway.plugin import (
     JSON,
@@ -62,10 +69,34 @@ class McpSseBackend(HttpClient[_StreamLink]):
 
     def __init__(self, upstream: UpstreamConfig, settings: Settings) -> None:
         super().__init__(upstream, settings)
-        self._stream_headers = {**upstream.headers, "Accept": "text/event-stream"}
-        self._post_headers = {**upstream.headers, "Content-Type": "application/json"}
+        headers = upstream_oauth.sent_headers(upstream.headers)
+        self._stream_headers = {**headers, "Accept": "text/event-stream"}
+        self._post_headers = {**headers, "Content-Type": "application/json"}
+        self.oauth = upstream_oauth.TokenSource.of(
+            self.name, upstream.options, upstream.headers, self._guard
+        )
+        """The upstream's OAuth access token, when its registration has `oauth`."""
+
+    async def close(self) -> None:
+        await super().close()
+        if self.oauth is not None:
+            await self.oauth.close()
 
     async def _post(self, link: _StreamLink, message: JSON, call: Call | None) -> None:
+        if self.oauth is None:
+            return await self._post_once(link, message)
+        # The link's headers are shared by concurrent calls: remember what this one sent.
+        sent = link.headers["Authorization"] = await self.oauth.header()
+        try:
+            await self._post_once(link, message)
+        except HttpStatusError as exc:
+            if exc.status != 401:
+                raise
+            # Revoked or expired early: once more with a fresh token.
+            link.headers["Authorization"] = await self.oauth.header(sent)
+            await self._post_once(link, message)
+
+    async def _post_once(self, link: _StreamLink, message: JSON) -> None:
         # Whatever comes back, comes back on the stream.
         async with self._posting(link, message):
             pass
@@ -77,10 +108,18 @@ class McpSseBackend(HttpClient[_StreamLink]):
 
     # --- the stream ---
 
+    async def _connect(self, refused: str | None = None) -> aiohttp.ClientResponse:
+        headers = self._stream_headers
+        if self.oauth is not None:
+            headers = {**headers, "Authorization": await self.oauth.header(refused)}
+        resp = await self._client().get(self.url, headers=headers, allow_redirects=False)
+        if resp.status == 401 and self.oauth is not None and refused is None:
+            resp.close()
+            return await self._connect(headers["Authorization"])
+        return resp
+
     async def _open(self) -> _StreamLink:
-        resp = await self._client().get(
-            self.url, headers=self._stream_headers, allow_redirects=False
-        )
+        resp = await self._connect()
         link = _StreamLink(self.name, resp, self._post_headers)
         try:
             await self._check_stream(resp)
@@ -108,7 +147,7 @@ class McpSseBackend(HttpClient[_StreamLink]):
             await asyncio.gather(link.reader, return_exceptions=True)
 
     async def _read(self, link: _StreamLink) -> None:
-        parser = SseParser()
+        parser = SseParser(self.bounds)
         reason = "closed its event stream"
         try:
             async for chunk in link.response.content.iter_any():
@@ -121,6 +160,8 @@ class McpSseBackend(HttpClient[_StreamLink]):
                         return
         except aiohttp.ClientError as exc:
             reason = f"lost its event stream ({type(exc).__name__})"
+        except TooLarge as exc:
+            reason = f"sent {exc} on its event stream, which was closed,"
         finally:
             self._discard(link, reason)
 
@@ -145,13 +186,11 @@ class McpSseBackend(HttpClient[_StreamLink]):
             target = urljoin(self.url, text)
             same = _origin(urlsplit(target)) == _origin(urlsplit(self.url))
         except ValueError:
-            raise BackendError(
-                f"upstream {self.name!r} named an invalid endpoint {one_line(text)!r}"
-            ) from None
+            summary = f"upstream {self.name!r} named an invalid endpoint"
+            raise BackendError(f"{summary} {one_line(text)!r}", summary) from None
         if not same:
-            raise BackendError(
-                f"upstream {self.name!r} named an endpoint on another origin: {one_line(text)}"
-            )
+            summary = f"upstream {self.name!r} named an endpoint on another origin"
+            raise BackendError(f"{summary}: {one_line(text)}", summary)
         return target
 
 
@@ -168,5 +207,7 @@ def gateway_register_backends(register: Registrar[BackendSpec]) -> None:
             transport="sse",
             factory=McpSseBackend,
             description="An upstream MCP server over the legacy HTTP+SSE transport (2024-11-05).",
+            fields=frozenset({upstream_oauth.FIELD}),
+            check_options=upstream_oauth.check_options,
         )
     )

@@ -7,8 +7,9 @@ read as absent and a background task deletes them. `incr` and `add` are single
 `INSERT ... ON CONFLICT ... RETURNING` statements, atomic across processes.
 
 Pub/sub uses PostgreSQL's NOTIFY (payloads base64, at most about 5 KB per message, a
-NOTIFY limit). SQLite has no notifications, so messages go into `cache_messages` and each
-subscriber polls for newer ids every `POLL_INTERVAL`; old messages are purged. Like Redis
+NOTIFY limit). SQLite has no notifications, so messages go into `cache_messages` and one
+query per process looks for newer ids of every subscribed channel every `POLL_INTERVAL`
+(`cache_polling`); old messages are purged. Like Redis
 pub/sub, delivery is best-effort: a subscriber gets what is published while it listens.
 """
 
@@ -25,11 +26,12 @@ from collections.abc import AsyncGenerator, AsyncIterator
 import structlog
 
 from gateway.plugin import CacheSpec, Registrar, Settings, Store, StoreError, hookimpl
+from gateway_plugins.cache_polling import SharedPoll
 
 PURGE_INTERVAL = 60.0
 """Seconds between deletions of expired entries and old messages."""
 POLL_INTERVAL = 0.2
-"""Seconds between a SQLite subscriber's looks for new messages."""
+"""Seconds between two looks for new SQLite messages."""
 MESSAGE_RETENTION = 60.0
 """Seconds a SQLite message stays for subscribers that are slow to poll."""
 
@@ -102,6 +104,7 @@ class DatabaseCache:
         self._poll_interval = poll_interval
         self._message_retention = message_retention
         self._purger: asyncio.Task[None] | None = None
+        self.subscriptions = SharedPoll(store, poll_interval)
 
     @property
     def _postgres(self) -> bool:
@@ -112,6 +115,7 @@ class DatabaseCache:
             self._purger = asyncio.create_task(self._purge_forever(), name="cache-purge")
 
     async def close(self) -> None:
+        await self.subscriptions.close()
         purger, self._purger = self._purger, None
         if purger is not None:
             purger.cancel()
@@ -208,7 +212,7 @@ class DatabaseCache:
         full_channel = self.prefix + channel
         if self._postgres:
             return self._notifications(full_channel)
-        return self._poll(full_channel)
+        return self.subscriptions.messages(full_channel)
 
     async def _notifications(self, full_channel: str) -> AsyncGenerator[bytes, None]:
         payloads = await self.store.listen(notify_channel(full_channel))
@@ -218,32 +222,6 @@ class DatabaseCache:
         finally:
             if isinstance(payloads, AsyncGenerator):
                 await payloads.aclose()
-
-    async def _poll(self, full_channel: str) -> AsyncGenerator[bytes, None]:
-        async with self.store.connection() as conn:
-            row = await conn.fetchone("SELECT COALESCE(MAX(id), 0) FROM cache_messages")
-        last_id = int(row[0]) if row is not None else 0
-        failing = False
-        while True:
-            await asyncio.sleep(self._poll_interval)
-            try:
-                async with self.store.connection() as conn:
-                    rows = await conn.fetchall(
-                        "SELECT id, payload FROM cache_messages WHERE channel = ? AND id > ? "
-                        "ORDER BY id",
-                        (full_channel, last_id),
-                    )
-            except StoreError as exc:
-                # Keep the subscription alive through a locked or briefly missing database,
-                # but say so only once per outage.
-                if not failing:
-                    log.warning("cache.poll_failed", channel=full_channel, error=str(exc))
-                failing = True
-                continue
-            failing = False
-            for message_id, payload in rows:
-                last_id = int(message_id)
-                yield bytes(payload)
 
 
 def create_database_cache(settings: Settings, store: Store) -> DatabaseCache:

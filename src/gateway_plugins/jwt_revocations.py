@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -20,12 +21,24 @@ import orjson
 import structlog
 from aiohttp import web
 
-from gateway.plugin import Cache, Settings, Store, admin, command_store
+from gateway.plugin import (
+    CACHE,
+    SETTINGS,
+    STORE,
+    Cache,
+    Settings,
+    Store,
+    Unstorable,
+    admin,
+    command_store,
+)
 
 log = structlog.get_logger(__name__)
 
 REVOCATIONS_CHANNEL = "token-revocations"
 CLOSE_GRACE = 0.5
+JTI_CHARS_MAX = 256
+"""The longest `jti` revoked by name; the gateway's own are 22 characters."""
 """Seconds the background tasks get to end after being cancelled once."""
 
 
@@ -155,6 +168,23 @@ CLAIMS_OF: web.AppKey[ClaimsOf] = web.AppKey("jwt_claims_of")
 MAX_LIFETIME = web.AppKey("jwt_max_lifetime", float)
 
 
+@asynccontextmanager
+async def worker_revocations(
+    app: web.Application, claims_of: ClaimsOf, max_lifetime: float
+) -> AsyncIterator[Revocations]:
+    """This worker's revoked jtis, loaded and kept up to date while the block runs, with
+    what the admin routes need to revoke a token of the authenticator in use."""
+    revocations = Revocations(app[STORE], app[CACHE], app[SETTINGS].catalogue_poll_interval)
+    await revocations.start()
+    app[REVOCATIONS] = revocations
+    app[CLAIMS_OF] = claims_of
+    app[MAX_LIFETIME] = max_lifetime
+    try:
+        yield revocations
+    finally:
+        await revocations.close()
+
+
 def revocation(claims: Mapping[str, Any] | None, jti: str, max_lifetime: float) -> Revoked:
     """The record for a token known by its claims, or by its jti alone; such a token
     expires at the latest `max_lifetime` from now, since none is issued in the future."""
@@ -175,6 +205,8 @@ def _revocation_request(request: web.Request, body: Any) -> Revoked:
         jti = body["jti"]
         if not isinstance(jti, str) or not jti:
             raise web.HTTPBadRequest(text="jti must be a non-empty string")
+        if len(jti) > JTI_CHARS_MAX:
+            raise web.HTTPBadRequest(text=f"jti must be at most {JTI_CHARS_MAX} characters")
         return revocation(None, jti, request.app[MAX_LIFETIME])
     token = body["token"]
     if not isinstance(token, str):
@@ -199,7 +231,10 @@ async def revoke_token(request: web.Request) -> web.Response:
     except orjson.JSONDecodeError as exc:
         raise web.HTTPBadRequest(text=f"request body is not valid JSON: {exc}") from None
     revoked = _revocation_request(request, body)
-    await request.app[REVOCATIONS].revoke(revoked)
+    try:
+        await request.app[REVOCATIONS].revoke(revoked)
+    except Unstorable as exc:
+        raise web.HTTPUnprocessableEntity(text=f"jti cannot be revoked: {exc}") from None
     log.info("token revoked", jti=revoked.jti, subject=revoked.subject)
     return _json_response(asdict(revoked))
 

@@ -1,22 +1,27 @@
 """What the backend tests share: one way to build and start a built-in backend, found by its
-transport exactly as the gateway finds it, and one way to serve a deliberately odd upstream
-from inside the test process."""
+transport exactly as the gateway finds it, one way to serve a deliberately odd upstream
+from inside the test process, and the Swagger Petstore's OpenAPI document from npm."""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
 
 from gateway.contracts import UpstreamConfig
 from gateway.plugins import Plugins
 from gateway.settings import Settings
+from tests.support.npm import npm_install
+from tests.upstreams.openapi.petstore import DOCUMENT_IN_PACKAGE, PACKAGE
 from tests.upstreams.processes import RunningUpstream, free_port
 
 UpstreamFactory = Callable[..., RunningUpstream]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 BASE_TOOLS = ["echo", "add", "sleep", "fail", "big", "progress", "log"]
 """The tools our upstream server offers without options."""
 
@@ -59,3 +64,21 @@ async def served(app: web.Application) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
+
+
+@asynccontextmanager
+async def serving_mcp(handler: Handler, method: str = "*") -> AsyncIterator[str]:
+    """`handler` answering the `method` requests to `/mcp` of a server on a free loopback
+    port; that endpoint's URL."""
+    app = web.Application()
+    app.router.add_route(method, "/mcp", handler)
+    async with served(app) as base:
+        yield f"{base}/mcp"
+
+
+@pytest.fixture(scope="session")
+def petstore_document(request: pytest.FixtureRequest) -> Path:
+    """The Swagger Petstore's OpenAPI 3.0 document (`petstore.json` of the npm package
+    `@readme/oas-examples`), installed once into the pytest cache."""
+    folder = npm_install(request.config, "oas-examples", [PACKAGE], [DOCUMENT_IN_PACKAGE])
+    return folder / DOCUMENT_IN_PACKAGE

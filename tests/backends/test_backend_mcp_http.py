@@ -30,7 +30,13 @@ from gateway.contracts import (
 from gateway.plugins import Registrar
 from gateway.settings import Settings
 from gateway_plugins.backend_mcp_http import gateway_register_backends
-from tests.backends.conftest import BASE_TOOLS, UpstreamFactory, backend_for, served
+from tests.backends.conftest import (
+    BASE_TOOLS,
+    Handler,
+    UpstreamFactory,
+    backend_for,
+    serving_mcp,
+)
 from tests.upstreams.fixtures import Recorder, eventually, stat_is
 from tests.upstreams.processes import RunningUpstream, free_port
 
@@ -271,18 +277,13 @@ async def test_list_tools_on_unreachable_upstream_raises_backend_error() -> None
             await backend.list_tools()
 
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
 @pytest.fixture
 async def stub_upstream() -> AsyncIterator[Callable[[Handler], Awaitable[str]]]:
     """A deliberately broken upstream in this process; returns its MCP URL."""
     async with AsyncExitStack() as stack:
 
         async def start(handler: Handler) -> str:
-            app = web.Application()
-            app.router.add_post("/mcp", handler)
-            return f"{await stack.enter_async_context(served(app))}/mcp"
+            return await stack.enter_async_context(serving_mcp(handler, "POST"))
 
         yield start
 

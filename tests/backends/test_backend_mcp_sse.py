@@ -199,7 +199,9 @@ async def test_on_notification_without_a_caller_token_gets_a_token_of_the_backen
     assert len(recorder.of("notifications/progress")) == 2 and len(tokens) == 1
 
 
-async def test_log_messages_go_to_the_listener(own_upstream_legacy: RunningUpstream) -> None:
+async def test_a_log_message_naming_no_request_goes_to_the_one_request_in_progress(
+    own_upstream_legacy: RunningUpstream,
+) -> None:
     listener, on_notification = Recorder(), Recorder()
     async with backend_for("sse", own_upstream_legacy.sse_url) as backend:
         backend.set_listener(listener)
@@ -208,11 +210,10 @@ async def test_log_messages_go_to_the_listener(own_upstream_legacy: RunningUpstr
             arguments = {"level": level, "message": f"at {level}"}
             params = {"name": "log", "arguments": arguments}
             await backend.request("tools/call", params, 5, on_notification)
-        await listener.received("notifications/message")
-    assert listener.of("notifications/message") == [
+    assert on_notification.of("notifications/message") == [
         {"level": "alert", "logger": "own-upstream", "data": "at alert"}
     ]
-    assert on_notification.seen == []
+    assert listener.of("notifications/message") == []
 
 
 # --- cancellation and failures -------------------------------------------------------------

@@ -22,11 +22,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from gateway.contracts import BackendError
-from gateway.mcpclient.fasthttp import (
+from gateway.mcpclient.fasthttp import HttpPool
+from gateway.mcpclient.http1 import (
     CannotConnect,
     Disconnected,
     HttpClientError,
-    HttpPool,
     RequestHead,
     TruncatedBody,
 )

@@ -22,7 +22,14 @@ from gateway.mcpclient import (
     SseParser,
 )
 from gateway.mcpclient.asking import unanswered
-from gateway.mcpclient.catalogue import collect, tool_def
+from gateway.mcpclient.catalogue import (
+    MAX_PAGES,
+    collect,
+    prompt_def,
+    resource_def,
+    resource_template_def,
+    tool_def,
+)
 from gateway.mcpclient.link import RECONNECT_MAX, RECONNECT_MIN
 from gateway.mcpclient.wire import (
     client_capabilities,
@@ -176,6 +183,52 @@ async def test_a_listing_is_followed_to_its_last_page_skipping_malformed_entries
     assert asked == [None, {"cursor": "p2"}]
 
 
+def test_a_tool_that_runs_only_as_a_task_is_left_out_and_the_rest_lose_execution() -> None:
+    def listed(task_support: object) -> ToolDef | None:
+        return tool_def({"name": "t", "execution": {"taskSupport": task_support}})
+
+    assert listed("required") is None
+    plain = ToolDef(name="t", input_schema={"type": "object"})
+    assert listed("optional") == listed("forbidden") == listed(None) == plain
+
+
+def test_icons_and_meta_are_kept_as_listed_and_malformed_ones_left_out() -> None:
+    icon = {"src": "https://icons.example/t.png", "sizes": ["48x48"], "theme": "dark"}
+    meta = {"vendor.example/x": {"n": 1}}
+    listed = tool_def({"name": "t", "icons": [icon, {"sizes": []}, "junk"], "_meta": meta})
+    assert listed == ToolDef(name="t", input_schema={"type": "object"}, icons=(icon,), meta=meta)
+    malformed = tool_def({"name": "t", "icons": {"src": "x"}, "_meta": ["x"]})
+    assert malformed == ToolDef(name="t", input_schema={"type": "object"})
+
+
+def test_unknown_fields_are_kept_as_listed_and_never_a_field_the_gateway_models() -> None:
+    unknown = {"x-vendor": {"n": [1, None]}, "futureField": "later", "x-null": None}
+    tool = tool_def(
+        {"name": "t", "inputSchema": "junk", "title": 7, "execution": {}, "_meta": 1, **unknown}
+    )
+    assert tool == ToolDef(name="t", input_schema={"type": "object"}, extra=unknown)
+    resource = resource_def({"uri": "file:///r", "size": -1, "mimeType": 2, **unknown})
+    assert resource is not None and resource.extra == unknown
+    templates = resource_template_def({"uriTemplate": "file:///{p}", "name": 3, **unknown})
+    assert templates is not None and templates.extra == unknown
+    prompt = prompt_def({"name": "p", "arguments": "none", "icons": [], **unknown})
+    assert prompt is not None and prompt.extra == unknown
+    assert tool_def({"name": "t", "execution": {"taskSupport": "optional"}}) == ToolDef(
+        name="t", input_schema={"type": "object"}
+    )
+
+
+@pytest.mark.parametrize(
+    ("size", "kept"),
+    [(0, 0), (2**63 - 1, 2**63 - 1), (-1, None), (2**63, None), (True, None), (1.5, None)],
+)
+def test_a_resource_size_is_kept_only_if_a_store_column_holds_it(
+    size: object, kept: object
+) -> None:
+    listed = resource_def({"uri": "file:///r", "size": size})
+    assert listed is not None and listed.size == kept
+
+
 async def test_a_listing_the_upstream_does_not_know_is_empty() -> None:
     async def fetch(params: JSON | None) -> JSON:
         raise UpstreamError("u", -32601, "Method not found")
@@ -189,6 +242,18 @@ async def test_a_repeated_cursor_fails_instead_of_looping() -> None:
 
     with pytest.raises(BackendError, match="sent a bad or repeated tools/list cursor"):
         await collect("u", "tools/list", "tools", tool_def, fetch)
+
+
+async def test_a_listing_whose_cursors_never_end_fails_after_max_pages() -> None:
+    asked: list[JSON | None] = []
+
+    async def fetch(params: JSON | None) -> JSON:
+        asked.append(params)
+        return {"tools": [{"name": f"t{len(asked)}"}], "nextCursor": f"page-{len(asked)}"}
+
+    with pytest.raises(BackendError, match=f"sent more than {MAX_PAGES} pages of tools/list"):
+        await collect("u", "tools/list", "tools", tool_def, fetch)
+    assert len(asked) == MAX_PAGES
 
 
 # --- backoff -------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from gateway.contracts import BackendError, UpstreamConfig
 from gateway.settings import Settings, SettingsError, load_settings
-from tests.backends.conftest import installed_plugins, served
+from tests.backends.conftest import installed_plugins, served, serving_mcp
 from tests.conftest import Client, GatewayFactory
 from tests.upstreams.processes import RunningUpstream
 
@@ -192,11 +192,9 @@ async def answers_http_error(request: web.Request) -> web.Response:
 async def test_a_failed_discovery_says_what_failed_without_the_upstreams_body(
     handler: Any, gateway: GatewayFactory, admin_headers: dict[str, str]
 ) -> None:
-    app = web.Application()
-    app.router.add_post("/mcp", handler)
-    async with served(app) as base:
+    async with serving_mcp(handler, "POST") as url:
         client = await gateway()
-        payload = {"name": "leaky", "url": f"{base}/mcp"}
+        payload = {"name": "leaky", "url": url}
         response = await client.post("/upstreams", json=payload, headers=admin_headers)
         text = await response.text()
     assert response.status == 502, text

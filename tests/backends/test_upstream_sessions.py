@@ -19,39 +19,18 @@ from gateway.mcpclient import SessionState
 from gateway.settings import Settings
 from gateway_plugins.backend_mcp_http import McpHttpBackend
 from tests.conftest import Client, GatewayFactory
+from tests.support.mcp_session import ACCEPT_BOTH, open_session
 from tests.transports.conftest import EventReader
 from tests.upstreams.fixtures import eventually, stat_is
 from tests.upstreams.processes import RunningUpstream
 
 JSON = dict[str, Any]
 UpstreamFactory = Callable[..., RunningUpstream]
-ACCEPT_BOTH = "application/json, text/event-stream"
 VERSION = "2025-06-18"
 MODERN = "2026-07-28"
 
 
 # --- a client of the gateway ---------------------------------------------------------------
-
-
-async def open_session(client: Client) -> str:
-    """initialize and notifications/initialized on `/mcp`; the client session's id."""
-    init = {
-        "jsonrpc": "2.0",
-        "id": 0,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": VERSION,
-            "capabilities": {},
-            "clientInfo": {"name": "test-client", "version": "1.0"},
-        },
-    }
-    response = await client.post("/mcp", json=init, headers={"Accept": ACCEPT_BOTH})
-    assert response.status == 200, await response.text()
-    session = response.headers["Mcp-Session-Id"]
-    note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
-    response = await client.post("/mcp", json=note, headers=_headers(session))
-    assert response.status == 202
-    return session
 
 
 def _headers(session: str | None) -> dict[str, str]:
@@ -125,7 +104,7 @@ async def test_per_client_upstream_gives_each_client_session_its_own_count(
     start: GatewayStarter,
 ) -> None:
     client = await start("per-client")
-    first, second = await open_session(client), await open_session(client)
+    first, second = await open_session(client, VERSION), await open_session(client, VERSION)
     assert [await count(client, first), await count(client, first)] == [1, 2]
     assert await count(client, second) == 1
     assert [await count(client, first), await count(client, second)] == [3, 2]
@@ -135,7 +114,7 @@ async def test_shared_upstream_gives_every_client_session_one_count(
     start: GatewayStarter,
 ) -> None:
     client = await start(None)
-    first, second = await open_session(client), await open_session(client)
+    first, second = await open_session(client, VERSION), await open_session(client, VERSION)
     counts = [await count(client, s) for s in (first, second, first, second)]
     assert counts == [1, 2, 3, 4]
 
@@ -144,9 +123,9 @@ async def test_a_client_session_opens_its_upstream_session_once(
     start: GatewayStarter, counting_upstream: RunningUpstream
 ) -> None:
     client = await start("per-client")
-    await count(client, await open_session(client))
+    await count(client, await open_session(client, VERSION))
     await stat_is(counting_upstream, "open_streams", 1)  # the shared session is open too
-    session = await open_session(client)
+    session = await open_session(client, VERSION)
     before = (await counting_upstream.stats())["initialize"]
     for _ in range(3):
         await count(client, session)
@@ -157,7 +136,7 @@ async def test_the_shared_session_of_a_per_client_upstream_listens_for_its_notif
     start: GatewayStarter, counting_upstream: RunningUpstream
 ) -> None:
     client = await start("per-client")
-    await count(client, await open_session(client))
+    await count(client, await open_session(client, VERSION))
     # One event stream: the shared session's; per-client sessions hold none.
     await stat_is(counting_upstream, "open_streams", 1)
 
@@ -179,7 +158,7 @@ async def test_resources_and_prompts_of_a_per_client_upstream_go_through_the_cli
     start: GatewayStarter, counting_upstream: RunningUpstream
 ) -> None:
     client = await start("per-client")
-    session = await open_session(client)
+    session = await open_session(client, VERSION)
     await count(client, session)
     # The first per-client call also opens the worker's shared session, in the background:
     # count handshakes only once that has happened.
@@ -205,7 +184,7 @@ async def test_delete_of_the_client_session_deletes_its_upstream_session(
     start: GatewayStarter, counting_upstream: RunningUpstream
 ) -> None:
     client = await start("per-client")
-    session, other = await open_session(client), await open_session(client)
+    session, other = await open_session(client, VERSION), await open_session(client, VERSION)
     await count(client, session)
     await count(client, other)
     deleted = (await counting_upstream.stats())["sessions_deleted"]
@@ -248,7 +227,7 @@ async def test_an_expired_client_session_deletes_its_upstream_session(
     start: GatewayStarter, counting_upstream: RunningUpstream
 ) -> None:
     client = await start("per-client", session_ttl=1.0)
-    session = await open_session(client)
+    session = await open_session(client, VERSION)
     await count(client, session)
     deleted = (await counting_upstream.stats())["sessions_deleted"]
     await stat_is(counting_upstream, "sessions_deleted", deleted + 1)
@@ -262,7 +241,7 @@ async def test_past_the_bound_the_least_recently_used_upstream_session_ends(
     start: GatewayStarter, counting_upstream: RunningUpstream
 ) -> None:
     client = await start("per-client", per_client_sessions_max=2)
-    oldest, middle, newest = [await open_session(client) for _ in range(3)]
+    oldest, middle, newest = [await open_session(client, VERSION) for _ in range(3)]
     assert [await count(client, s) for s in (oldest, middle)] == [1, 1]
     assert await count(client, middle) == 2  # `oldest` is now the least recently used
     deleted = (await counting_upstream.stats())["sessions_deleted"]
@@ -279,7 +258,7 @@ async def test_a_worker_leaves_its_upstream_sessions_open_when_it_stops(
     start: GatewayStarter, counting_upstream: RunningUpstream
 ) -> None:
     client = await start("per-client")
-    await count(client, await open_session(client))
+    await count(client, await open_session(client, VERSION))
     await stat_is(counting_upstream, "sessions", 2)  # the client's, and the shared one
     await client.close()
     # The shared session ends with the worker; the client's is left to the other workers.
@@ -336,7 +315,7 @@ async def test_session_is_shown_shared_by_default_and_can_be_patched_to_per_clie
     assert (await response.json())["session"] == "per-client"
     shown = await (await client.get("/upstreams/own", headers=admin_headers)).json()
     assert shown["session"] == "per-client"
-    first, second = await open_session(client), await open_session(client)
+    first, second = await open_session(client, VERSION), await open_session(client, VERSION)
     assert [await count(client, first), await count(client, second)] == [1, 1]
 
 

@@ -14,7 +14,7 @@ from gateway.contracts import Cache, CacheSpec
 from gateway.plugins import Registrar
 from gateway.settings import Settings
 from gateway.store import Store, StoreError, open_store
-from gateway_plugins import cache_database
+from gateway_plugins import cache_database, cache_polling
 from gateway_plugins.cache_database import DatabaseCache, notify_channel
 
 OpenCache = Callable[..., Awaitable[DatabaseCache]]
@@ -263,6 +263,82 @@ async def test_a_cancelled_subscriber_stops_cleanly(cache: Cache) -> None:
         await task
     assert task.cancelled()
     await cache.publish("events", b"nobody listens")
+
+
+@pytest.fixture
+async def sqlite_cache(sqlite_url: str, cache_prefix: str) -> AsyncIterator[DatabaseCache]:
+    store = open_store(sqlite_url, "cache-test-secret")
+    await store.start()
+    cache = DatabaseCache(store, cache_prefix, poll_interval=0.05)
+    await cache.start()
+    yield cache
+    await cache.close()
+    await store.close()
+
+
+async def test_on_sqlite_all_subscriptions_of_a_process_share_one_query_per_interval(
+    sqlite_cache: DatabaseCache,
+) -> None:
+    channels = [f"channel-{n}" for n in range(5)]
+    tasks = [await start_subscriber(sqlite_cache, channel) for channel in channels]
+    before = sqlite_cache.subscriptions.polls
+    started = time.monotonic()
+    await asyncio.sleep(0.5)
+    polls = sqlite_cache.subscriptions.polls - before
+    # One subscription per channel polling alone would make five queries per interval.
+    assert 0 < polls <= (time.monotonic() - started) / 0.05 + 1
+
+    for channel in reversed(channels):
+        await sqlite_cache.publish(channel, channel.encode())
+    for channel, task in zip(channels, tasks, strict=True):
+        [(message, _)] = await asyncio.wait_for(task, 2)
+        assert message == channel.encode()
+
+
+async def test_on_sqlite_a_later_subscription_gets_nothing_published_before_it(
+    sqlite_cache: DatabaseCache,
+) -> None:
+    early = await start_subscriber(sqlite_cache, "events", count=2)
+    await sqlite_cache.publish("events", b"before")
+    late = await start_subscriber(sqlite_cache, "events")
+    await sqlite_cache.publish("events", b"after")
+
+    assert [m for m, _ in await asyncio.wait_for(early, 2)] == [b"before", b"after"]
+    assert [m for m, _ in await asyncio.wait_for(late, 2)] == [b"after"]
+
+
+async def test_on_sqlite_polling_stops_when_the_last_subscription_ends(
+    sqlite_cache: DatabaseCache,
+) -> None:
+    task = await start_subscriber(sqlite_cache, "events")
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0.1)
+    polls = sqlite_cache.subscriptions.polls
+    await asyncio.sleep(0.3)
+    assert sqlite_cache.subscriptions.polls == polls
+
+
+async def test_on_sqlite_a_subscriber_that_falls_behind_keeps_a_bounded_backlog(
+    sqlite_cache: DatabaseCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cache_polling, "MAX_BACKLOG", 3)
+    messages = sqlite_cache.subscribe("events")
+    first = asyncio.ensure_future(anext(messages))
+    await asyncio.sleep(0.2)  # subscribed
+    await sqlite_cache.publish("events", b"m0")
+    assert await asyncio.wait_for(first, 2) == b"m0"
+    # The subscriber now reads nothing while ten more messages come.
+    for n in range(1, 11):
+        await sqlite_cache.publish("events", f"m{n}".encode())
+    await asyncio.sleep(0.3)  # every message has been polled
+    waiting = [await asyncio.wait_for(anext(messages), 2) for _ in range(3)]
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(anext(messages), 0.3)
+    await messages.aclose()  # type: ignore[attr-defined]
+    # The backlog held three; the newer ones were dropped rather than kept without bound.
+    assert waiting == [b"m1", b"m2", b"m3"]
 
 
 def test_notify_channel_names_are_short_distinct_identifiers() -> None:

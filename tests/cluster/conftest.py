@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import fresh_schema
+from tests.upstreams.processes import RunningUpstream, start_own, stop_upstream
 
 HERE = Path(__file__).parent
 
@@ -27,3 +28,11 @@ def module_postgres_url(postgres_base_url: str) -> Iterator[str]:
     """A schema of this module's own, since one deployment serves all its tests."""
     with fresh_schema(postgres_base_url) as url:
         yield url
+
+
+@pytest.fixture(scope="module")
+def asking_upstream() -> Iterator[RunningUpstream]:
+    """Our upstream with the tools that ask the client while they run (`--asking-tools`)."""
+    upstream = start_own("--asking-tools")
+    yield upstream
+    stop_upstream(upstream)

@@ -9,11 +9,14 @@ can kill a whole "machine" or cut exactly its database connections and nobody el
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,9 +24,11 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
+import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, fresh_schema
 from tests.support.gunicorn_process import ADMIN, USER, GunicornGateway, gunicorn_env
+from tests.support.proc import alive as alive
 
 T = TypeVar("T")
 
@@ -35,6 +40,22 @@ def gateway_env(database_url: str, cache_type: str, **extra: str) -> dict[str, s
     """The settings every gateway of a test shares; `extra` adds or overrides."""
     defaults = {"CACHE_TYPE": cache_type, "TOOL_TIMEOUT": "5", "LOG_LEVEL": "info"}
     return gunicorn_env(database_url, **{**defaults, **extra})
+
+
+def redis_env(database_url: str, redis_url: str, **extra: str) -> dict[str, str]:
+    """Settings for instances sharing Redis under a key prefix of their own, polling the
+    store only once a minute: only the change barrier and Redis's messages can then explain
+    how soon the other workers follow a change."""
+    return gateway_env(
+        database_url,
+        "redis",
+        **{
+            "REDIS_URL": redis_url,
+            "CACHE_PREFIX": f"test-{uuid.uuid4().hex[:10]}",
+            "CATALOGUE_POLL_INTERVAL": "60",
+            **extra,
+        },
+    )
 
 
 # --- the client side ---------------------------------------------------------------------
@@ -124,6 +145,19 @@ async def burst(calls: Iterable[Awaitable[T]]) -> list[T]:
     return list(await asyncio.gather(*calls))
 
 
+async def list_everywhere(
+    deployment: Deployment, headers: Mapping[str, str], spread: int = 8
+) -> list[Reply]:
+    """tools/list `spread` times on each instance, side by side, each on a connection of its
+    own: every worker of an instance gets some."""
+    message = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    return await burst(
+        fetch("POST", f"{instance.url}/rpc", message, dict(headers))
+        for instance in deployment.instances
+        for _ in range(spread)
+    )
+
+
 async def first_success(
     attempt: Callable[[], Awaitable[bool]], since: float, give_up_after: float, every: float = 0.01
 ) -> float:
@@ -150,6 +184,42 @@ async def wait_until(
         return await first_success(condition, since, within, every)
     except AssertionError:
         raise AssertionError(f"{what}: not true within {within:g}s") from None
+
+
+@asynccontextmanager
+async def connection_per_worker(
+    urls: Iterable[str],
+    workers: int,
+    serving: Callable[[aiohttp.ClientSession], Awaitable[bool]],
+    what: str,
+    headers: Mapping[str, str] | None = None,
+) -> AsyncIterator[list[aiohttp.ClientSession]]:
+    """A client with one keep-alive connection to each of the `workers` workers of every
+    instance at `urls` (its `base_url` that instance's, `headers` sent with every request),
+    each one `serving` already (waited for, naming `what`). A new connection may reach any
+    worker: clients are opened until every worker, known by the pid `/version` names, has
+    one."""
+    opened: list[aiohttp.ClientSession] = []
+    pinned: dict[int, aiohttp.ClientSession] = {}
+    try:
+        async with asyncio.timeout(15.0):
+            for url in urls:
+                found = len(pinned)
+                while len(pinned) < found + workers:
+                    http = aiohttp.ClientSession(
+                        base_url=url,
+                        connector=aiohttp.TCPConnector(limit=1),
+                        headers=dict(headers or {}),
+                    )
+                    opened.append(http)
+                    async with http.get("/version") as response:
+                        pinned.setdefault(int((await response.json())["worker"]), http)
+        for http in pinned.values():
+            await wait_until(functools.partial(serving, http), 10.0, what)
+        yield list(pinned.values())
+    finally:
+        for http in opened:
+            await http.close()
 
 
 async def inside_one_rate_window(needed: float) -> None:
@@ -181,16 +251,6 @@ def children_of(pid: int) -> list[int]:
         for entry in Path("/proc").iterdir()
         if entry.name.isdigit() and parent_of(int(entry.name)) == pid
     )
-
-
-def alive(pid: int) -> bool:
-    """Running, and not a zombie waiting to be reaped."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    state = next((line for line in status.splitlines() if line.startswith("State:")), "")
-    return "zombie" not in state and "dead" not in state
 
 
 def local_ports_towards(pids: Iterable[int], remote_port: int) -> set[int]:
@@ -324,6 +384,40 @@ async def warm_up(deployment: Deployment) -> None:
             call_tool(instance.url, "warm-up", {}) for _ in range(4 * deployment.workers)
         )
         assert all(reply.error_code == METHOD_NOT_FOUND for reply in replies), replies[:3]
+
+
+@contextmanager
+def deployed(
+    env: Mapping[str, str], workdir: Path, instances: int, workers: int
+) -> Iterator[Deployment]:
+    """A deployment started (from synchronous code, such as a module fixture) and stopped
+    on the way out."""
+    running = asyncio.run(start_deployment(env, workdir, instances, workers))
+    try:
+        yield running
+    finally:
+        stop_deployment(running)
+
+
+@contextmanager
+def two_instances(
+    request: pytest.FixtureRequest,
+    postgres_base_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    tool_timeout: float,
+) -> Iterator[Deployment]:
+    """Two instances of two workers sharing a PostgreSQL schema of their own and the cache
+    `request.param` names (`redis`, or the `database`'s) under a prefix of their own: a
+    module's deployment, for a fixture parametrised over the caches."""
+    cache = str(request.param)
+    extra = {"CACHE_PREFIX": f"test-{uuid.uuid4().hex[:10]}", "TOOL_TIMEOUT": str(tool_timeout)}
+    if cache == "redis":
+        extra["REDIS_URL"] = str(request.getfixturevalue("redis_base_url"))
+    workdir = tmp_path_factory.mktemp(cache)
+    with fresh_schema(postgres_base_url) as database_url:
+        env = gateway_env(database_url, cache, **extra)
+        with deployed(env, workdir, instances=2, workers=2) as running:
+            yield running
 
 
 def stop_deployment(deployment: Deployment) -> None:

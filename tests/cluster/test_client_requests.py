@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -35,21 +35,15 @@ from tests.support.asking_client import (
     check_concurrent_samples,
     sampled,
 )
+from tests.support.mcp_session import open_session
 from tests.support.sdk import sdk_client
-from tests.upstreams.processes import RunningUpstream, start_own, stop_upstream
+from tests.upstreams.processes import RunningUpstream
 
 pytestmark = pytest.mark.timeout(120)
 
 JSON = dict[str, Any]
 ACCEPT = "application/json, text/event-stream"
 TOOL_TIMEOUT = 6.0
-
-
-@pytest.fixture(scope="module")
-def asking_upstream() -> Iterator[RunningUpstream]:
-    upstream = start_own("--asking-tools")
-    yield upstream
-    stop_upstream(upstream)
 
 
 @pytest.fixture
@@ -150,17 +144,10 @@ class Session:
 
     @classmethod
     async def open(cls, http: aiohttp.ClientSession, base: str) -> Session:
-        params = {
-            "protocolVersion": "2025-06-18",
-            "capabilities": {"sampling": {}},
-            "clientInfo": {"name": "raw", "version": "1"},
-        }
-        message = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": params}
-        async with http.post(f"{base}/mcp", json=message, headers=cls.headers(None)) as response:
-            assert response.status == 200, await response.text()
-            session = cls(http, base, response.headers["Mcp-Session-Id"])
-        await session.post(base, {"jsonrpc": "2.0", "method": "notifications/initialized"})
-        return session
+        headers = {**USER, "MCP-Protocol-Version": "2025-06-18"}
+        sampling: JSON = {"sampling": {}}
+        session_id = await open_session(http, "2025-06-18", f"{base}/mcp", headers, sampling)
+        return cls(http, base, session_id)
 
     @staticmethod
     def headers(session_id: str | None) -> dict[str, str]:

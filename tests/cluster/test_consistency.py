@@ -5,6 +5,10 @@ connection of its own, so they land on every worker of every instance. The store
 set to a minute: only the write's barrier can explain that the other workers already
 serve the change. Every check runs `ROUNDS` times, to catch races.
 
+The writes covered: registering and deleting an upstream, enabling and disabling a tool,
+curating a tool's alias, creating and deleting a virtual server and changing its tool mode
+and interceptors, changing a role, and ending a session.
+
 Variants: one instance of 2 workers on Redis and on the database cache (PostgreSQL), and
 two instances of 2 workers sharing PostgreSQL and Redis.
 """
@@ -17,19 +21,23 @@ import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
 from gateway.cacheuse import CacheUse
 from gateway.consistency import Consistency
+from gateway.mcp.permissions import FORBIDDEN
 from gateway_plugins.cache_memory import MemoryCache
 from gateway_plugins.cache_redis import RedisCache
 from tests.cluster.deployment import (
     ADMIN,
+    METHOD_NOT_FOUND,
     USER,
     Deployment,
     Reply,
@@ -45,6 +53,8 @@ from tests.cluster.deployment import (
     wait_until,
 )
 from tests.conftest import fresh_schema
+from tests.interceptors.conftest import require_guardrails
+from tests.support.mcp_session import open_session
 from tests.upstreams.processes import RunningUpstream
 
 pytestmark = pytest.mark.timeout(300)
@@ -148,13 +158,19 @@ async def mcp_post(url: str, message: dict[str, Any], session: str | None = None
     return await fetch("POST", url, message, headers)
 
 
-def tools_call(tool: str) -> dict[str, Any]:
+def tools_call(tool: str, arguments: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "jsonrpc": "2.0",
         "id": 1,
         "method": "tools/call",
-        "params": {"name": tool, "arguments": {"text": "hello"}},
+        "params": {
+            "name": tool,
+            "arguments": {"text": "hello"} if arguments is None else arguments,
+        },
     }
+
+
+TOOLS_LIST = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
 
 
 def succeeded(reply: Reply) -> bool:
@@ -163,7 +179,11 @@ def succeeded(reply: Reply) -> bool:
 
 def unknown(reply: Reply) -> bool:
     error = reply.body.get("error") or {}
-    return reply.status == 200 and "Unknown tool" in str(error.get("message"))
+    return (
+        reply.status == 200
+        and reply.error_code == METHOD_NOT_FOUND
+        and "Unknown tool" in str(error.get("message"))
+    )
 
 
 def disabled(reply: Reply) -> bool:
@@ -260,25 +280,6 @@ async def test_a_virtual_server_is_served_once_created_and_404_once_deleted(
         await delete_upstream(deployment.a.url, name)
 
 
-async def open_session(url: str) -> str:
-    initialize = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": MCP_VERSION,
-            "capabilities": {},
-            "clientInfo": {"name": "consistency-test", "version": "1"},
-        },
-    }
-    opened = await mcp_post(f"{url}/mcp", initialize)
-    assert opened.status == 200, opened
-    session = opened.headers["Mcp-Session-Id"]
-    initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
-    assert (await mcp_post(f"{url}/mcp", initialized, session)).status == 202
-    return session
-
-
 async def pings(deployment: Deployment, session: str) -> list[Reply]:
     ping = {"jsonrpc": "2.0", "id": 2, "method": "ping"}
     return await everywhere(deployment, lambda url: mcp_post(f"{url}/mcp", ping, session))
@@ -287,17 +288,249 @@ async def pings(deployment: Deployment, session: str) -> list[Reply]:
 async def test_an_ended_session_is_404_on_every_worker_once_delete_returned(
     deployment: Deployment,
 ) -> None:
+    headers = {**USER, "MCP-Protocol-Version": MCP_VERSION}
     for round_ in range(ROUNDS):
-        session = await open_session(deployment.a.url)
+        # A connection per request, as every other request of these tests.
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+            session = await open_session(http, MCP_VERSION, f"{deployment.a.url}/mcp", headers)
         # Every worker that answers keeps a short-lived copy of the session.
         used = await pings(deployment, session)
         assert not failing(used, answered(200)), (round_, failing(used, answered(200))[:3])
 
-        headers = {**USER, "Mcp-Session-Id": session, "MCP-Protocol-Version": MCP_VERSION}
-        ended = await fetch("DELETE", f"{deployment.b.url}/mcp", headers=headers)
+        in_session = {**headers, "Mcp-Session-Id": session}
+        ended = await fetch("DELETE", f"{deployment.b.url}/mcp", headers=in_session)
         assert ended.status == 204, ended
         after = await pings(deployment, session)
         assert not failing(after, answered(404)), (round_, failing(after, answered(404))[:3])
+
+
+# --- curation, upstreams, roles and a virtual server's settings ----------------------------
+
+
+def listed_names(reply: Reply) -> list[str] | None:
+    """The tool names of a `tools/list` answer; None if it is not one."""
+    result = reply.body.get("result")
+    if reply.status != 200 or not isinstance(result, dict):
+        return None
+    return [tool["name"] for tool in result.get("tools", [])]
+
+
+def lists(
+    present: AbstractSet[str], absent: AbstractSet[str] = frozenset()
+) -> Callable[[Reply], bool]:
+    """A `tools/list` answer that lists every name of `present` and none of `absent`."""
+
+    def check(reply: Reply) -> bool:
+        names = listed_names(reply)
+        return names is not None and present <= set(names) and not absent & set(names)
+
+    return check
+
+
+def lists_exactly(names: AbstractSet[str]) -> Callable[[Reply], bool]:
+    def check(reply: Reply) -> bool:
+        listed = listed_names(reply)
+        return listed is not None and sorted(listed) == sorted(names)
+
+    return check
+
+
+def forbidden(reply: Reply) -> bool:
+    error = reply.body.get("error") or {}
+    return (
+        reply.status == 200
+        and reply.error_code == FORBIDDEN
+        and "needs a role" in str(error.get("message"))
+    )
+
+
+def answers_text(text: str) -> Callable[[Reply], bool]:
+    """A tool call that succeeded with `text` as its only content."""
+    return lambda reply: (
+        reply.ok and reply.body["result"]["content"] == [{"type": "text", "text": text}]
+    )
+
+
+def found(tool: str) -> Callable[[Reply], bool]:
+    """A `search_tools` result naming `tool`."""
+
+    def check(reply: Reply) -> bool:
+        result = reply.body.get("result")
+        if reply.status != 200 or not isinstance(result, dict):
+            return False
+        hits = (result.get("structuredContent") or {}).get("tools", [])
+        return tool in [hit.get("name") for hit in hits]
+
+    return check
+
+
+async def calls(deployment: Deployment, tool: str, text: str = "x") -> list[Reply]:
+    """`tool` called by that name through `/rpc`, everywhere."""
+    return await everywhere(deployment, lambda url: call_tool(url, tool, {"text": text}))
+
+
+async def rpc_list(url: str) -> Reply:
+    return await fetch("POST", f"{url}/rpc", TOOLS_LIST, USER)
+
+
+async def patch_server(url: str, server: str, **changes: object) -> None:
+    reply = await fetch("PATCH", f"{url}/servers/{server}", changes, ADMIN)
+    assert reply.status == 200, reply
+
+
+async def create_server(url: str, server: dict[str, Any]) -> None:
+    created = await fetch("POST", f"{url}/servers", server, ADMIN)
+    assert created.status == 201, created
+
+
+async def delete_server(url: str, server: str) -> None:
+    deleted = await fetch("DELETE", f"{url}/servers/{server}", headers=ADMIN)
+    assert deleted.status in (204, 404), deleted
+
+
+async def test_a_tool_answers_to_its_alias_once_set_and_not_once_removed(
+    deployment: Deployment, own_upstream: RunningUpstream
+) -> None:
+    name = unique("cur")
+    tool = f"{name}__echo"
+    await register(deployment.a.url, own_upstream.url, name)
+    try:
+        for round_ in range(ROUNDS):
+            # A fresh alias each round: a worker that missed the change cannot know it.
+            alias = f"{name}_as_{round_}"
+            await patch_tool(deployment.a.url, tool, alias=alias)
+            called = await calls(deployment, alias)
+            assert not failing(called, succeeded), (round_, failing(called, succeeded)[:3])
+            listed = await everywhere(deployment, rpc_list)
+            shown = lists({alias}, absent={tool})
+            assert not failing(listed, shown), (round_, failing(listed, shown)[:3])
+
+            await patch_tool(deployment.b.url, tool, alias=None)
+            gone = await calls(deployment, alias)
+            assert not failing(gone, unknown), (round_, failing(gone, unknown)[:3])
+            listed = await everywhere(deployment, rpc_list)
+            shown = lists({tool}, absent={alias})
+            assert not failing(listed, shown), (round_, failing(listed, shown)[:3])
+    finally:
+        await delete_upstream(deployment.a.url, name)
+
+
+async def test_a_deleted_upstreams_tools_are_unknown_by_name_and_alias_once_deletion_returned(
+    deployment: Deployment, own_upstream: RunningUpstream
+) -> None:
+    name = unique("del")
+    tool, alias = f"{name}__echo", f"{name}_alias"
+    await register(deployment.a.url, own_upstream.url, name)
+    # The curation outlives the upstream: each registration below brings the alias back.
+    await patch_tool(deployment.a.url, tool, alias=alias)
+    try:
+        for round_ in range(ROUNDS):
+            if round_:
+                await register(deployment.a.url, own_upstream.url, name)
+            called = await calls(deployment, alias)
+            assert not failing(called, succeeded), (round_, failing(called, succeeded)[:3])
+
+            await delete_upstream(deployment.b.url, name)
+            by_name = await calls(deployment, tool)
+            by_alias = await calls(deployment, alias)
+            wrong = failing(by_name + by_alias, unknown)
+            assert not wrong, (round_, wrong[:3])
+            listed = await everywhere(deployment, rpc_list)
+            shown = lists(set(), absent={tool, alias})
+            assert not failing(listed, shown), (round_, failing(listed, shown)[:3])
+    finally:
+        await delete_upstream(deployment.a.url, name, missing_ok=True)
+
+
+async def test_a_tool_a_role_stops_granting_is_refused_once_the_change_returned(
+    deployment: Deployment, own_upstream: RunningUpstream
+) -> None:
+    name = unique("rol")
+    tool, role = f"{name}__echo", unique("role-")
+    # The role applies to the caller of `USER`; while it exists, it is all that caller gets.
+    granting = {"match": {"subjects": ["user"]}, "servers": ["*"], "tools": [tool]}
+    withholding = {**granting, "tools": [f"{name}__other"]}
+    await register(deployment.a.url, own_upstream.url, name)
+    created = await fetch("POST", f"{deployment.a.url}/roles", {"name": role, **granting}, ADMIN)
+    assert created.status == 201, created
+    try:
+        for round_ in range(ROUNDS):
+            changed = await fetch("PUT", f"{deployment.a.url}/roles/{role}", withholding, ADMIN)
+            assert changed.status == 200, changed
+            before = await upstream_tool_calls(own_upstream.base_url)
+            refused = await calls(deployment, tool, "no")
+            assert not failing(refused, forbidden), (round_, failing(refused, forbidden)[:3])
+            assert await upstream_tool_calls(own_upstream.base_url) == before, round_
+
+            changed = await fetch("PUT", f"{deployment.b.url}/roles/{role}", granting, ADMIN)
+            assert changed.status == 200, changed
+            served = await calls(deployment, tool, "ok")
+            assert not failing(served, succeeded), (round_, failing(served, succeeded)[:3])
+    finally:
+        deleted = await fetch("DELETE", f"{deployment.a.url}/roles/{role}", headers=ADMIN)
+        assert deleted.status == 204, deleted
+        await delete_upstream(deployment.a.url, name)
+
+
+SEARCH_TOOLS = {"search_tools", "describe_tool", "call_tool"}
+
+
+async def test_a_server_switched_to_search_mode_lists_and_serves_the_search_tools_at_once(
+    deployment: Deployment, own_upstream: RunningUpstream
+) -> None:
+    name = unique("srch")
+    tool, server = f"{name}__echo", f"{name}-server"
+    await register(deployment.a.url, own_upstream.url, name)
+    await create_server(deployment.a.url, {"id": server, "tools": [tool]})
+    endpoint = f"/servers/{server}/mcp"
+    search = tools_call("search_tools", {"query": "echo"})
+    try:
+        for round_ in range(ROUNDS):
+            await patch_server(deployment.a.url, server, tool_mode="search")
+            listed = await everywhere(deployment, lambda url: mcp_post(url + endpoint, TOOLS_LIST))
+            shown = lists_exactly(SEARCH_TOOLS)
+            assert not failing(listed, shown), (round_, failing(listed, shown)[:3])
+            searched = await everywhere(deployment, lambda url: mcp_post(url + endpoint, search))
+            assert not failing(searched, found(tool)), (round_, failing(searched, found(tool))[:3])
+
+            await patch_server(deployment.b.url, server, tool_mode="list")
+            listed = await everywhere(deployment, lambda url: mcp_post(url + endpoint, TOOLS_LIST))
+            shown = lists_exactly({tool})
+            assert not failing(listed, shown), (round_, failing(listed, shown)[:3])
+            searched = await everywhere(deployment, lambda url: mcp_post(url + endpoint, search))
+            assert not failing(searched, unknown), (round_, failing(searched, unknown)[:3])
+    finally:
+        await delete_server(deployment.a.url, server)
+        await delete_upstream(deployment.a.url, name)
+
+
+async def test_a_servers_interceptors_apply_on_every_worker_once_the_change_returned(
+    deployment: Deployment, own_upstream: RunningUpstream
+) -> None:
+    require_guardrails()
+    name = unique("icp")
+    tool, server = f"{name}__echo", f"{name}-server"
+    await register(deployment.a.url, own_upstream.url, name)
+    await create_server(deployment.a.url, {"id": server, "tools": [tool], "interceptors": []})
+    endpoint = f"/servers/{server}/mcp"
+    # Always the same call: a worker still running the old chain would answer it differently.
+    mail = tools_call(tool, {"text": "mail ann.lee@example.com"})
+    redacted, plain = (
+        answers_text("mail [REDACTED:email]"),
+        answers_text("mail ann.lee@example.com"),
+    )
+    try:
+        for round_ in range(ROUNDS):
+            await patch_server(deployment.a.url, server, interceptors=["pii"])
+            called = await everywhere(deployment, lambda url: mcp_post(url + endpoint, mail))
+            assert not failing(called, redacted), (round_, failing(called, redacted)[:3])
+
+            await patch_server(deployment.b.url, server, interceptors=[])
+            called = await everywhere(deployment, lambda url: mcp_post(url + endpoint, mail))
+            assert not failing(called, plain), (round_, failing(called, plain)[:3])
+    finally:
+        await delete_server(deployment.a.url, server)
+        await delete_upstream(deployment.a.url, name)
 
 
 # --- a worker that dies ---------------------------------------------------------------------

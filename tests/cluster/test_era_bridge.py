@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,13 +29,11 @@ from tests.cluster.deployment import (
     Deployment,
     Reply,
     fetch,
-    gateway_env,
     register,
-    start_deployment,
-    stop_deployment,
+    two_instances,
     wait_until,
 )
-from tests.conftest import fresh_schema, make_token
+from tests.conftest import make_token
 from tests.support.asking_client import (
     ANSWERING,
     check_asking_tools,
@@ -49,7 +46,6 @@ from tests.support.sdk import sdk_client
 from tests.upstreams.processes import (
     HERE,
     RunningUpstream,
-    start_own,
     start_upstream,
     stop_upstream,
 )
@@ -60,13 +56,6 @@ JSON = dict[str, Any]
 TOOL_TIMEOUT = 6.0
 VERSION = "2026-07-28"
 INVALID_PARAMS = -32602
-
-
-@pytest.fixture(scope="module")
-def asking_upstream() -> Iterator[RunningUpstream]:
-    upstream = start_own("--asking-tools")
-    yield upstream
-    stop_upstream(upstream)
 
 
 @pytest.fixture(scope="module")
@@ -87,19 +76,9 @@ def deployment(
     """Two instances of two workers sharing a PostgreSQL schema of their own and the cache
     (Redis, or the database's), with both asking upstreams registered; one deployment per
     cache serves the whole module."""
-    cache = str(request.param)
-    extra = {"CACHE_PREFIX": f"test-{uuid.uuid4().hex[:10]}", "TOOL_TIMEOUT": str(TOOL_TIMEOUT)}
-    if cache == "redis":
-        extra["REDIS_URL"] = str(request.getfixturevalue("redis_base_url"))
-    workdir = tmp_path_factory.mktemp(cache)
-    with fresh_schema(postgres_base_url) as database_url:
-        env = gateway_env(database_url, cache, **extra)
-        deployment = asyncio.run(start_deployment(env, workdir, instances=2, workers=2))
-        try:
-            asyncio.run(register_everywhere(deployment, asking_upstream, modern_upstream))
-            yield deployment
-        finally:
-            stop_deployment(deployment)
+    with two_instances(request, postgres_base_url, tmp_path_factory, TOOL_TIMEOUT) as deployment:
+        asyncio.run(register_everywhere(deployment, asking_upstream, modern_upstream))
+        yield deployment
 
 
 async def register_everywhere(

@@ -42,7 +42,7 @@ from tests.cluster.deployment import (
 )
 from tests.conftest import free_port, unavailable
 from tests.support.gunicorn_process import REPO, USER
-from tests.upstreams.processes import RunningUpstream
+from tests.upstreams.processes import RunningUpstream, end_process
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -100,14 +100,8 @@ class RedisServer:
         raise RuntimeError(f"redis-server did not answer on port {self.port} in {timeout}s")
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None:
+            end_process(self.process, 10)
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ Every request goes out on a connection of its own, so it may land on any worker.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,15 +20,13 @@ import pytest
 
 from tests.cluster.deployment import (
     Deployment,
-    gateway_env,
     register,
-    start_deployment,
-    stop_deployment,
+    two_instances,
     upstream_tool_calls,
     wait_until,
 )
-from tests.conftest import fresh_schema
 from tests.support.gunicorn_process import USER
+from tests.support.mcp_session import open_session
 from tests.upstreams.processes import RunningUpstream, start_own, stop_upstream
 
 pytestmark = pytest.mark.timeout(120)
@@ -55,19 +52,9 @@ def deployment(
 ) -> Iterator[Deployment]:
     """Two instances of two workers sharing a PostgreSQL schema of their own and the cache,
     with our upstream registered; one deployment per cache serves the whole module."""
-    cache = str(request.param)
-    extra = {"CACHE_PREFIX": f"test-{uuid.uuid4().hex[:10]}", "TOOL_TIMEOUT": str(TOOL_TIMEOUT)}
-    if cache == "redis":
-        extra["REDIS_URL"] = str(request.getfixturevalue("redis_base_url"))
-    workdir = tmp_path_factory.mktemp(cache)
-    with fresh_schema(postgres_base_url) as database_url:
-        env = gateway_env(database_url, cache, **extra)
-        deployment = asyncio.run(start_deployment(env, workdir, instances=2, workers=2))
-        try:
-            asyncio.run(registered(deployment, upstream))
-            yield deployment
-        finally:
-            stop_deployment(deployment)
+    with two_instances(request, postgres_base_url, tmp_path_factory, TOOL_TIMEOUT) as deployment:
+        asyncio.run(registered(deployment, upstream))
+        yield deployment
 
 
 async def registered(deployment: Deployment, upstream: RunningUpstream) -> None:
@@ -130,20 +117,8 @@ class Session:
 
     @classmethod
     async def open(cls, http: aiohttp.ClientSession, base: str, version: str) -> Session:
-        params = {
-            "protocolVersion": version,
-            "capabilities": {},
-            "clientInfo": {"name": "raw", "version": "1"},
-        }
-        message = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": params}
-        headers = {**USER, "Accept": ACCEPT}
-        async with http.post(f"{base}/mcp", json=message, headers=headers) as response:
-            assert response.status == 200, await response.text()
-            session = cls(http, response.headers["Mcp-Session-Id"], version)
-        initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
-        async with http.post(f"{base}/mcp", json=initialized, headers=session.headers) as done:
-            assert done.status == 202
-        return session
+        headers = {**USER, "MCP-Protocol-Version": version}
+        return cls(http, await open_session(http, version, f"{base}/mcp", headers), version)
 
     @property
     def headers(self) -> dict[str, str]:

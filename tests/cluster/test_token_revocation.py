@@ -8,25 +8,22 @@ workers refuse the token that soon, although each had verified and cached it bef
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import jwt
 import pytest
 import redis
 
-from gateway_plugins.auth_jwt import create_token
 from gateway_plugins.jwt_revocations import REVOCATIONS_CHANNEL
+from gateway_plugins.jwt_tokens import create_token
 from tests.cluster.deployment import (
     ADMIN,
     Deployment,
     Reply,
-    burst,
+    deployed,
     fetch,
-    gateway_env,
-    start_deployment,
-    stop_deployment,
+    list_everywhere,
+    redis_env,
     wait_until,
 )
 from tests.conftest import TEST_SECRET, fresh_schema
@@ -34,9 +31,6 @@ from tests.conftest import TEST_SECRET, fresh_schema
 pytestmark = pytest.mark.timeout(300)
 
 WORKERS = 2
-SPREAD = 8
-"""Requests per instance, side by side, each on a connection of its own: every worker
-of the instance gets some."""
 SECOND = 1.0
 
 
@@ -45,19 +39,9 @@ def deployment(
     postgres_base_url: str, redis_base_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Deployment, dict[str, str]]]:
     with fresh_schema(postgres_base_url) as database_url:
-        env = gateway_env(
-            database_url,
-            "redis",
-            REDIS_URL=redis_base_url,
-            CACHE_PREFIX=f"test-{uuid.uuid4().hex[:10]}",
-            CATALOGUE_POLL_INTERVAL="60",
-        )
-        workdir: Path = tmp_path_factory.mktemp("revocation")
-        running = asyncio.run(start_deployment(env, workdir, instances=2, workers=WORKERS))
-        try:
+        env = redis_env(database_url, redis_base_url)
+        with deployed(env, tmp_path_factory.mktemp("revocation"), 2, WORKERS) as running:
             yield running, env
-        finally:
-            stop_deployment(running)
 
 
 def revocation_listeners(env: dict[str, str]) -> int:
@@ -70,13 +54,7 @@ def revocation_listeners(env: dict[str, str]) -> int:
 
 
 async def everywhere(deployment: Deployment, token: str) -> list[Reply]:
-    message = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
-    headers = {"Authorization": f"Bearer {token}"}
-    return await burst(
-        fetch("POST", f"{instance.url}/rpc", message, headers)
-        for instance in deployment.instances
-        for _ in range(SPREAD)
-    )
+    return await list_everywhere(deployment, {"Authorization": f"Bearer {token}"})
 
 
 async def test_a_token_revoked_on_one_instance_is_refused_by_every_worker_within_a_second(

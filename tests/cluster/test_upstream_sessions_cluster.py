@@ -12,7 +12,7 @@ import asyncio
 import functools
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from tests.cluster.deployment import (
     ADMIN,
     USER,
     Deployment,
+    connection_per_worker,
     fetch,
     gateway_env,
     start_deployment,
@@ -32,13 +33,13 @@ from tests.cluster.deployment import (
 )
 from tests.conftest import free_port
 from tests.support.gunicorn_process import GunicornGateway
+from tests.support.mcp_session import ACCEPT_BOTH, open_session
 from tests.upstreams.processes import RunningUpstream, start_own, stop_upstream
 
 pytestmark = pytest.mark.timeout(120)
 
 JSON = dict[str, Any]
 WORKERS = 2
-ACCEPT_BOTH = "application/json, text/event-stream"
 VERSION = "2025-06-18"
 
 
@@ -91,24 +92,10 @@ def cluster(
 # --- one connection per worker -----------------------------------------------------------------
 
 
-@asynccontextmanager
-async def one_connection_per_worker(url: str) -> AsyncIterator[list[aiohttp.ClientSession]]:
+def one_connection_per_worker(url: str) -> AbstractAsyncContextManager[list[aiohttp.ClientSession]]:
     """A keep-alive connection to each worker, each serving the counter already."""
-    opened: list[aiohttp.ClientSession] = []
-    pinned: dict[int, aiohttp.ClientSession] = {}
-    try:
-        async with asyncio.timeout(15.0):
-            while len(pinned) < WORKERS:
-                http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1), headers=USER)
-                opened.append(http)
-                async with http.get(f"{url}/version") as response:
-                    pinned.setdefault(int((await response.json())["worker"]), http)
-        for http in pinned.values():
-            await wait_until(functools.partial(serves_counter, http, url), 10.0, "counter served")
-        yield list(pinned.values())
-    finally:
-        for http in opened:
-            await http.close()
+    serving = functools.partial(serves_counter, url=url)
+    return connection_per_worker([url], WORKERS, serving, "counter served", USER)
 
 
 async def serves_counter(http: aiohttp.ClientSession, url: str) -> bool:
@@ -128,26 +115,6 @@ async def post(http: aiohttp.ClientSession, url: str, session: str | None, messa
         assert response.status == 200, await response.text()
         body: JSON = await response.json()
         return body
-
-
-async def open_session(http: aiohttp.ClientSession, url: str) -> str:
-    init = {
-        "jsonrpc": "2.0",
-        "id": 0,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": VERSION,
-            "capabilities": {},
-            "clientInfo": {"name": "test-client", "version": "1.0"},
-        },
-    }
-    async with http.post(f"{url}/mcp", json=init, headers=headers(None)) as response:
-        assert response.status == 200, await response.text()
-        session = response.headers["Mcp-Session-Id"]
-    note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
-    async with http.post(f"{url}/mcp", json=note, headers=headers(session)) as response:
-        assert response.status == 202
-    return session
 
 
 async def count(http: aiohttp.ClientSession, url: str, session: str) -> int:
@@ -175,14 +142,14 @@ async def test_a_client_sessions_calls_on_both_workers_reach_one_upstream_sessio
     url = cluster.url
     async with one_connection_per_worker(url) as (first, second):
         # Each worker's shared session opens with its first per-client call: let them.
-        warm = await open_session(first, url)
+        warm = await open_session(first, VERSION, f"{url}/mcp", headers(None))
         await asyncio.gather(count(first, url, warm), count(second, url, warm))
 
         async def both_shared_sessions_listen() -> bool:
             return await upstream_stat(cluster, "open_streams") == WORKERS
 
         await wait_until(both_shared_sessions_listen, 10.0, "both shared sessions listen")
-        session = await open_session(first, url)
+        session = await open_session(first, VERSION, f"{url}/mcp", headers(None))
         initialised = await upstream_stat(cluster, "initialize")
         # Both workers need the upstream session at once: one opens it, the other adopts it.
         racing = await asyncio.gather(count(first, url, session), count(second, url, session))
@@ -191,14 +158,14 @@ async def test_a_client_sessions_calls_on_both_workers_reach_one_upstream_sessio
         assert counts == [3, 4, 5, 6, 7, 8]
         assert await upstream_stat(cluster, "initialize") == initialised + 1
         # Another client session, through the other worker first, counts on its own.
-        other = await open_session(second, url)
+        other = await open_session(second, VERSION, f"{url}/mcp", headers(None))
         assert [await count(http, url, other) for http in (second, first)] == [1, 2]
 
 
 async def test_delete_on_either_worker_ends_the_upstream_session_once(cluster: Cluster) -> None:
     url = cluster.url
     async with one_connection_per_worker(url) as (first, second):
-        session = await open_session(first, url)
+        session = await open_session(first, VERSION, f"{url}/mcp", headers(None))
         assert [await count(http, url, session) for http in (first, second)] == [1, 2]
         deleted = await upstream_stat(cluster, "sessions_deleted")
         stray = await upstream_stat(cluster, "unknown_session_deletes")
@@ -248,7 +215,7 @@ async def test_a_client_sessions_calls_on_both_instances_reach_one_upstream_sess
     deployment, upstream = two_instances
     a, b = deployment.a.url, deployment.b.url
     async with aiohttp.ClientSession(headers=USER) as http:
-        session = await open_session(http, a)
+        session = await open_session(http, VERSION, f"{a}/mcp", headers(None))
         initialised = int((await upstream.stats())["initialize"])
         # Fresh connections: each call may land on any worker of the instance it goes to.
         counts = []

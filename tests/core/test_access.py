@@ -9,12 +9,7 @@ import time
 import jwt
 import pytest
 
-from tests.conftest import TEST_SECRET, Client, GatewayFactory, make_token
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
+from tests.conftest import TEST_SECRET, Client, GatewayFactory, bearer, make_token
 
 PING = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
 

@@ -13,13 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 
 from gateway.contracts import AuthError, Principal
 from gateway.settings import Settings, SettingsError, load_settings
-from gateway_plugins.auth_jwt import JwtAuthenticator, create_jwt_authenticator, create_token
+from gateway_plugins.auth_jwt import JwtAuthenticator, create_jwt_authenticator
+from gateway_plugins.jwt_tokens import create_token
+from tests.conftest import GatewayFactory
+from tests.support.raw_http import NOT_UTF8_AUTHORIZATION, raw_answer
 
 # PyJWT warns about HMAC keys shorter than the hash; 64 bytes suits HS256 to HS512.
 SECRET = "test-secret-" + "s" * 52
@@ -136,6 +140,16 @@ async def test_malformed_header_is_401_malformed_header(
 ) -> None:
     error = await rejection(auth, header)
     assert error.message.startswith("malformed Authorization header")
+
+
+async def test_gateway_answers_an_authorization_of_bytes_that_are_not_utf8_with_400_json(
+    gateway: GatewayFactory,
+) -> None:
+    client = await gateway()
+    head, body = await raw_answer(client.port, NOT_UTF8_AUTHORIZATION)
+    assert head.startswith(b"HTTP/1.1 400 "), head
+    assert b"application/json" in head
+    assert orjson.loads(body)["error"]["message"] == "header Authorization is not valid UTF-8"
 
 
 async def test_token_that_is_not_a_jwt_is_401_malformed_token(auth: JwtAuthenticator) -> None:

@@ -5,39 +5,21 @@ Each worker reports its running loop in `/version`, so these start real servers 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
-import orjson
 import pytest
 
 from gateway.settings import SettingsError, load_settings
-from tests.conftest import free_port
-from tests.support.gunicorn_process import StartGunicorn, gunicorn_env, status_of
+from tests.support.gateway_process import serving, versions_by_worker
+from tests.support.gunicorn_process import StartGunicorn, sqlite_env
 
 pytestmark = pytest.mark.timeout(90)
 
-# urllib honours *_proxy variables; loopback requests must not go through one.
-_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
-
-def gateway_env(workdir: Path, **extra: str) -> dict[str, str]:
-    return gunicorn_env(f"sqlite:///{workdir / 'gateway.db'}", LOG_LEVEL="warning", **extra)
-
-
-def loops_by_worker(url: str, asks: int = 12) -> dict[int, str]:
-    """`/version`'s event loop per worker pid; urllib opens a fresh connection per request,
-    so gunicorn may hand each one to any worker."""
-    loops: dict[int, str] = {}
-    for _ in range(asks):
-        with _HTTP.open(f"{url}/version", timeout=5) as response:
-            body = orjson.loads(response.read())
-        loops[int(body["worker"])] = str(body["event_loop"])
-    return loops
+def loops_by_worker(url: str, workers: int = 2) -> dict[int, str]:
+    """`/version`'s event loop per worker pid."""
+    versions = versions_by_worker(url, workers)
+    return {pid: str(version["event_loop"]) for pid, version in versions.items()}
 
 
 @pytest.fixture(autouse=True)
@@ -49,7 +31,7 @@ def no_event_loop_setting(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.cluster
 def test_gunicorn_workers_run_on_uvloop_by_default(tmp_path: Path, gunicorn: StartGunicorn) -> None:
-    gateway = gunicorn(gateway_env(tmp_path))
+    gateway = gunicorn(sqlite_env(tmp_path))
 
     loops = loops_by_worker(gateway.url)
 
@@ -60,7 +42,7 @@ def test_gunicorn_workers_run_on_uvloop_by_default(tmp_path: Path, gunicorn: Sta
 def test_event_loop_asyncio_runs_gunicorn_workers_on_asyncio(
     tmp_path: Path, gunicorn: StartGunicorn
 ) -> None:
-    gateway = gunicorn(gateway_env(tmp_path, EVENT_LOOP="asyncio"))
+    gateway = gunicorn(sqlite_env(tmp_path, EVENT_LOOP="asyncio"))
 
     loops = loops_by_worker(gateway.url)
 
@@ -68,28 +50,8 @@ def test_event_loop_asyncio_runs_gunicorn_workers_on_asyncio(
 
 
 def test_serve_runs_on_uvloop_by_default(tmp_path: Path) -> None:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = tmp_path / "serve.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            env={**os.environ, **gateway_env(tmp_path)},
-            cwd=tmp_path,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while status_of(f"{url}/health") != 200:
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
-
-        assert set(loops_by_worker(url, asks=1).values()) == {"uvloop"}
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
+    with serving(sqlite_env(tmp_path), tmp_path) as gateway:
+        assert set(loops_by_worker(gateway.url, workers=1).values()) == {"uvloop"}
 
 
 def test_event_loop_setting_accepts_only_known_loops() -> None:

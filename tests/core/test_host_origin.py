@@ -11,26 +11,14 @@ import orjson
 import pytest
 
 from gateway.keys import CACHE
-from tests.conftest import Client, GatewayFactory, make_token
+from tests.conftest import Client, GatewayFactory, bearer, error_message, make_token
 from tests.plugins import faulty
 from tests.support.gunicorn_process import StartGunicorn, gunicorn_env
+from tests.transports.conftest import init_message
 
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-06-18",
-        "capabilities": {},
-        "clientInfo": {"name": "test", "version": "1"},
-    },
-}
+INIT = init_message("2025-06-18")
 MCP_ACCEPT = {"Accept": "application/json, text/event-stream"}
 REBOUND = {"Host": "evil.example", "Origin": "http://evil.example"}
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def tick_call(request_id: int = 1) -> dict[str, Any]:
@@ -153,8 +141,7 @@ async def test_metrics_need_the_metrics_or_admin_scope(gateway: GatewayFactory) 
     client = await gateway(plugins=[faulty])
     assert (await client.get("/metrics")).status == 401
     plain = await client.get("/metrics", headers=bearer(make_token("alice")))
-    assert plain.status == 403
-    assert "metrics" in (await plain.json())["error"]["message"]
+    assert "metrics" in await error_message(plain, 403)
     scoped = await client.get("/metrics", headers=bearer(make_token("prom", ("metrics",))))
     assert scoped.status == 200
     admin = await client.get("/metrics", headers=bearer(make_token("root", ("admin",))))

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -12,6 +11,7 @@ from gateway.cacheuse import CacheUse
 from gateway.leader import LeaderElection
 from gateway.sessions import SessionStore
 from gateway_plugins.cache_memory import MemoryCache
+from tests.support.waiting import eventually
 
 
 @pytest.fixture
@@ -22,21 +22,12 @@ async def use() -> AsyncIterator[CacheUse]:
     await cache.close()
 
 
-async def wait_for(condition: Callable[[], bool], within: float) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < within:
-        if condition():
-            return time.monotonic() - started
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"not true within {within}s")
-
-
 async def test_exactly_one_of_many_workers_is_leader(use: CacheUse) -> None:
     elections = [LeaderElection(use, ttl=0.6) for _ in range(5)]
     for election in elections:
         await election.start()
     try:
-        await wait_for(lambda: any(e.is_leader for e in elections), 1.0)
+        await eventually(lambda: any(e.is_leader for e in elections), 1.0, "a leader")
         for _ in range(10):
             assert sum(e.is_leader for e in elections) == 1
             await asyncio.sleep(0.1)
@@ -48,13 +39,13 @@ async def test_exactly_one_of_many_workers_is_leader(use: CacheUse) -> None:
 async def test_another_worker_takes_over_within_a_ttl_when_the_leader_dies(use: CacheUse) -> None:
     first, second = LeaderElection(use, ttl=0.6), LeaderElection(use, ttl=0.6)
     await first.start()
-    await wait_for(lambda: first.is_leader, 1.0)
+    await eventually(lambda: first.is_leader, 1.0, "the first leads")
     await second.start()
     # A dead worker does not clean up: stop its campaign without releasing the key.
     for task in first._tasks:
         task.cancel()
     try:
-        took = await wait_for(lambda: second.is_leader, 1.5)
+        took = await eventually(lambda: second.is_leader, 1.5, "the second leads")
         assert took <= 0.6 + 0.6 / 3 + 0.2
     finally:
         await second.close()

@@ -358,3 +358,53 @@ def test_max_json_depth_is_bounded_where_answers_can_still_be_encoded() -> None:
     for bad in ("1", "201"):
         with pytest.raises(SettingsError, match="MAX_JSON_DEPTH"):
             load_settings({"MAX_JSON_DEPTH": bad}, env_file=None)
+
+
+async def test_streams_of_many_callers_past_max_streams_are_refused_with_429(
+    gateway: GatewayFactory,
+) -> None:
+    client = await gateway(plugins=[faulty], max_streams=2)
+    callers = [
+        {"Authorization": f"Bearer {make_token(f'caller-{n}')}", "Accept": "text/event-stream"}
+        for n in range(3)
+    ]
+    opened = [await client.get("/sse", headers=headers) for headers in callers[:2]]
+    assert [r.status for r in opened] == [200, 200]
+    await streams_attached(client, 2)
+    refused = await client.get("/sse", headers=callers[2])
+    assert refused.status == 429
+    error = (await refused.json())["error"]
+    assert error["code"] == -32029
+    assert "MAX_STREAMS (2)" in error["message"] and "of all callers" in error["message"]
+    opened[0].close()
+    await eventually(lambda: client.app[HUB].stream_count() == 1, what="one stream closed")
+    again = await client.get("/sse", headers=callers[2])
+    assert again.status == 200
+    for response in (opened[1], again):
+        response.close()
+
+
+async def test_requests_of_many_callers_past_max_inflight_get_429_on_rpc(
+    gateway: GatewayFactory,
+) -> None:
+    client = await gateway(plugins=[faulty], max_inflight=2, tool_timeout=30.0)
+    tokens = [{"Authorization": f"Bearer {make_token(f'caller-{n}')}"} for n in range(3)]
+    hanging = [
+        asyncio.create_task(rpc(client, "tools/call", HANG, headers=headers))
+        for headers in tokens[:2]
+    ]
+    inflight = client.app[DISPATCHER].inflight
+    await eventually(lambda: inflight.running == 2, what="two calls running")
+    response = await client.post(
+        "/rpc", json={"jsonrpc": "2.0", "id": 3, "method": "ping"}, headers=tokens[2]
+    )
+    assert response.status == 429
+    assert response.headers["Retry-After"] == "1"
+    error = (await response.json())["error"]
+    assert error["code"] == -32029
+    assert "MAX_INFLIGHT (2)" in error["message"]
+    for task in hanging:
+        task.cancel()
+    await asyncio.gather(*hanging, return_exceptions=True)
+    await eventually(lambda: inflight.running == 0, what="the calls ended")
+    assert (await rpc(client, "ping", headers=tokens[2]))["result"] == {}

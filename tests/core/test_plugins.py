@@ -182,13 +182,23 @@ def test_the_core_never_imports_a_built_in_plugin() -> None:
     [
         "src/gateway_plugins/auth_jwt.py",
         "src/gateway_plugins/auth_none.py",
+        "src/gateway_plugins/auth_oauth.py",
+        "src/gateway_plugins/oauth/jwks.py",
+        "src/gateway_plugins/oauth/resource.py",
+        "src/gateway_plugins/oauth/tokens.py",
         "src/gateway_plugins/cache_database.py",
         "src/gateway_plugins/cache_memory.py",
         "src/gateway_plugins/cache_redis.py",
+        "src/gateway_plugins/jwt_commands.py",
         "src/gateway_plugins/jwt_revocations.py",
+        "src/gateway_plugins/jwt_tokens.py",
         *(
             str(path.relative_to(REPO))
             for path in sorted((REPO / "plugins" / "gateway-time").rglob("*.py"))
+        ),
+        *(
+            str(path.relative_to(REPO))
+            for path in sorted((REPO / "plugins" / "gateway-guardrails" / "src").rglob("*.py"))
         ),
     ],
 )
@@ -207,6 +217,16 @@ def test_hook_gateway_register_backends() -> None:
     plugins = Plugins(pm)
     assert plugins.backend_for("streamable-http") is not None
     assert [spec.name for spec in plugins.local_backends() if spec.name == "faulty"] == ["faulty"]
+
+
+def test_hook_gateway_register_interceptors() -> None:
+    from tests.plugins.intercepting import Intercepting
+
+    pm = build_plugin_manager()
+    pm.register(Intercepting(), name="intercepting")
+    plugins = Plugins(pm)
+    assert plugins.interceptors.items["upper"].priority == 50
+    assert {"stamp", "refuse", "answer"} <= set(plugins.interceptors.names())
 
 
 async def test_hook_gateway_configure_app(gateway: GatewayFactory) -> None:
@@ -240,3 +260,26 @@ def test_every_hook_is_documented_with_its_arguments(hook: str, where: str) -> N
     text = (REPO / where).read_text() if where == "README.md" else str(gateway.plugin.__doc__)
     argnames = getattr(build_plugin_manager().hook, hook).spec.argnames
     assert re.search(rf"`{hook}\({', '.join(argnames)}\)`", text), hook
+
+
+async def test_a_built_in_upstream_can_be_neither_changed_nor_deleted_through_the_api(
+    gateway: GatewayFactory, admin_headers: dict[str, str]
+) -> None:
+    client = await gateway(plugins=[faulty])
+    listed = await (await client.get("/upstreams", headers=admin_headers)).json()
+    builtin = [u["name"] for u in listed["upstreams"] if u["builtin"]]
+    assert builtin, listed
+    name = builtin[0]
+    changed = await client.patch(
+        f"/upstreams/{name}", json={"url": "http://127.0.0.1:9/"}, headers=admin_headers
+    )
+    assert changed.status == 422
+    assert "is built in" in (await changed.json())["error"]["message"]
+    deleted = await client.delete(f"/upstreams/{name}", headers=admin_headers)
+    assert deleted.status == 409
+    message = (await deleted.json())["error"]["message"]
+    assert f"upstream '{name}' is built in" in message and "PLUGINS_BLOCKED" in message
+    # Still registered, its tools still served.
+    assert (await client.get(f"/upstreams/{name}", headers=admin_headers)).status == 200
+    tools = await (await client.get("/tools", headers=admin_headers)).json()
+    assert any(t["name"] == "faulty_count" for t in tools["tools"])

@@ -81,6 +81,19 @@ async def test_bad_tool_changes_are_refused_with_422(
     assert (await response.json())["error"]["message"]
 
 
+@pytest.mark.parametrize("field", ["cache_ttl", "rate_limit"])
+@pytest.mark.parametrize("value", [2**31, 2**63, 2**64 - 1, 1e308])
+async def test_tool_settings_too_large_for_the_store_are_refused_with_422_and_change_nothing(
+    client: Client, field: str, value: float
+) -> None:
+    await set_tool(client, "faulty_tick", cache_ttl=5, rate_limit=100)
+    response = await client.patch("/tools/faulty_tick", json={field: value}, headers=ADMIN)
+    assert response.status == 422, await response.text()
+    assert field in (await response.json())["error"]["message"]
+    shown = await (await client.get("/tools/faulty_tick", headers=ADMIN)).json()
+    assert (shown["cache_ttl"], shown["rate_limit"]) == (5, 100)
+
+
 async def test_tool_rate_limit_refuses_calls_past_it_with_retry_after(client: Client) -> None:
     await set_tool(client, "faulty_count", rate_limit=3)
     bodies = [await rpc(client, "faulty_count", {"n": 1}, ALICE) for _ in range(3)]

@@ -4,7 +4,9 @@ to its owner."""
 
 from __future__ import annotations
 
+import base64
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,8 +17,9 @@ import pytest
 import structlog
 
 from gateway.logconfig import REDACTED, redact_secrets, short_hash
-from gateway_plugins.auth_jwt import create_token
+from gateway_plugins.jwt_tokens import create_token
 from tests.support.gunicorn_process import StartGunicorn
+from tests.transports.conftest import init_message
 from tests.upstreams.processes import RunningUpstream, start_own, stop_upstream
 
 pytestmark = pytest.mark.timeout(120)
@@ -89,16 +92,7 @@ def one_session(base: str, token: str, upstream: RunningUpstream) -> str:
         timeout=15.0,
     )
     assert registered.status_code == 201, registered.text
-    initialize = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": VERSION,
-            "capabilities": {},
-            "clientInfo": {"name": "secrets-test", "version": "1"},
-        },
-    }
+    initialize = init_message(VERSION)
     session = mcp_post(base, initialize, auth).headers["Mcp-Session-Id"]
     in_session = {**auth, "Mcp-Session-Id": session, "MCP-Protocol-Version": VERSION}
     mcp_post(base, {"jsonrpc": "2.0", "method": "notifications/initialized"}, in_session)
@@ -109,6 +103,9 @@ def one_session(base: str, token: str, upstream: RunningUpstream) -> str:
         "params": {"name": "own__echo", "arguments": {"text": "hello"}},
     }
     assert "hello" in str(answer(mcp_post(base, call, in_session))["result"])
+    for number, method in enumerate(("tools/list", "resources/list", "prompts/list"), 3):
+        listing = {"jsonrpc": "2.0", "id": number, "method": method}
+        assert "result" in answer(mcp_post(base, listing, in_session)), method
     deleted = httpx2.delete(f"{base}/mcp", headers=in_session, timeout=15.0)
     assert deleted.status_code in (200, 204), deleted.text
     return session
@@ -134,6 +131,32 @@ def url_credentials_are_taken_out_of_the_url(
     (shown,) = [item for item in listed.json()["upstreams"] if item["name"] == "creds"]
     assert shown["url"] == upstream.url
     assert shown["headers"] == ["Authorization"]
+    # A call through it sends the Basic header, at LOG_LEVEL=debug.
+    message = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": "creds__echo", "arguments": {"text": "through"}},
+    }
+    called = httpx2.post(f"{base}/rpc", json=message, headers=auth, timeout=15.0)
+    assert called.json()["result"]["isError"] is False, called.text
+
+
+def a_token_is_revoked(base: str, token: str, revoked: str) -> None:
+    """Revoke `revoked` through the API, and see it refused."""
+    auth = {"Authorization": f"Bearer {token}"}
+    response = httpx2.post(f"{base}/tokens/revoke", json={"token": revoked}, headers=auth)
+    assert response.status_code == 200, response.text
+    ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+    # Revocation reaches the other workers within a second; give a busy machine three.
+    deadline = time.monotonic() + 3
+    while True:
+        bearer = {"Authorization": f"Bearer {revoked}"}
+        refused = httpx2.post(f"{base}/rpc", json=ping, headers=bearer)
+        if refused.status_code == 401 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert refused.status_code == 401
 
 
 @pytest.mark.cluster
@@ -156,6 +179,8 @@ def test_a_debug_log_of_a_whole_session_shows_no_secret_and_keys_are_made_once_0
 
     session = one_session(gateway.url, token, upstream)
     url_credentials_are_taken_out_of_the_url(gateway.url, token, upstream)
+    revoked = create_token(jwt_secret, "leaked", [], 5)
+    a_token_is_revoked(gateway.url, token, revoked)
     # While the gateway runs, so that the -wal and -shm files exist.
     files = [tmp_path / name for name in ("gateway.db", "gateway.db-wal", "gateway.db-shm")]
     assert [stat.S_IMODE(file.stat().st_mode) for file in files] == [0o600] * 3
@@ -164,7 +189,9 @@ def test_a_debug_log_of_a_whole_session_shows_no_secret_and_keys_are_made_once_0
 
     output = gateway.log_path.read_text()
     assert '"level":"debug"' in output.replace(" ", "")
-    secrets = (jwt_secret, encryption_secret, token, HEADER_VALUE, URL_PASSWORD, session)
+    basic = base64.b64encode(f"admin:{URL_PASSWORD}".encode()).decode()
+    secrets = (jwt_secret, encryption_secret, token, revoked, HEADER_VALUE, URL_PASSWORD, basic)
+    secrets += (session,)
     for secret in (*secrets, session[:8]):
         assert secret not in output, secret
     for name in (jwt_file, encryption_file):

@@ -12,15 +12,15 @@ from typing import Any
 import pytest
 
 from gateway.plugins import Registrar, build_plugin_manager
+from gateway.setting_parsers import integer
 from gateway.settings import (
     ENVIRONMENT_VARIABLES,
     Settings,
     SettingsError,
     SettingSpec,
-    integer,
     load_settings,
 )
-from gateway_plugins import auth_jwt, cache_memory, cache_redis
+from gateway_plugins import cache_memory, cache_redis, jwt_tokens
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -53,7 +53,7 @@ def test_defaults_match_the_documented_ones() -> None:
 
 def test_plugin_settings_default_to_what_their_plugins_declare() -> None:
     settings = load_settings({}, env_file=None)
-    assert settings.plugin_value(auth_jwt.ALGORITHM) == "HS256"
+    assert settings.plugin_value(jwt_tokens.ALGORITHM) == "HS256"
     assert settings.plugin_value(cache_memory.MAX_ITEMS) == 100_000
     assert settings.plugin_value(cache_redis.REDIS_URL) == "redis://127.0.0.1:6379/0"
     assert Settings().plugin_value(cache_memory.MAX_ITEMS) == 100_000
@@ -63,7 +63,7 @@ def test_plugin_settings_are_read_from_the_environment_and_env_file(tmp_path: Pa
     env_file = tmp_path / ".env"
     env_file.write_text("REDIS_URL=redis://cache.internal:6380/2\nMEMORY_CACHE_MAX_ITEMS=5\n")
     settings = load_settings({"JWT_ALGORITHM": "hs512", "MEMORY_CACHE_MAX_ITEMS": "7"}, env_file)
-    assert settings.plugin_value(auth_jwt.ALGORITHM) == "HS512"
+    assert settings.plugin_value(jwt_tokens.ALGORITHM) == "HS512"
     assert settings.plugin_value(cache_memory.MAX_ITEMS) == 7
     assert settings.plugin_value(cache_redis.REDIS_URL) == "redis://cache.internal:6380/2"
 
@@ -144,7 +144,7 @@ def test_check_command_reports_the_installed_plugins(tmp_path: Path) -> None:
     completed = run_python(tmp_path, {}, "-m", "gateway", "check")
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.startswith(
-        "settings ok; caches: database, memory, redis; auth: jwt, none; backends: "
+        "settings ok; caches: database, memory, redis; auth: jwt, none, oauth; backends: "
     )
 
 

@@ -3,10 +3,6 @@ once per worker."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,8 +12,8 @@ import pytest
 from gateway.plugins import Plugins
 from gateway.settings import Settings
 from gateway.startup import startup_warnings
-from tests.conftest import free_port
-from tests.support.gunicorn_process import StartGunicorn, status_of
+from tests.support.gateway_process import serving, status_of
+from tests.support.gunicorn_process import StartGunicorn
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -78,27 +74,9 @@ def test_gunicorn_says_each_warning_once_for_all_its_workers(
 
 
 def test_serve_says_each_warning_once(tmp_path: Path) -> None:
-    port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'gateway.db'}",
-        "LOG_FORMAT": "json",
-        **RISKY,
-    }
-    log_path = tmp_path / "serve.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            cwd=tmp_path,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_for(lambda: status_of(f"http://127.0.0.1:{port}/health") == 200, 30, "serve answers")
-    finally:
-        process.send_signal(signal.SIGINT)
-        process.wait(timeout=20)
-    output = log_path.read_text()
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'gateway.db'}", **RISKY}
+    with serving(env, tmp_path) as gateway:
+        assert status_of(f"{gateway.url}/health") == 200
+    output = gateway.log_path.read_text()
     for warning in expected_warnings(1, env["DATABASE_URL"]):
         assert output.count(warning) == 1, (warning, output[-3000:])

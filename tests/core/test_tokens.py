@@ -14,14 +14,10 @@ import jwt
 import pytest
 
 from gateway.settings import Settings
-from gateway_plugins.auth_jwt import DEFAULT_MAX_LIFETIME, create_token
-from tests.conftest import TEST_SECRET, Client, GatewayFactory
+from gateway_plugins.jwt_tokens import DEFAULT_MAX_LIFETIME, create_token
+from tests.conftest import TEST_SECRET, Client, GatewayFactory, bearer
 
 YEAR_9999 = 253402300799
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def signed(claims: dict[str, Any]) -> str:
@@ -161,6 +157,7 @@ async def test_revoking_and_listing_need_the_admin_scope(
         ({}, 'request body must be {"jti": "..."} or {"token": "..."}'),
         ({"jti": "a", "token": "b"}, 'request body must be {"jti": "..."} or {"token": "..."}'),
         ({"jti": ""}, "jti must be a non-empty string"),
+        ({"jti": "j" * 257}, "jti must be at most 256 characters"),
         ({"token": "garbage"}, "token is not one this gateway signed"),
         (
             {"token": signed({"sub": "a", "iat": 1, "exp": int(time.time()) + 60})},

@@ -16,7 +16,7 @@ import httpx2
 import pytest
 from mcp_types import TextContent, TextResourceContents
 
-from gateway_plugins.auth_jwt import create_token
+from gateway_plugins.jwt_tokens import create_token
 from tests.conftest import RUN_MINUTES, free_port
 from tests.support.gunicorn_process import (
     USER,

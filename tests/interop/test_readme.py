@@ -177,6 +177,12 @@ WALKTHROUGH: list[tuple[str, str, int, Callable[[Answer], bool]]] = [
     ("POST", "/upstreams/docs/refresh", 200, lambda a: True),
     # Virtual servers
     ("POST", "/servers", 201, lambda a: a.body["id"] == SERVER_ID),
+    # Curating tools
+    ("PATCH", "/tools/docs__search", 200, lambda a: a.body["listed"]["name"] == "find_docs"),
+    ("POST", "/rpc", 200, search_found_docs),
+    # Search mode
+    ("POST", "/servers", 201, lambda a: a.body["tool_mode"] == "search"),
+    ("DELETE", "/servers/finder", 204, lambda a: True),
     ("DELETE", f"/servers/{SERVER_ID}", 204, lambda a: True),
     ("DELETE", "/upstreams/docs", 204, lambda a: True),
 ]

@@ -202,6 +202,12 @@ async def test_postgres_schema_from_the_url_holds_every_table(postgres_url: str)
         "prompts",
         "servers",
         "revoked_tokens",
+        "tool_overrides",
+        "config_managed",
+        "config_lease",
+        "config_applied",
+        "roles",
+        "managed_tokens",
     }
     store = open_store(postgres_url, "secret")
     await store.start()

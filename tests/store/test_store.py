@@ -17,8 +17,10 @@ from gateway.keyfile import ENCRYPTION_KEY_FILE
 from gateway.store import (
     Conflict,
     NotFound,
+    ServerRecord,
     Store,
     StoreError,
+    Unstorable,
     open_store,
 )
 from gateway.store.connections import ENCRYPTION_KEY_SECRET
@@ -412,6 +414,22 @@ async def test_a_closed_store_raises_store_error(database_url: str) -> None:
     await store.close()
     with pytest.raises(StoreError, match="is not started"):
         await store.ping()
+
+
+async def test_text_with_a_nul_is_kept_by_sqlite_and_refused_as_unstorable_by_postgres(
+    store: Store,
+) -> None:
+    record = ServerRecord(id="s1", name="a\x00b")
+    if store.dialect == "postgresql":
+        with pytest.raises(Unstorable, match="NUL"):
+            await store.create_server(record)
+        with pytest.raises(Unstorable, match="NUL"):
+            await store.get_server("a\x00b")
+        assert await store.list_servers() == []
+    else:
+        await store.create_server(record)
+        stored = await store.get_server("s1")
+        assert stored is not None and stored.name == "a\x00b"
 
 
 async def test_unreachable_postgres_port_gives_a_one_line_store_error() -> None:

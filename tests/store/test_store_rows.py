@@ -38,6 +38,9 @@ FULL_TOOL = ToolRecord(
         title="Echo",
         output_schema={"type": "object"},
         annotations={"readOnlyHint": True},
+        icons=({"src": "https://a.example/echo.png", "mimeType": "image/png", "sizes": ["48x48"]},),
+        meta={"a.example/kind": "echo", "nested": {"n": [1, 2.5, None]}},
+        extra={"x-vendor": {"tier": "gold", "n": [1, None]}, "futureField": "later"},
     ),
     enabled=False,
     cache_ttl=2.5,
@@ -53,6 +56,9 @@ FULL_RESOURCE = ResourceRecord(
         mime_type="text/markdown",
         size=1234,
         annotations={"audience": ["user"], "priority": 0.5},
+        icons=({"src": "data:image/png;base64,AAAA", "theme": "dark"},),
+        meta={"a.example/kind": "readme"},
+        extra={"x-vendor": {"kind": "readme"}},
     ),
     enabled=False,
 )
@@ -65,6 +71,9 @@ FULL_TEMPLATE = ResourceTemplateRecord(
         title="File",
         mime_type="text/plain",
         annotations={"audience": ["assistant"]},
+        icons=({"src": "https://a.example/file.svg", "sizes": ["any"]},),
+        meta={"a.example/kind": "file"},
+        extra={"x-vendor": {"kind": "file"}},
     ),
     enabled=False,
 )
@@ -75,7 +84,10 @@ FULL_PROMPT = PromptRecord(
         name="greet",
         description="Say hello",
         title="Greeting",
-        arguments=({"name": "who", "required": True}, {"name": "tone"}),
+        arguments=({"name": "who", "title": "Who", "required": True}, {"name": "tone"}),
+        icons=({"src": "https://a.example/greet.png"},),
+        meta={"a.example/kind": "greet"},
+        extra={"x-vendor": {"kind": "greet"}, "x-empty": None},
     ),
     enabled=False,
 )
@@ -88,6 +100,8 @@ FULL_SERVER = ServerRecord(
     prompts=("a__greet",),
     created_at=1.5,
     updated_at=2.5,
+    tags=("support",),
+    tool_mode="search",
 )
 FULL_UPSTREAM = UpstreamRecord(
     name="a",
@@ -155,6 +169,9 @@ def test_a_definition_spreads_over_the_row_with_its_name_in_original_name() -> N
             "title",
             "output_schema",
             "annotations",
+            "icons",
+            "meta",
+            "extra",
             "enabled",
             "cache_ttl",
             "rate_limit",
@@ -170,7 +187,7 @@ def test_dict_and_tuple_fields_are_json_text_and_none_stays_null() -> None:
     assert columns["input_schema"] == '{"type":"object"}'
     assert (columns["output_schema"], columns["annotations"]) == (None, None)
     assert orjson.loads(prompt["arguments"]) == [
-        {"name": "who", "required": True},
+        {"name": "who", "title": "Who", "required": True},
         {"name": "tone"},
     ]
 
@@ -204,7 +221,7 @@ def test_update_writes_every_column_but_the_key_and_those_kept() -> None:
 
     assert sql == (
         "UPDATE servers SET name = ?, description = ?, tools = ?, resources = ?, prompts = ?, "
-        "updated_at = ? WHERE id = ?"
+        "updated_at = ?, tags = ?, tool_mode = ?, interceptors = ? WHERE id = ?"
     )
     assert params[-1] == "s1" and params[2] == '["a__echo"]'
 
@@ -304,12 +321,18 @@ async def test_json_columns_hold_json_text_in_the_database(database_url: str, st
     )
 
     rows = raw_rows(
-        database_url, "SELECT input_schema, output_schema, annotations FROM tools ORDER BY name"
+        database_url,
+        "SELECT input_schema, output_schema, annotations, extra FROM tools ORDER BY name",
     )
 
     assert [tuple(None if v is None else orjson.loads(v) for v in row) for row in rows] == [
-        (FULL_TOOL.definition.input_schema, {"type": "object"}, {"readOnlyHint": True}),
-        ({}, None, None),
+        (
+            FULL_TOOL.definition.input_schema,
+            {"type": "object"},
+            {"readOnlyHint": True},
+            FULL_TOOL.definition.extra,
+        ),
+        ({}, None, None, None),
     ]
 
 

@@ -1,4 +1,5 @@
-"""Run the gateway as an operator does: `gunicorn -c gunicorn.conf.py` in a real process.
+"""Run the gateway as an operator does: `gunicorn -c gunicorn.conf.py` in a real process,
+started and awaited as `tests.support.gateway_process` starts every gateway process.
 
 Also a pytest plugin (loaded by the top-level conftest): the `gunicorn` fixture starts
 gateways for one test and stops them after it.
@@ -6,13 +7,7 @@ gateways for one test and stops them after it.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,6 +17,7 @@ import httpx2
 import pytest
 
 from tests.conftest import RUN_MINUTES, TEST_SECRET, free_port, make_token
+from tests.support.gateway_process import GatewayProcess
 from tests.upstreams.processes import RunningUpstream
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,63 +39,22 @@ def gunicorn_env(database_url: str, **settings: str) -> dict[str, str]:
     }
 
 
-def status_of(url: str) -> int | None:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return None
+def sqlite_env(workdir: Path, **settings: str) -> dict[str, str]:
+    """`gunicorn_env` for a gateway of its own: a SQLite store in `workdir`, warnings only."""
+    return gunicorn_env(f"sqlite:///{workdir / 'gateway.db'}", LOG_LEVEL="warning", **settings)
 
 
-class GunicornGateway:
+class GunicornGateway(GatewayProcess):
+    """`gunicorn -c gunicorn.conf.py` with `workers` workers."""
+
+    name = "gunicorn"
+
     def __init__(self, env: Mapping[str, str], port: int, workdir: Path, workers: int = 2) -> None:
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        self.workdir = workdir
-        self.log_path = workdir / f"gunicorn-{port}.log"
-        self.env = {
-            **os.environ,
-            "HOST": "127.0.0.1",
-            "PORT": str(port),
-            "GUNICORN_WORKERS": str(workers),
-            "LOG_FORMAT": "json",
-            **env,
-        }
-        self.process: subprocess.Popen[bytes] | None = None
+        listen = {"HOST": "127.0.0.1", "PORT": str(port), "GUNICORN_WORKERS": str(workers)}
+        super().__init__({**listen, **env}, port, workdir)
 
-    def start(self, timeout: float = 30.0) -> GunicornGateway:
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "-c", str(REPO / "gunicorn.conf.py")],
-                env=self.env,
-                cwd=self.workdir,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited with {self.process.returncode}:\n{self.log()}")
-            if status_of(f"{self.url}/health") == 200:
-                return self
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"gunicorn did not become healthy in {timeout}s:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-5000:]
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(sig)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "gunicorn", "-c", str(REPO / "gunicorn.conf.py")]
 
 
 def start_together(*gateways: GunicornGateway) -> None:

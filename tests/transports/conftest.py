@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -24,10 +23,15 @@ from gateway.settings import Settings
 from tests.conftest import Client, GatewayFactory
 from tests.plugins import faulty, rich
 from tests.plugins.rich import RichBackend
+from tests.support import waiting
+
+# Shared with tests beyond these; re-exported, as the transport tests import them from here.
+from tests.support.mcp_session import ACCEPT_BOTH as ACCEPT_BOTH
+from tests.support.mcp_session import LATEST as LATEST
+from tests.support.mcp_session import init_message as init_message
+from tests.support.mcp_session import open_session as open_session
 
 JSON = dict[str, Any]
-ACCEPT_BOTH = "application/json, text/event-stream"
-LATEST = "2025-11-25"
 
 # --- wire helpers -----------------------------------------------------------------------------
 
@@ -103,17 +107,9 @@ class EventReader:
 
 async def eventually(
     check: Callable[[], Awaitable[bool] | bool], timeout: float = 5.0, what: str = "condition"
-) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        outcome = check()
-        if not isinstance(outcome, bool):
-            outcome = await outcome
-        if outcome:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} did not hold within {timeout:g}s")
-        await asyncio.sleep(0.01)
+) -> float:
+    """`tests.support.waiting.eventually`, polling more often and for 5 s unless told."""
+    return await waiting.eventually(check, timeout, what, every=0.01)
 
 
 async def streams_attached(client: Client, count: int) -> None:
@@ -126,19 +122,6 @@ def backend_of(client: Client, upstream: str = "rich") -> RichBackend:
     return cast(RichBackend, client.app[REGISTRY].backends[upstream])
 
 
-def init_message(version: str = LATEST, request_id: Any = 1) -> JSON:
-    return {
-        "jsonrpc": "2.0",
-        "id": request_id,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": version,
-            "capabilities": {},
-            "clientInfo": {"name": "test-client", "version": "1.0"},
-        },
-    }
-
-
 def session_headers(
     session: str, version: str | None = None, accept: str = ACCEPT_BOTH
 ) -> dict[str, str]:
@@ -146,27 +129,6 @@ def session_headers(
     if version is not None:
         headers["MCP-Protocol-Version"] = version
     return headers
-
-
-async def open_session(
-    client: Client,
-    version: str = LATEST,
-    path: str = "/mcp",
-    headers: dict[str, str] | None = None,
-) -> str:
-    """initialize, then notifications/initialized; the session id."""
-    response = await client.post(
-        path, json=init_message(version), headers={"Accept": ACCEPT_BOTH, **(headers or {})}
-    )
-    assert response.status == 200, await response.text()
-    session = response.headers["Mcp-Session-Id"]
-    initialized = await client.post(
-        path,
-        json={"jsonrpc": "2.0", "method": "notifications/initialized"},
-        headers={**session_headers(session), **(headers or {})},
-    )
-    assert initialized.status == 202
-    return session
 
 
 async def call(

@@ -607,11 +607,32 @@ async def test_tools_call_of_an_unknown_tool_returns_32601(client: Client, sessi
     assert body["error"]["code"] == -32601
 
 
-async def test_tools_call_with_bad_arguments_returns_32602(client: Client, session: str) -> None:
+async def test_tools_call_with_bad_arguments_is_an_error_result_from_2025_11_25(
+    client: Client, session: str
+) -> None:
     body = await call(
         client, session, "tools/call", {"name": "faulty_count", "arguments": {"n": "x"}}
     )
+    result = body["result"]
+    assert result["isError"] is True
+    assert result["content"][0]["text"].startswith("Invalid arguments for faulty_count: ")
+    assert "'n'" in result["content"][0]["text"]
+
+
+@pytest.mark.parametrize("version", ["2025-06-18", "2025-03-26", "2024-11-05"])
+async def test_tools_call_with_bad_arguments_returns_32602_before_2025_11_25(
+    client: Client, version: str
+) -> None:
+    session = await open_session(client, version)
+    body = await call(
+        client,
+        session,
+        "tools/call",
+        {"name": "faulty_count", "arguments": {"n": "x"}},
+        headers={"MCP-Protocol-Version": version},
+    )
     assert body["error"]["code"] == -32602
+    assert "faulty_count" in body["error"]["message"]
 
 
 async def test_tools_call_with_a_progress_token_streams_progress_before_the_result(

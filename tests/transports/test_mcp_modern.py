@@ -324,9 +324,10 @@ async def test_malformed_json_returns_400_32700(client: Client) -> None:
     await error_of(response, 400, -32700)
 
 
-async def test_accept_without_json_returns_406(client: Client) -> None:
+async def test_accept_without_json_returns_406_with_a_json_error(client: Client) -> None:
     response = await post(client, "tools/list", accept="text/event-stream")
-    assert response.status == 406
+    body = await error_of(response, 406, -32600)
+    assert "Not Acceptable" in body["error"]["message"]
 
 
 async def test_a_session_header_is_ignored_and_none_is_minted(client: Client) -> None:
@@ -351,6 +352,13 @@ async def test_tools_call_result_has_result_type_complete(client: Client) -> Non
 async def test_tools_call_of_an_unknown_tool_returns_400_32602(client: Client) -> None:
     response = await post(client, "tools/call", {"name": "nope", "arguments": {}})
     await error_of(response, 400, -32602)
+
+
+async def test_tools_call_with_bad_arguments_is_an_error_result(client: Client) -> None:
+    arguments = {"text": 5}
+    result = await result_of(client, "tools/call", {"name": "rich_echo", "arguments": arguments})
+    assert result["isError"] is True
+    assert result["content"][0]["text"].startswith("Invalid arguments for rich_echo: ")
 
 
 @pytest.mark.parametrize(
@@ -527,14 +535,17 @@ async def listen(client: Client, notifications: JSON, request_id: Any = "listen-
     return EventReader(response)
 
 
-async def test_listen_without_event_stream_accept_returns_406(client: Client) -> None:
+async def test_listen_without_event_stream_accept_returns_406_with_a_json_error(
+    client: Client,
+) -> None:
     response = await post(
         client,
         "subscriptions/listen",
         {"notifications": {"toolsListChanged": True}},
         accept="application/json",
     )
-    assert response.status == 406
+    body = await error_of(response, 406, -32600)
+    assert "text/event-stream" in body["error"]["message"]
 
 
 async def test_listen_first_acknowledges_the_honoured_flags_under_the_request_id(

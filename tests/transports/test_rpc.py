@@ -253,7 +253,8 @@ async def test_metrics_count_tool_calls_and_need_the_metrics_scope(client: Clien
     response = await client.get("/metrics", headers=metrics_token)
     assert response.status == 200
     text = await response.text()
-    assert 'gateway_tool_call_seconds_count{outcome="ok",upstream="faulty"}' in text
+    assert 'gateway_tool_calls_total{outcome="ok",tool="faulty_count",upstream="faulty"}' in text
+    assert 'gateway_tool_call_duration_seconds_count{upstream="faulty"}' in text
     assert (await client.get("/metrics")).status == 403
     client.session.headers.pop("Authorization")
     assert (await client.get("/metrics")).status == 401

@@ -10,7 +10,7 @@ from typing import Any
 import jwt
 import pytest
 
-from gateway_plugins.auth_jwt import create_token
+from gateway_plugins.jwt_tokens import create_token
 from tests.conftest import TEST_SECRET, Client
 from tests.plugins.rich import CHANGELOG, ITEMS, README
 from tests.transports.conftest import (
@@ -195,8 +195,18 @@ async def test_patch_naming_an_unknown_tool_returns_422_and_changes_nothing(
         {"id": "x", "tools": [1]},
         {"id": "x", "name": 5},
         {"id": "x", "description": None},
+        {"id": "x", "name": "n" * 201},
+        {"id": "x", "description": "d" * 10_001},
     ],
-    ids=["unknown-field", "tools-not-list", "tools-not-strings", "name", "description"],
+    ids=[
+        "unknown-field",
+        "tools-not-list",
+        "tools-not-strings",
+        "name",
+        "description",
+        "name-too-long",
+        "description-too-long",
+    ],
 )
 async def test_create_with_invalid_fields_returns_422(
     client: Client, admin_headers: dict[str, str], payload: JSON

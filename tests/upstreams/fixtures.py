@@ -7,29 +7,18 @@ the SDK servers are shared by the session because they are slow to start and hol
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+
+from tests.support.waiting import eventually as eventually
 
 from .processes import RunningUpstream, start_own, start_sdk, stop_upstream
 
 JSON = dict[str, Any]
 
 UpstreamFactory = Callable[..., RunningUpstream]
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]], timeout: float = 10.0, what: str = "condition"
-) -> None:
-    """Poll `check` until it holds; fail the test naming `what` if it never does."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} did not hold within {timeout:g}s")
-        await asyncio.sleep(0.02)
 
 
 async def stat_is(upstream: RunningUpstream, key: str, value: Any) -> None:

@@ -20,6 +20,8 @@ Admin endpoints for tests:
                                       prompts) to every session that listens
   POST /admin/update-resource?uri=U   send notifications/resources/updated to subscribers
   POST /admin/add-tool?name=N         add a trivial tool at run time
+  POST /admin/add-prompt?name=N       add a prompt without arguments at run time
+  POST /admin/add-resource?uri=U      add a text resource at run time
   POST /admin/ask?method=M            send request M (params: the JSON body, if any) to every
                                       session that listens, on its own stream and related to
                                       no request; answers {"answers": [reply, ...]}
@@ -35,6 +37,11 @@ transport has only one stream, so there the request names its call in
 With `--counter` it also serves `counter`, whose count belongs to the session: each call
 answers one more than the session's last (as text and as `{"count": n}`), so clients that
 share a session see one count and clients that do not see their own.
+
+With `--every-field` every tool, resource, template and prompt it lists carries every field
+the 2025-11-25 schema gives it (title, icons, `_meta`, annotations, and the rest), prompt
+arguments their titles, and every tool `execution`, and fields no schema gives it (an
+extension, a field of a revision to come), so that a test can see each arrive.
 
 It is stricter than the specification asks, so that a lax client fails here: a Streamable
 HTTP request must accept both JSON and SSE, and every request after `initialize` at protocol
@@ -87,6 +94,7 @@ class Options:
     extra_tools: int = 0
     asking_tools: bool = False
     counter: bool = False
+    every_field: bool = False
 
 
 class RpcError(Exception):
@@ -510,6 +518,63 @@ PROMPTS: list[JSON] = [
 NAMES = ("Ada", "Alan", "Alonzo", "Barbara", "Grace", "Linus")
 
 
+PIXEL = (
+    "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk"
+    "+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+)
+ANNOTATED: JSON = {
+    "audience": ["user", "assistant"],
+    "priority": 0.75,
+    "lastModified": "2025-01-12T15:00:58Z",
+}
+
+
+def unknown_fields(key: str) -> JSON:
+    """Top-level fields no MCP schema gives an entry, as servers add them: a vendor's
+    extension object, a field of a later revision, and a null."""
+    return {
+        "x-vendor": {"tests.example/entry": key, "list": [1, "two", None], "on": True},
+        "futureField": f"Later field of {key}",
+        "x-null": None,
+    }
+
+
+def with_every_field(entry: JSON) -> JSON:
+    """`entry` with every field the 2025-11-25 schema gives its kind that it lacks, each
+    with a value of its own: title, icons (one by URL, one a `data:` image), `_meta`, and
+    by kind annotations, an output schema and `execution` (tools), a size (resources) and
+    argument titles (prompts); and the `unknown_fields`."""
+    key = str(entry.get("uriTemplate") or entry.get("uri") or entry["name"])
+    shaped: JSON = {
+        **entry,
+        "title": entry.get("title") or f"Title of {key}",
+        "icons": [
+            {
+                "src": f"https://icons.example/{entry['name']}.svg",
+                "mimeType": "image/svg+xml",
+                "sizes": ["any"],
+                "theme": "dark",
+            },
+            {"src": PIXEL, "mimeType": "image/png", "sizes": ["1x1"], "theme": "light"},
+        ],
+        "_meta": {"tests.example/entry": key, "tests.example/nested": {"n": [1, 2.5, None]}},
+        **unknown_fields(key),
+    }
+    if "inputSchema" in entry:
+        shaped.setdefault("outputSchema", _object({"text": {"type": "string"}}))
+        shaped.setdefault("annotations", {"title": f"Annotated {key}", "destructiveHint": False})
+        shaped["execution"] = {"taskSupport": "optional"}
+    elif "arguments" in entry:
+        shaped["arguments"] = [
+            {**argument, "title": f"Argument {argument['name']}"} for argument in entry["arguments"]
+        ]
+    else:
+        shaped.setdefault("annotations", ANNOTATED)
+        if "uri" in entry:
+            shaped.setdefault("size", 4096 + len(key))
+    return shaped
+
+
 def _uri(params: JSON) -> str:
     uri = params.get("uri")
     if not isinstance(uri, str):
@@ -637,6 +702,9 @@ class McpTestServer:
             "stray_answers": 0,
         }
 
+    def listed(self, entries: list[JSON]) -> list[JSON]:
+        return [with_every_field(e) for e in entries] if self.options.every_field else entries
+
     def capabilities(self) -> JSON:
         capabilities: JSON = {"tools": {"listChanged": True}}
         if not self.options.tools_only:
@@ -662,6 +730,8 @@ class McpTestServer:
         app.router.add_post("/admin/list-changed", self.list_changed)
         app.router.add_post("/admin/update-resource", self.update_resource)
         app.router.add_post("/admin/add-tool", self.add_tool)
+        app.router.add_post("/admin/add-prompt", self.add_prompt)
+        app.router.add_post("/admin/add-resource", self.add_resource)
         app.router.add_post("/admin/ask", self.ask)
         app.router.add_get("/admin/stats", self.get_stats)
         app.on_shutdown.append(self._end_streams)
@@ -712,6 +782,20 @@ class McpTestServer:
         self.tools.append(_trivial_tool(name, "Added at run time."))
         self.handlers[name] = _trivial(name)
         return _json({"tools": len(self.tools)})
+
+    async def add_prompt(self, request: web.Request) -> web.Response:
+        name = request.query.get("name", "")
+        if not name or any(prompt["name"] == name for prompt in PROMPTS):
+            return _json({"error": f"prompt name {name!r} is empty or taken"}, status=400)
+        PROMPTS.append({"name": name, "description": "Added at run time.", "arguments": []})
+        return _json({"prompts": len(PROMPTS)})
+
+    async def add_resource(self, request: web.Request) -> web.Response:
+        uri = request.query.get("uri", "")
+        if not uri or any(resource["uri"] == uri for resource in RESOURCES):
+            return _json({"error": f"resource {uri!r} is empty or taken"}, status=400)
+        RESOURCES.append({"uri": uri, "name": uri, "mimeType": "text/plain"})
+        return _json({"resources": len(RESOURCES)})
 
     async def ask(self, request: web.Request) -> web.Response:
         method = request.query.get("method", "")
@@ -1013,7 +1097,8 @@ class McpTestServer:
             return {}
         if method == "tools/list":
             self.stats["tools_list"] += 1
-            return _page(self.tools, params.get("cursor"), "tools", self.options.page_size)
+            tools = self.listed(self.tools)
+            return _page(tools, params.get("cursor"), "tools", self.options.page_size)
         if method == "tools/call":
             self.stats["tools_call"] += 1
             return await self._call_tool(call)
@@ -1040,10 +1125,10 @@ class McpTestServer:
         params, size = call.params, self.options.page_size
         if method == "resources/list":
             self.stats["resources_list"] += 1
-            return _page(RESOURCES, params.get("cursor"), "resources", size)
+            return _page(self.listed(RESOURCES), params.get("cursor"), "resources", size)
         if method == "resources/templates/list":
             self.stats["resources_templates_list"] += 1
-            return _page(TEMPLATES, params.get("cursor"), "resourceTemplates", size)
+            return _page(self.listed(TEMPLATES), params.get("cursor"), "resourceTemplates", size)
         if method == "resources/read":
             self.stats["resources_read"] += 1
             return _read_resource(_uri(params))
@@ -1059,7 +1144,7 @@ class McpTestServer:
             return {}
         if method == "prompts/list":
             self.stats["prompts_list"] += 1
-            return _page(PROMPTS, params.get("cursor"), "prompts", size)
+            return _page(self.listed(PROMPTS), params.get("cursor"), "prompts", size)
         if method == "prompts/get":
             self.stats["prompts_get"] += 1
             return _get_prompt(params)
@@ -1187,6 +1272,12 @@ def parse_options(argv: list[str] | None = None) -> Options:
     parser.add_argument(
         "--counter", action="store_true", help="add the tool counter, which counts per session"
     )
+    parser.add_argument(
+        "--every-field",
+        action="store_true",
+        help="list every field the schema defines on each tool, resource, template and prompt, "
+        "and fields it does not define",
+    )
     args = parser.parse_args(argv)
     return Options(
         port=args.port,
@@ -1200,6 +1291,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         extra_tools=args.tools,
         asking_tools=args.asking_tools,
         counter=args.counter,
+        every_field=args.every_field,
     )
 
 

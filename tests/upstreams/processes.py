@@ -8,6 +8,7 @@ would block the server.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -131,15 +132,23 @@ def _wait_until_ready(upstream: RunningUpstream, timeout: float, name: str) -> s
     )
 
 
+def end_process(
+    process: subprocess.Popen[Any], timeout: float = 5.0, sig: int = signal.SIGTERM
+) -> None:
+    """Send `sig` to a process still running and wait `timeout` seconds for it to end;
+    kill it when it does not."""
+    if process.poll() is not None:
+        return
+    process.send_signal(sig)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def stop_upstream(upstream: RunningUpstream, timeout: float = 5.0) -> None:
-    process = upstream.process
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    end_process(upstream.process, timeout)
     upstream.output.close()
 
 

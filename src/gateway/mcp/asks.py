@@ -22,6 +22,7 @@ from gateway.cacheuse import CacheUnavailable, CacheUse
 from gateway.contracts import AskClient, ClientRequestError
 from gateway.ids import process_tag
 from gateway.jsonrpc import RPCError
+from gateway.mcp import versions
 from gateway.mcp.context import Context
 from gateway.mcp.hub import Hub
 
@@ -32,6 +33,39 @@ CAPABILITY = {
     "roots/list": "roots",
 }
 """The client capability each relayed method needs; others (ping) need none."""
+
+
+URL_ELICITATION_REQUIRED = -32042
+"""The error by which a server asks for URL elicitations instead of sending them."""
+
+
+def takes_url_elicitation(ctx: Context) -> bool:
+    """Whether the context's client declared URL elicitation: in its session, or in a
+    2026-07-28 request's `_meta`."""
+    if ctx.session is not None:
+        capabilities: object = ctx.session.client_capabilities
+    else:
+        capabilities = ctx.meta.get(versions.META_CAPABILITIES) if ctx.modern else None
+    if not isinstance(capabilities, dict):
+        return False
+    return undeclared("elicitation/create", {"mode": "url"}, capabilities) is None
+
+
+def undeclared(method: str, params: JSON, capabilities: JSON) -> str | None:
+    """What the client did not declare that the upstream's `method` with `params` needs,
+    or None: the capability, or for a URL elicitation its `url` mode (an `elicitation`
+    capability naming no mode means form mode only)."""
+    needed = CAPABILITY.get(method)
+    if needed is None:
+        return None
+    if needed not in capabilities:
+        return f"the '{needed}' capability"
+    declared = capabilities[needed]
+    if method == "elicitation/create" and params.get("mode") == "url":
+        if not isinstance(declared, dict) or "url" not in declared:
+            return "URL elicitation ('elicitation.url')"
+    return None
+
 
 _ids = itertools.count(1)
 
@@ -60,11 +94,10 @@ class ClientAsks:
     async def _ask(self, ctx: Context, method: str, params: JSON) -> JSON:
         session, emit = ctx.session, ctx.emit
         assert session is not None and emit is not None
-        needed = CAPABILITY.get(method)
-        if needed is not None and needed not in session.client_capabilities:
+        missing = undeclared(method, params, session.client_capabilities)
+        if missing is not None:
             raise ClientRequestError(
-                jsonrpc.METHOD_NOT_FOUND,
-                f"the client did not declare the '{needed}' capability",
+                jsonrpc.METHOD_NOT_FOUND, f"the client did not declare {missing}"
             )
         ask_id = f"gw-{process_tag()}-{next(_ids)}"
         answer = self.hub.expect(session.id, ask_id)

@@ -37,7 +37,7 @@ from gateway.contracts import AskClient, ClientRequestError
 from gateway.ids import process_tag
 from gateway.jsonrpc import RPCError
 from gateway.mcp import versions
-from gateway.mcp.asks import CAPABILITY
+from gateway.mcp.asks import CAPABILITY, undeclared
 from gateway.mcp.context import Context, Emit
 from gateway.mcp.hub import Hub
 from gateway.mcp.request_state import Sealer, State, refused
@@ -190,15 +190,14 @@ class Bridge:
         async def ask(method: str, params: JSON) -> JSON:
             if method == "ping":
                 return {}  # 2026 clients are never pinged; the gateway answers for them
-            needed = CAPABILITY.get(method)
-            if needed is None:
+            if method not in CAPABILITY:
                 raise ClientRequestError(
                     jsonrpc.METHOD_NOT_FOUND, f"Method not found: {method} (2026-07-28 client)"
                 )
-            if needed not in call.capabilities:
+            missing = undeclared(method, params, call.capabilities)
+            if missing is not None:
                 raise ClientRequestError(
-                    jsonrpc.METHOD_NOT_FOUND,
-                    f"the client did not declare the '{needed}' capability",
+                    jsonrpc.METHOD_NOT_FOUND, f"the client did not declare {missing}"
                 )
             ask_id = f"{call.id}.{next(_ids)}"
             answer = self.hub.expect(call.caller, ask_id)

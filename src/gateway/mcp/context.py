@@ -10,6 +10,7 @@ from typing import Any
 
 from gateway.catalogue import Catalogue, View
 from gateway.contracts import Principal
+from gateway.roles import Grant
 from gateway.sessions import SessionRecord
 
 JSON = dict[str, Any]
@@ -64,20 +65,29 @@ class Endpoint:
     """The virtual server of the endpoint, or None for the whole gateway."""
     view: View
     """The view as the request found it; lists re-read the newest one."""
+    grant: Grant | None = None
+    """What the caller's roles allow, or None when roles do not limit it."""
 
     @classmethod
     def resolve(
-        cls, caller: Principal, remote: str | None, server: str | None, catalogue: Catalogue
+        cls,
+        caller: Principal,
+        remote: str | None,
+        server: str | None,
+        catalogue: Catalogue,
+        grant: Grant | None = None,
     ) -> Endpoint:
         """The endpoint, or `Refused` when the token may not reach it or it does not exist."""
         allowed = allowed_servers(caller)
+        where = f"virtual server '{server}'" if server else "the whole gateway"
         if allowed is not None and (server is None or server not in allowed):
-            where = f"virtual server '{server}'" if server else "the whole gateway"
             raise Refused(403, f"Forbidden: this token may not reach {where}")
+        if grant is not None and not grant.reaches(server):
+            raise Refused(403, grant.refusal(f"reaching {where}"))
         view = catalogue.view(server)
         if view is None:
             raise Refused(404, f"Not Found: no virtual server '{server}'")
-        return cls(caller, caller_key(caller, remote), server, view)
+        return cls(caller, caller_key(caller, remote), server, view, grant)
 
 
 @dataclass(slots=True)

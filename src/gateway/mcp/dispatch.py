@@ -26,6 +26,8 @@ from gateway.mcp.context import Context, Era
 from gateway.mcp.hub import Hub
 from gateway.mcp.inflight import InFlight
 from gateway.mcp.methods import SERVER_INFO, Methods
+from gateway.metrics import MCP_REQUESTS
+from gateway.tracing import Tracing
 
 log = structlog.get_logger(__name__)
 
@@ -116,7 +118,9 @@ class Dispatcher:
         asks: ClientAsks,
         bridge: Bridge,
         inflight: InFlight | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
+        self.tracing = tracing
         self.methods = methods
         self.inflight = inflight or InFlight()
         self.asks = asks
@@ -139,11 +143,28 @@ class Dispatcher:
         try:
             self.inflight.enter(session, ctx.caller_key)
         except RPCError as exc:
-            return Reply(message.id, error=exc)
-        try:
-            return await self._request(message, ctx)
-        finally:
-            self.inflight.leave(session, ctx.caller_key)
+            reply = Reply(message.id, error=exc)
+        else:
+            try:
+                if self.tracing is None:
+                    reply = await self._request(message, ctx)
+                else:
+                    reply = await self._traced(self.tracing, message, ctx, session)
+            finally:
+                self.inflight.leave(session, ctx.caller_key)
+        method = message.method if message.method in self.table else "other"
+        outcome = "ok" if reply.error is None else "cancelled" if reply.cancelled else "error"
+        MCP_REQUESTS(method, outcome).inc()
+        return reply
+
+    async def _traced(
+        self, tracing: Tracing, message: jsonrpc.Request, ctx: Context, session: str | None
+    ) -> Reply:
+        """`_request` inside the MCP request's span."""
+        with tracing.mcp_request(message.method, message.params, session) as span:
+            reply = await self._request(message, ctx)
+            span.answered(None if reply.error is None else reply.error.code)
+        return reply
 
     async def _request(self, message: jsonrpc.Request, ctx: Context) -> Reply:
         if ctx.session is None:

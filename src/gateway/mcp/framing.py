@@ -13,7 +13,7 @@ from aiohttp import web
 from gateway import jsonrpc
 from gateway.access import principal
 from gateway.jsonrpc import Id, RPCError
-from gateway.keys import DISPATCHER, EVENTS, HUB, REGISTRY, SETTINGS
+from gateway.keys import DISPATCHER, EVENTS, HUB, REGISTRY, ROLES, SETTINGS
 from gateway.limits import RateLimited
 from gateway.mcp import sse, versions
 from gateway.mcp.context import JSON, Context, Endpoint, Refused
@@ -95,11 +95,13 @@ def status_error(exc: RPCError) -> web.Response:
 def endpoint(request: web.Request) -> Endpoint:
     """The endpoint of an MCP request, or `Refused` (token limits, unknown server). Host and
     Origin were checked at the front door (`gateway.hosts`)."""
+    caller = principal(request)
     return Endpoint.resolve(
-        principal(request),
+        caller,
         request.remote,
         request.match_info.get("server"),
         request.app[REGISTRY].catalogue,
+        request.app[ROLES].grant(caller),
     )
 
 

@@ -24,6 +24,7 @@ from gateway.catalogue import Catalogue, changed_kinds
 from gateway.consistency import Consistency
 from gateway.contracts import Cache
 from gateway.logconfig import short_hash
+from gateway.mcp.running import Running
 from gateway.sessions import SessionStore
 
 log = structlog.get_logger(__name__)
@@ -72,6 +73,8 @@ class Hub:
         self.streams: dict[str, set[ClientStream]] = {}
         """Streams by session id; listen streams (no session) live under their own key."""
         self.inflight: dict[tuple[str, str], asyncio.Task[Any]] = {}
+        self.running = Running(cache)
+        """The requests running here long enough for other workers to cancel them."""
         self.session_listeners: list[Callable[[str], Awaitable[None]]] = []
         """Called on every worker with the id of each session that ends."""
         self.asks: dict[str, tuple[str, asyncio.Future[JSON]]] = {}
@@ -94,6 +97,7 @@ class Hub:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.running.close()
         await self.close_streams()
 
     async def close_streams(self) -> None:
@@ -161,9 +165,12 @@ class Hub:
         """Make a running request cancellable by id; call the result when it ends."""
         key = (session_id, orjson.dumps(request_id).decode())
         self.inflight[key] = task
+        announcement = self.running.started(*key)
 
         def untrack() -> None:
-            self.inflight.pop(key, None)
+            if self.inflight.get(key) is task:
+                del self.inflight[key]
+            announcement.ended()
 
         return untrack
 
@@ -194,6 +201,16 @@ class Hub:
             return
         await self.publish({"kind": "deliver", "session": session_id, "message": message})
 
+    async def session_changed(self, session_id: str) -> None:
+        """A session's record changed (its subscriptions): every worker drops its copy, so
+        what it routes next follows the new record; returns once they all have."""
+        self.sessions.drop_copy(session_id)
+
+        async def announce(change: str) -> None:
+            await self.publish({"kind": "session-changed", "session": session_id, "change": change})
+
+        await self.consistency.everywhere("session-changed", announce)
+
     async def end_session(self, session_id: str) -> None:
         """Forget a session everywhere and close its streams on every worker; return once
         every worker has forgotten it. Raises `CacheUnavailable` when the session store
@@ -207,12 +224,19 @@ class Hub:
         log.info("mcp session closed", session=short_hash(session_id))
 
     async def cancel(self, session_id: str, request_id: object) -> None:
+        """Cancel the session's request `request_id` here, or on the worker running it. An id
+        running nowhere (never sent, long done) costs no write and no publish."""
         key = (session_id, orjson.dumps(request_id).decode())
         task = self.inflight.get(key)
         if task is not None:
             task.cancel()
             return
-        await self.publish({"kind": "cancel", "session": session_id, "id": request_id})
+        # In the background: the second look waits, and the client's notification need not.
+        self._spawn(self._cancel_elsewhere(key, request_id))
+
+    async def _cancel_elsewhere(self, key: tuple[str, str], request_id: object) -> None:
+        if await self.running.elsewhere(*key):
+            await self.publish({"kind": "cancel", "session": key[0], "id": request_id})
 
     # --- requests relayed to clients ----------------------------------------------------------
 
@@ -289,6 +313,9 @@ class Hub:
             for streams in list(self.streams.values()):
                 for stream in list(streams):
                     await _quietly(stream.resource_updated(uri))
+        elif kind == "session-changed":
+            self.sessions.drop_copy(str(event.get("session")))
+            await self.consistency.applied(event.get("change"))
         elif kind == "session-closed":
             session_id = str(event.get("session"))
             self.sessions.forget(session_id)

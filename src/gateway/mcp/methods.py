@@ -5,6 +5,7 @@ and version. Which handler runs, for whom and in which era, is the dispatcher's 
 from __future__ import annotations
 
 import base64
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -15,11 +16,14 @@ from gateway.cacheuse import CacheUnavailable
 from gateway.catalogue import Tool, View
 from gateway.jsonrpc import RPCError
 from gateway.logconfig import short_hash
-from gateway.mcp import versions
+from gateway.mcp import permissions, versions
 from gateway.mcp.context import Context, Era
+from gateway.mcp.tool_search import ToolSearchCalls
 from gateway.mcp.upstream_calls import (
     RESOURCE_NOT_FOUND,
+    InvalidArguments,
     UpstreamCalls,
+    error_result,
     upstream_capabilities,
 )
 from gateway.registry import Registry
@@ -93,10 +97,19 @@ def _meta(params: JSON) -> JSON | None:
 
 
 class Methods:
-    def __init__(self, registry: Registry, sessions: SessionStore, calls: UpstreamCalls) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        sessions: SessionStore,
+        calls: UpstreamCalls,
+        session_changed: Callable[[str], Awaitable[None]],
+    ) -> None:
         self.registry = registry
         self.sessions = sessions
         self.calls = calls
+        self.session_changed = session_changed
+        """Returns once every worker has dropped its copy of the session's record."""
+        self.search = ToolSearchCalls(calls)
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -183,6 +196,7 @@ class Methods:
     async def _page(self, ctx: Context, params: JSON, key: str, listing: str) -> JSON:
         view = await self._current_view(ctx)
         items: list[JSON] = getattr(view, listing)
+        items = permissions.listed(ctx.endpoint.grant, view, listing, items)
         return page(items, key, params, self.registry.catalogue.version)
 
     async def tools_list(self, params: JSON, ctx: Context) -> JSON:
@@ -208,8 +222,15 @@ class Methods:
             arguments = {}
         if not isinstance(arguments, dict):
             raise invalid("'arguments' must be an object")
-        tool = self.find_tool(name, ctx)
-        return await self.calls.call_tool(tool, arguments, ctx, _meta(params))
+        try:
+            if self.search.handles(name, ctx):
+                return await self.search.call(name, arguments, ctx, _meta(params))
+            tool = self.find_tool(name, ctx)
+            return await self.calls.call_tool(tool, arguments, ctx, _meta(params))
+        except InvalidArguments as exc:
+            if ctx.era is Era.PLAIN or not versions.argument_errors_are_results(ctx.version):
+                raise
+            return error_result(exc.message)
 
     async def call_by_name(self, name: str, arguments: JSON, ctx: Context) -> JSON:
         """Direct invocation on `/rpc`: the method is the tool, the params its arguments."""
@@ -224,6 +245,7 @@ class Methods:
             raise RPCError(code, f"Unknown tool: {name}")
         if not tool.record.enabled:
             raise RPCError(code, f"Tool is disabled: {name}")
+        permissions.check_tool(ctx, tool)
         return tool
 
     # --- resources ---------------------------------------------------------------------------
@@ -236,12 +258,12 @@ class Methods:
         if owner is None:
             code = jsonrpc.INVALID_PARAMS if ctx.modern else RESOURCE_NOT_FOUND
             raise RPCError(code, f"Resource not found: {uri}", {"uri": uri})
+        permissions.check_resource(ctx, uri)
         return uri, owner
 
     async def resources_read(self, params: JSON, ctx: Context) -> JSON:
         uri, owner = self._resource_owner(params, ctx)
-        backend = self.calls.full_backend(owner, ctx)
-        return await self.calls.passthrough(backend, "resources/read", {"uri": uri}, ctx, params)
+        return await self.calls.read_resource(uri, owner, ctx, params)
 
     async def resources_subscribe(self, params: JSON, ctx: Context) -> JSON:
         uri, owner = self._resource_owner(params, ctx)
@@ -253,6 +275,9 @@ class Methods:
             ctx.session = await self.sessions.update(
                 session, subscriptions=(*session.subscriptions, uri)
             )
+            # The client's stream may be on another worker, whose copy of the session must
+            # not miss an update that follows this answer.
+            await self.session_changed(session.id)
         if (await upstream_capabilities(backend)).get("resources", {}).get("subscribe"):
             await self.calls.passthrough(backend, "resources/subscribe", {"uri": uri}, ctx, params)
         return {}
@@ -265,6 +290,7 @@ class Methods:
             ctx.session = await self.sessions.update(
                 session, subscriptions=tuple(s for s in session.subscriptions if s != uri)
             )
+            await self.session_changed(session.id)
         # The upstream session is shared by every client of this worker, so it stays
         # subscribed; updates only reach sessions that still subscribe.
         return {}
@@ -275,6 +301,9 @@ class Methods:
         requested = params.get("notifications")
         flags = honoured_listen_flags(requested if isinstance(requested, dict) else {})
         for uri in flags.get("resourceSubscriptions", ()):
+            grant = ctx.endpoint.grant
+            if grant is not None and not grant.uses("resources", (uri,)):
+                continue
             owner = ctx.view.resource_owner(uri)
             backend = self.registry.full_backends.get(owner) if owner else None
             if backend is None:
@@ -296,12 +325,11 @@ class Methods:
         prompt = ctx.view.prompts.get(name)
         if prompt is None or not prompt.enabled:
             raise invalid(f"unknown prompt: {name}")
+        permissions.check_prompt(ctx, name)
         arguments = params.get("arguments") or {}
         if not isinstance(arguments, dict):
             raise invalid("'arguments' must be an object")
-        backend = self.calls.full_backend(prompt.upstream, ctx)
-        forwarded = {"name": prompt.definition.name, "arguments": arguments}
-        return await self.calls.passthrough(backend, "prompts/get", forwarded, ctx, params)
+        return await self.calls.get_prompt(prompt, arguments, ctx, params)
 
     # --- utilities -----------------------------------------------------------------------------
 
@@ -315,12 +343,14 @@ class Methods:
             prompt = ctx.view.prompts.get(str(ref.get("name")))
             if prompt is None or not prompt.enabled:
                 raise invalid(f"unknown prompt: {ref.get('name')}")
+            permissions.check_prompt(ctx, prompt.name)
             forwarded["ref"] = {**ref, "name": prompt.definition.name}
             owner = prompt.upstream
         elif ref.get("type") == "ref/resource":
             found = ctx.view.resource_owner(str(ref.get("uri")))
             if found is None:
                 raise invalid(f"unknown resource: {ref.get('uri')}")
+            permissions.check_resource(ctx, str(ref.get("uri")))
             owner = found
         else:
             raise invalid("'ref.type' must be ref/prompt or ref/resource")

@@ -140,7 +140,9 @@ def _envelope(meta: Any) -> JSON:
 
 async def post(request: web.Request, ep: Endpoint) -> web.StreamResponse:
     if not accepts(request, "application/json", default=""):
-        return web.Response(status=406)
+        return rpc_error(
+            406, jsonrpc.INVALID_REQUEST, "Not Acceptable: the answer is application/json"
+        )
     try:
         require_json(request)
         body = await read_json(request)
@@ -159,7 +161,11 @@ async def post(request: web.Request, ep: Endpoint) -> web.StreamResponse:
         )
     method, params = message.method, message.params
     if method == "subscriptions/listen" and not accepts(request, "text/event-stream", ""):
-        return web.Response(status=406)
+        return rpc_error(
+            406,
+            jsonrpc.INVALID_REQUEST,
+            "Not Acceptable: subscriptions/listen is text/event-stream",
+        )
     dispatcher = request.app[DISPATCHER]
     spec = dispatcher.table.get(method)
     try:

@@ -21,8 +21,9 @@ import orjson
 from gateway import jsonrpc
 from gateway.jsonrpc import RPCError
 
-SECRET_NAME = "request_state_secret"
-"""The store's secret the signing key is derived from."""
+KEY_PURPOSE = "request-state"
+"""The signing key is the store's `derived_key` for this purpose: every instance sharing the
+encryption key derives the same one, and it is kept nowhere."""
 
 
 def refused(why: str) -> RPCError:
@@ -53,9 +54,10 @@ def _unb64(text: str) -> bytes:
 
 
 class Sealer:
-    def __init__(self, secret: str) -> None:
-        # A key of its own: a leaked requestState key must not sign tokens, nor the reverse.
-        self._key = hmac.new(secret.encode(), b"aio-mcp-gateway requestState", "sha256").digest()
+    def __init__(self, key: bytes) -> None:
+        # A key of its own (derived for this purpose alone): a leaked requestState key must
+        # not decrypt headers or sign tokens, nor the reverse.
+        self._key = key
 
     def _sign(self, body: bytes) -> bytes:
         return hmac.new(self._key, body, hashlib.sha256).digest()

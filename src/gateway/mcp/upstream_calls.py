@@ -1,10 +1,14 @@
 """Calling upstreams on a client's behalf: tool calls (with limits, the result cache, a
 time budget and metrics) and forwarded requests, relaying what the upstream says about
 the request (progress under the client's own token, log messages at the client's level)
-back to the client's stream."""
+back to the client's stream. Every `tools/call`, `resources/read` and `prompts/get` of
+every transport passes the interceptor chain here: a refusal or a failing interceptor is
+an `isError` result for a tool, and a JSON-RPC error for a resource or a prompt, which
+have no error result."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 from typing import Any
@@ -16,16 +20,20 @@ from gateway.catalogue import Tool
 from gateway.contracts import AskClient, BackendError, FullBackend, UpstreamError
 from gateway.deadlines import within
 from gateway.ids import process_tag
+from gateway.interceptors import Call, CallKind
 from gateway.jsonrpc import RPCError
 from gateway.limits import RateLimiter
 from gateway.mcp import versions
-from gateway.mcp.asks import ClientAsks
+from gateway.mcp.asks import URL_ELICITATION_REQUIRED, ClientAsks, takes_url_elicitation
 from gateway.mcp.bridge import Bridge
 from gateway.mcp.context import Context
-from gateway.metrics import TOOL_CALLS
+from gateway.mcp.interception import Intercepted, Interceptors, Proceed
+from gateway.metrics import TOOL_CALL_SECONDS, TOOL_CALLS
 from gateway.registry import Registry
 from gateway.results import ResultCache, result_key
 from gateway.settings import Settings
+from gateway.store import PromptRecord
+from gateway.tracing import Tracing
 from gateway.upstream_sessions import UpstreamSessions
 
 log = structlog.get_logger(__name__)
@@ -38,6 +46,14 @@ _tokens = itertools.count(1)
 
 def error_result(message: str) -> JSON:
     return {"content": [{"type": "text", "text": message}], "isError": True}
+
+
+class InvalidArguments(RPCError):
+    """Arguments that fail a tool's input schema: `-32602`, which `tools/call` answers as an
+    `isError` result where the version wants it (`versions.argument_errors_are_results`)."""
+
+    def __init__(self, tool: str, problem: str) -> None:
+        super().__init__(jsonrpc.INVALID_PARAMS, f"Invalid arguments for {tool}: {problem}")
 
 
 async def upstream_capabilities(backend: FullBackend) -> JSON:
@@ -58,7 +74,11 @@ class UpstreamCalls:
         asks: ClientAsks,
         upstream_sessions: UpstreamSessions,
         bridge: Bridge,
+        interceptors: Interceptors,
+        tracing: Tracing | None = None,
     ) -> None:
+        self.tracing = tracing
+        self.interceptors = interceptors
         self.asks = asks
         self.bridge = bridge
         self.upstream_sessions = upstream_sessions
@@ -80,14 +100,71 @@ class UpstreamCalls:
             )
         return backend
 
+    @staticmethod
+    def _seen(ctx: Context, kind: CallKind, name: str, arguments: JSON, upstream: str) -> Call:
+        """The call as interceptors see it."""
+        return Call(ctx.caller, ctx.endpoint.server, kind, name, arguments, upstream)
+
     async def call_tool(
         self, tool: Tool, arguments: JSON, ctx: Context, meta: JSON | None = None
+    ) -> JSON:
+        """Run the interceptors around the checked call."""
+        chain = self.interceptors.chain(ctx.view.server)
+        if not chain:
+            return await self._checked_call(tool, arguments, ctx, meta)
+
+        async def proceed(final: JSON) -> JSON:
+            return await self._checked_call(tool, final, ctx, meta)
+
+        call = self._seen(ctx, "tool", tool.record.name, arguments, tool.record.upstream)
+        try:
+            return await self.interceptors.run(chain, call, proceed)
+        except Intercepted as exc:
+            return error_result(exc.message)
+
+    async def read_resource(self, uri: str, owner: str, ctx: Context, params: JSON) -> JSON:
+        backend = self.full_backend(owner, ctx)
+
+        async def proceed(final: JSON) -> JSON:
+            return await self.passthrough(
+                backend, "resources/read", {"uri": uri}, ctx, params, upstream=owner
+            )
+
+        return await self._intercepted(self._seen(ctx, "resource", uri, {}, owner), ctx, proceed)
+
+    async def get_prompt(
+        self, prompt: PromptRecord, arguments: JSON, ctx: Context, params: JSON
+    ) -> JSON:
+        backend = self.full_backend(prompt.upstream, ctx)
+
+        async def proceed(final: JSON) -> JSON:
+            forwarded = {"name": prompt.definition.name, "arguments": final}
+            return await self.passthrough(
+                backend, "prompts/get", forwarded, ctx, params, upstream=prompt.upstream
+            )
+
+        call = self._seen(ctx, "prompt", prompt.name, arguments, prompt.upstream)
+        return await self._intercepted(call, ctx, proceed)
+
+    async def _intercepted(self, call: Call, ctx: Context, proceed: Proceed) -> JSON:
+        """A resource read or prompt through the chain; refusals are JSON-RPC errors."""
+        chain = self.interceptors.chain(ctx.view.server)
+        if not chain:
+            return await proceed(call.arguments)
+        try:
+            return await self.interceptors.run(chain, call, proceed)
+        except Intercepted as exc:
+            code = jsonrpc.INTERNAL_ERROR if exc.failed else jsonrpc.INVALID_PARAMS
+            raise RPCError(code, exc.message, {"interceptor": exc.interceptor}) from None
+
+    async def _checked_call(
+        self, tool: Tool, arguments: JSON, ctx: Context, meta: JSON | None
     ) -> JSON:
         """Check the arguments and limits, then answer from the result cache or upstream."""
         name = tool.record.name
         problem = tool.check(arguments)
         if problem is not None:
-            raise RPCError(jsonrpc.INVALID_PARAMS, f"Invalid arguments for {name}: {problem}")
+            raise InvalidArguments(name, problem)
         record = tool.record
         limit = record.rate_limit or self.settings.tool_rate_limit_per_minute
         if limit:
@@ -129,6 +206,10 @@ class UpstreamCalls:
         timeout = self.settings.tool_timeout
         started = time.perf_counter()
         outcome = "ok"
+        span = None
+        if self.tracing is not None:
+            span = self.tracing.upstream_call(upstream, "tools/call", tool.record.definition.name)
+        failure: str | None = None
         try:
             async with within(timeout):
                 full = self.registry.full_backends.get(upstream)
@@ -143,7 +224,10 @@ class UpstreamCalls:
                     full, "tools/call", params, ctx, meta, timeout, on_request
                 )
         except BackendError as exc:
-            outcome = "error"
+            outcome, failure = "error", str(exc)
+            if isinstance(exc, UpstreamError) and url_elicitation_required(exc, ctx):
+                # The client is to open the URLs in its data, then call again.
+                raise RPCError(exc.code, exc.upstream_message, exc.data) from None
             log.warning(
                 "upstream call failed", tool=tool.record.name, upstream=upstream, error=str(exc)
             )
@@ -152,8 +236,16 @@ class UpstreamCalls:
             outcome = "timeout"
             log.warning("upstream call timed out", tool=tool.record.name, upstream=upstream)
             return error_result(f"upstream '{upstream}' did not answer within {timeout:g}s")
+        except BaseException as exc:
+            if span is not None:  # cancelled, or a failure that is not the upstream's
+                span.end(_unfinished(exc), type(exc).__name__)
+                span = None
+            raise
         finally:
-            TOOL_CALLS.labels(upstream, outcome).observe(time.perf_counter() - started)
+            if span is not None:
+                span.end(outcome, failure)
+            TOOL_CALL_SECONDS(upstream).observe(time.perf_counter() - started)
+            TOOL_CALLS(upstream, tool.record.name, outcome).inc()
 
     async def forward(
         self,
@@ -201,20 +293,64 @@ class UpstreamCalls:
         )
 
     async def passthrough(
-        self, backend: FullBackend, method: str, forwarded: JSON, ctx: Context, params: JSON
+        self,
+        backend: FullBackend,
+        method: str,
+        forwarded: JSON,
+        ctx: Context,
+        params: JSON,
+        upstream: str = "",
     ) -> JSON:
-        """Forward a request and pass the upstream's JSON-RPC error on as the client's."""
+        """Forward a request and pass the upstream's JSON-RPC error on as the client's,
+        inside a client span when tracing is on (naming `upstream` when given)."""
         meta = params.get("_meta")
+        span = None
+        if self.tracing is not None:
+            target = forwarded.get("name") if method == "prompts/get" else None
+            span = self.tracing.upstream_call(upstream, method, target)
+        outcome, failure = "error", None
         try:
-            return await self.forward(
+            answer = await self.forward(
                 backend, method, forwarded, ctx, meta if isinstance(meta, dict) else None
             )
-        except UpstreamError as exc:
-            code = exc.code
-            if code == RESOURCE_NOT_FOUND and ctx.modern:
-                code = jsonrpc.INVALID_PARAMS  # 2026 retired -32002
-            raise RPCError(code, exc.upstream_message, exc.data) from None
-        except BackendError as exc:
-            raise RPCError(jsonrpc.INTERNAL_ERROR, str(exc)) from None
-        except TimeoutError:
-            raise RPCError(jsonrpc.INTERNAL_ERROR, "upstream did not answer in time") from None
+            outcome = "ok"
+            return answer
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        except Exception as exc:
+            failure = str(exc) or type(exc).__name__
+            if isinstance(exc, TimeoutError):
+                outcome = "timeout"
+            passed_on = _client_error(exc, ctx)
+            if passed_on is None:
+                raise
+            raise passed_on from None
+        finally:
+            if span is not None:
+                span.end(outcome, failure)
+
+
+def url_elicitation_required(exc: UpstreamError, ctx: Context) -> bool:
+    """Whether a call's failure is the upstream asking for URL elicitations, which a client
+    that takes them gets as that error, its data intact: any other upstream error is an
+    `isError` result."""
+    return exc.code == URL_ELICITATION_REQUIRED and takes_url_elicitation(ctx)
+
+
+def _client_error(exc: Exception, ctx: Context) -> RPCError | None:
+    """A forwarded request's failure as the client's JSON-RPC error (None: not one we map)."""
+    if isinstance(exc, UpstreamError):
+        code = exc.code
+        if code == RESOURCE_NOT_FOUND and ctx.modern:
+            code = jsonrpc.INVALID_PARAMS  # 2026 retired -32002
+        return RPCError(code, exc.upstream_message, exc.data)
+    if isinstance(exc, BackendError):
+        return RPCError(jsonrpc.INTERNAL_ERROR, str(exc))
+    if isinstance(exc, TimeoutError):
+        return RPCError(jsonrpc.INTERNAL_ERROR, "upstream did not answer in time")
+    return None
+
+
+def _unfinished(exc: BaseException) -> str:
+    return "cancelled" if isinstance(exc, asyncio.CancelledError) else "error"

@@ -36,6 +36,12 @@ def resumes_streams(version: str) -> bool:
     return version == "2025-11-25"
 
 
+def argument_errors_are_results(version: str) -> bool:
+    """From 2025-11-25 on, arguments that fail a tool's input schema are the tool's error, an
+    `isError` result the model reads and corrects, rather than a protocol error (SEP-1303)."""
+    return version == "2025-11-25" or is_modern(version)
+
+
 def negotiate(requested: object) -> str:
     """The version to answer `initialize` with: the client's if we speak it, else our latest."""
     return (

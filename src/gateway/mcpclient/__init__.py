@@ -19,9 +19,12 @@ answered as follows:
 - A request that relates to one of our requests goes to that request's `on_request`
   (`FullBackend.request`). It relates to the request whose own reply stream carried it
   (Streamable HTTP: the SSE response to that POST); where one stream carries everything
-  (HTTP+SSE), to the request of ours that `params._meta.relatedRequestId` names (a key
-  removed before `on_request` sees the params; one naming no request in progress is
-  refused with -32602), and otherwise to none. A request without an `on_request` has
+  (stdio, HTTP+SSE), to the request of ours that `params._meta.relatedRequestId` names (a
+  key removed before `on_request` sees the params; one naming no request in progress is
+  refused with -32602), or, naming none, to the one request in progress that has an
+  `on_request` if exactly one has (`asking.sole_call`: the SDKs mark no relation there),
+  and otherwise to none. A log message on such a stream goes the same way, to the one
+  request with an `on_notification`. A request without an `on_request` has
   its related requests refused at once with -32601 ("no client can be asked"), except
   `ping`, answered `{}`.
 - A request that relates to none (the listening GET stream, or HTTP+SSE without a

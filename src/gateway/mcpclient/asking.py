@@ -15,12 +15,20 @@ import structlog
 
 from gateway.contracts import JSON, AskClient, BackendError, ClientRequestError
 from gateway.jsonrpc import INTERNAL_ERROR, INVALID_PARAMS, METHOD_NOT_FOUND
+from gateway.log_throttle import LogThrottle
 from gateway.mcpclient.link import Call, Link
 from gateway.mcpclient.wire import error_response, params_of, related_request, response
 
 log = structlog.get_logger(__name__)
+_DROPS = LogThrottle()
+"""One warning per upstream per interval for the requests dropped past `MAX_ANSWERING`."""
 
 L = TypeVar("L", bound=Link)
+
+MAX_ANSWERING = 256
+"""Answers to one upstream's requests under way at once. Past it a request is dropped
+unanswered: an upstream that asks faster than it reads the answers would otherwise grow
+them, and the bytes waiting to reach it, without bound."""
 
 
 def unanswered(message: JSON, why: str) -> JSON:
@@ -60,6 +68,24 @@ async def answer(
     return response(request_id, result)
 
 
+def sole_call(link: Link, asking: bool) -> Call | None:
+    """On a stream every request shares, the one request of ours in progress that can hear
+    from its client's upstream (`asking`: be asked, else be told), if exactly one can.
+
+    Few servers say which request a message there is about (stdio has no place for it, and
+    the SDKs put none in the message): with one request in progress it can only be about
+    that one, or about none, which a server asks or tells outside any request only rarely.
+    With several it could be about any, so it is taken to be about none."""
+    found = None
+    for call in link.pending.values():
+        if (call.on_request if asking else call.on_notification) is None:
+            continue
+        if found is not None:
+            return None
+        found = call
+    return found
+
+
 class Answering(ABC, Generic[L]):
     """The session's part that answers what its upstream asks the client: it finds who
     answers each request and posts the response back on the request's link."""
@@ -68,6 +94,8 @@ class Answering(ABC, Generic[L]):
     discovery_timeout: float
     shared_stream: ClassVar[bool]
     _ask: AskClient | None
+    _answering: set[asyncio.Task[None]]
+    """Set by the session: the answers under way (`MAX_ANSWERING`)."""
 
     @abstractmethod
     async def _post(self, link: L, message: JSON, call: Call | None) -> None:
@@ -83,11 +111,14 @@ class Answering(ABC, Generic[L]):
 
     async def _on_server_request(self, link: L, message: JSON, call: Call | None) -> None:
         """A request from the upstream to its client. It relates to `call` when that call's
-        own reply stream carried it; on a shared stream, to the call it names."""
+        own reply stream carried it; on a shared stream, to the call it names, or without a
+        name to the `sole_call` that can ask."""
         params = params_of(message)
         if call is None and self.shared_stream:
             related, params = related_request(params)
-            if related is not None:
+            if related is None:
+                call = sole_call(link, asking=True)
+            else:
                 call = link.pending.get(related) if type(related) is int else None
                 if call is None:
                     why = f"relatedRequestId {related!r} names no request in progress"
@@ -98,14 +129,39 @@ class Answering(ABC, Generic[L]):
                 await self._reply(link, unanswered(message, "outside a request"))
             else:
                 # No request bounds this one: the tool timeout does.
-                self._spawn(self._answer(link, message, self._ask, params, self.discovery_timeout))
+                work = self._answer(link, message, self._ask, params, self.discovery_timeout)
+                self._answer_in_task(message, work)
         elif call.on_request is None:
             await self._reply(link, unanswered(message, f"during this {call.method}"))
         else:
             # The answer may take a person's time; the stream goes on being read meanwhile.
-            task = self._spawn(self._answer(link, message, call.on_request, params, None))
-            call.asking.add(task)
-            task.add_done_callback(call.asking.discard)
+            work = self._answer(link, message, call.on_request, params, None)
+            task = self._answer_in_task(message, work)
+            if task is not None:
+                call.asking.add(task)
+                task.add_done_callback(call.asking.discard)
+
+    def _answer_in_task(
+        self, message: JSON, work: Coroutine[Any, Any, None]
+    ) -> asyncio.Task[None] | None:
+        """Run `work`, the answer to `message`, in a task of its own, unless
+        `MAX_ANSWERING` answers are under way already."""
+        if len(self._answering) >= MAX_ANSWERING:
+            work.close()
+            dropped = _DROPS.count(self.name)
+            if dropped:
+                log.warning(
+                    "upstream requests dropped: too many answers under way",
+                    upstream=self.name,
+                    method=message.get("method"),
+                    bound=MAX_ANSWERING,
+                    dropped=dropped,
+                )
+            return None
+        task = self._spawn(work)
+        self._answering.add(task)
+        task.add_done_callback(self._answering.discard)
+        return task
 
     async def _answer(
         self, link: L, message: JSON, ask: AskClient, params: JSON, timeout: float | None
@@ -115,7 +171,7 @@ class Answering(ABC, Generic[L]):
     async def _reply(self, link: L, reply: JSON) -> None:
         if self.shared_stream:
             # The stream's reader must not wait for a POST to come back.
-            self._spawn(self._send_reply(link, reply))
+            self._answer_in_task(reply, self._send_reply(link, reply))
         else:
             # A server that asks us something may wait for the answer before it goes on.
             await self._send_reply(link, reply)

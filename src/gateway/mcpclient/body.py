@@ -1,11 +1,17 @@
 """A response body as it arrives from the lean HTTP client (`fasthttp`): read all at once,
 or chunk by chunk for an event stream, with the connection paused while too much of it
-waits unread. Its methods are those of aiohttp's `StreamReader` that the backends use."""
+waits unread. Its methods are those of aiohttp's `StreamReader` that the backends use.
+
+A body is bounded (`MAX_UPSTREAM_RESPONSE_BYTES`, counted after any decompression): past
+its bound it fails with `TooLarge` and the connection is closed at once, so nothing more
+of it is read."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Protocol
+
+from gateway.mcpclient.bounded import UNBOUNDED, Bounds
 
 # Unread body bytes above which the connection stops reading, and below which it resumes.
 HIGH_WATER = 256 * 1024
@@ -16,22 +22,46 @@ class Source(Protocol):
 
     def pause(self) -> None: ...
     def resume(self) -> None: ...
+    def close(self) -> None: ...
 
 
 class Body:
     """A response's body as it arrives."""
 
-    __slots__ = ("_chunks", "_connection", "_error", "_size", "_waiter", "complete")
+    __slots__ = (
+        "_bounds",
+        "_chunks",
+        "_connection",
+        "_error",
+        "_received",
+        "_size",
+        "_waiter",
+        "complete",
+    )
 
-    def __init__(self, connection: Source) -> None:
+    def __init__(self, connection: Source, bounds: Bounds = UNBOUNDED) -> None:
         self._connection = connection
+        self._bounds = bounds
+        self._received = 0
         self._chunks: list[bytes] = []
         self._size = 0
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         self.complete = False
 
+    @property
+    def room(self) -> int:
+        """Bytes the body may still grow by."""
+        return self._bounds.response_bytes - self._received
+
     def feed(self, data: bytes) -> None:
+        if self._error is not None:
+            return
+        self._received += len(data)
+        if self._received > self._bounds.response_bytes:
+            self.set_exception(self._bounds.reply_too_large())
+            self._connection.close()
+            return
         self._chunks.append(data)
         self._size += len(data)
         if self._size > HIGH_WATER:

@@ -9,14 +9,14 @@ are read page by page (`catalogue.py`), as for every backend.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import TypeVar, cast
 
 import structlog
 
 from gateway.contracts import JSON, AskClient, BackendError, Notify
 from gateway.deadlines import within
-from gateway.mcpclient.catalogue import Catalogue, collect
+from gateway.mcpclient.bounded import TooLarge
+from gateway.mcpclient.catalogue import Catalogue
 from gateway.mcpclient.link import Call, Link
 from gateway.mcpclient.session import McpSession
 from gateway.mcpclient.wire import notification
@@ -67,18 +67,8 @@ class McpClient(Catalogue, McpSession[L]):
     async def notify(self, method: str, params: JSON | None) -> None:
         await self._within(method, self.discovery_timeout, self._notify_upstream(method, params))
 
-    async def _collect(
-        self, method: str, key: str, capability: str | None, convert: Callable[[Any], T | None]
-    ) -> list[T]:
-        if capability is not None:
-            await self.connect()
-            if capability not in self.capabilities:
-                return []
-
-        async def fetch(params: JSON | None) -> JSON:
-            return await self._request(Call(method, params), self.discovery_timeout)
-
-        return await collect(self.name, method, key, convert, fetch)
+    async def _list_page(self, method: str, params: JSON | None) -> JSON:
+        return await self._request(Call(method, params), self.discovery_timeout)
 
     # --- requests ---
 
@@ -94,6 +84,13 @@ class McpClient(Catalogue, McpSession[L]):
         except asyncio.CancelledError:
             await self._abandon(call, "cancelled by the client")
             raise
+        except TooLarge as exc:
+            # The reply's connection is closed; the upstream should stop working on it too.
+            await self._abandon(call, "reply too large")
+            raise BackendError(
+                f"upstream {self.name!r} sent {exc} in reply to {call.method}; "
+                "the connection was closed"
+            ) from None
         except Exception as exc:
             failure = self._failure(exc, call.method)
             if failure is not None:

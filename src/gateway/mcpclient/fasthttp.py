@@ -11,7 +11,10 @@ reused connection before any byte of its response arrived (the upstream closed i
 was idle, and the close crossed our request) is sent once more on a new connection;
 nothing else is retried, since a POST is not idempotent.
 
-A response's body is read as it arrives (`body.Body`).
+A response's body is read as it arrives (`body.Body`), up to the pool's bound. No
+`Accept-Encoding` is sent, but a server may compress anyway: gzip and deflate are undone a
+piece at a time as the body arrives, never past the bound; other codings are refused. The
+request head and the errors are `gateway.mcpclient.http1`.
 """
 
 from __future__ import annotations
@@ -19,102 +22,41 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
-from base64 import b64encode
+import zlib
 from collections import deque
-from collections.abc import Mapping
-from urllib.parse import quote, unquote, urlsplit
 
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway import __version__
+from gateway import request_ids, tracing
 from gateway.mcpclient.body import Body
+from gateway.mcpclient.bounded import UNBOUNDED, Bounds, Inflater, UnsupportedEncoding
+from gateway.mcpclient.http1 import (
+    BadResponse,
+    CannotConnect,
+    Disconnected,
+    HttpClientError,
+    Origin,
+    RequestHead,
+    TruncatedBody,
+)
 from gateway.netguard import AddressPolicy, AddressRefused
 
 # Below the 5 s idle timeout of uvicorn and Node.js, so the pool drops an idle connection
 # before the upstream does, instead of racing it and failing a call on a dead socket.
 KEEPALIVE_SECONDS = 4.0
 LIMIT_PER_ORIGIN = 256
-DEFAULT_PORTS = {"http": 80, "https": 443}
-_SAFE_PATH = "/%:@!$&'()*+,;=-._~"
-_SAFE_QUERY = _SAFE_PATH + "?"
-
-
-class HttpClientError(Exception):
-    """The exchange itself failed (as opposed to an HTTP error status)."""
-
-
-class InvalidUrl(HttpClientError):
-    pass
-
-
-class CannotConnect(HttpClientError):
-    """No connection could be opened; the message is the operating system's reason."""
-
-
-class Disconnected(HttpClientError):
-    """The connection closed before the response's head had arrived."""
-
-
-class TruncatedBody(HttpClientError):
-    """The connection closed before the response's body was complete."""
-
-
-class BadResponse(HttpClientError):
-    """The bytes that came back are not an HTTP/1.1 response."""
-
-
-Origin = tuple[str, str, int]
-
-
-class RequestHead:
-    """A request's line and headers, encoded once for `HttpPool.request`."""
-
-    __slots__ = ("encoded", "headers", "origin", "url")
-
-    def __init__(self, method: str, url: str, headers: Mapping[str, str]) -> None:
-        self.url = url
-        self.headers = dict(headers)
-        """As given, so a caller can tell whether its headers changed since."""
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
-        try:
-            port = parts.port or DEFAULT_PORTS[scheme]
-        except (KeyError, ValueError):
-            raise InvalidUrl(url) from None
-        if not parts.hostname:
-            raise InvalidUrl(url)
-        self.origin: Origin = (scheme, parts.hostname, port)
-        target = quote(parts.path or "/", safe=_SAFE_PATH)
-        if parts.query:
-            target += "?" + quote(parts.query, safe=_SAFE_QUERY)
-        given = {name.lower() for name in headers}
-        lines = [f"{method} {target} HTTP/1.1", f"Host: {parts.netloc.rpartition('@')[2]}"]
-        if "user-agent" not in given:
-            lines.append(f"User-Agent: aio-mcp-gateway/{__version__}")
-        if "accept" not in given:
-            lines.append("Accept: */*")  # as aiohttp sent it
-        if parts.username is not None and "authorization" not in given:
-            userinfo = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-            lines.append(f"Authorization: Basic {b64encode(userinfo.encode()).decode()}")
-        for name, value in headers.items():
-            if name.lower() in ("host", "content-length", "transfer-encoding"):
-                continue  # ours to set
-            lines.append(f"{name}: {value}")
-        if any(char in line for line in lines for char in "\r\n\0"):
-            # It would end the head early and smuggle the rest in as headers or a request.
-            raise HttpClientError(f"a header or the URL of {url!r} contains a line break")
-        self.encoded = ("\r\n".join(lines) + "\r\n").encode()
 
 
 class Response:
     """An upstream's response, its body still arriving; `release()` it when done."""
 
-    __slots__ = ("_connection", "_headers", "_raw", "content", "reason", "status")
+    __slots__ = ("_connection", "_headers", "_inflater", "_raw", "content", "reason", "status")
 
     def __init__(self, connection: _Connection) -> None:
         self._connection: _Connection | None = connection
-        self.content = Body(connection)
+        self.content = Body(connection, connection.pool.owner.bounds)
+        self._inflater: Inflater | None = None
         self.status = 0
         self.reason = ""
         self._raw: list[tuple[bytes, bytes]] = []
@@ -319,18 +261,50 @@ class _Connection(asyncio.Protocol):
         response.status = status
         response.reason = self._reason.decode("latin-1")
         self.keep_alive = self.parser.should_keep_alive()
+        for name, value in response._raw:
+            if name.lower() == b"content-encoding":
+                coding = value.strip().lower().decode("latin-1")
+                if coding and coding != "identity":
+                    try:
+                        response._inflater = Inflater(coding)
+                    except UnsupportedEncoding:
+                        self._fail(BadResponse(f"unsupported Content-Encoding {coding[:40]!r}"))
+                        self.close()
+                        return
         if not head.done():
             head.set_result(None)
 
     def on_body(self, body: bytes) -> None:
-        assert self.response is not None
-        self.response.content.feed(body)
+        response = self.response
+        assert response is not None
+        content, inflater = response.content, response._inflater
+        if content.failed:
+            return  # past its bound, or undecodable: the connection is closing
+        if inflater is not None:
+            try:
+                body = inflater.inflate(body, content.room)
+            except zlib.error:
+                self._undecodable()
+                return
+        content.feed(body)
 
     def on_message_complete(self) -> None:
         if self._informational:
             self._informational = False
         elif self.response is not None:
-            self.response.content.finish()
+            content, inflater = self.response.content, self.response._inflater
+            if inflater is not None and not content.failed:
+                # Every inflate stayed within its room, so what zlib still holds is small.
+                try:
+                    content.feed(inflater.flush())
+                except zlib.error:
+                    self._undecodable()
+                    return
+            content.finish()
+
+    def _undecodable(self) -> None:
+        self._fail(BadResponse("a compressed body that does not decompress"))
+        self.close()
 
 
 class HttpPool:
@@ -343,8 +317,11 @@ class HttpPool:
         keepalive: float = KEEPALIVE_SECONDS,
         ssl_context: ssl.SSLContext | None = None,
         guard: AddressPolicy | None = None,
+        bounds: Bounds = UNBOUNDED,
     ) -> None:
         self.limit_per_origin = limit_per_origin
+        self.bounds = bounds
+        """How much of a response's body is read before it fails with `TooLarge`."""
         self.guard = guard
         """When set, every connection goes to an address it has checked."""
         self.keepalive = keepalive
@@ -359,7 +336,14 @@ class HttpPool:
         if self._closed:
             raise HttpClientError("the HTTP client is closed")
         pool = self._pools.get(head.origin) or self._pool(head.origin)
-        data = b"%bContent-Length: %d\r\n\r\n%b" % (head.encoded, len(body), body)
+        # Per client request: its id and trace context (the head is shared by all).
+        data = b"%b%b%bContent-Length: %d\r\n\r\n%b" % (
+            head.encoded,
+            request_ids.header_line(),
+            tracing.outbound_header_lines(),
+            len(body),
+            body,
+        )
         await pool.slots.acquire()
         try:
             connection = pool.take()

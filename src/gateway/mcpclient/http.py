@@ -15,13 +15,17 @@ import orjson
 import structlog
 
 from gateway.contracts import JSON, BackendError, UpstreamConfig
-from gateway.mcpclient import fasthttp
+from gateway.mcpclient import http1
+from gateway.mcpclient.bounded import ERROR_BODY_BYTES, Bounds, Readable, TooLarge, read_bounded
 from gateway.mcpclient.client import McpClient
-from gateway.mcpclient.fasthttp import KEEPALIVE_SECONDS, HttpPool, RequestHead, Response
+from gateway.mcpclient.fasthttp import KEEPALIVE_SECONDS, HttpPool, Response
+from gateway.mcpclient.http1 import RequestHead
 from gateway.mcpclient.link import Link, MessageRefused, SessionExpired
 from gateway.mcpclient.sse import SseEvent
-from gateway.mcpclient.wire import json_messages, one_line
+from gateway.mcpclient.wire import json_messages, media_type, one_line, phrase
 from gateway.netguard import AddressPolicy, guarded_connector
+from gateway.request_ids import send_request_id
+from gateway.tracing import send_trace_context
 
 if TYPE_CHECKING:
     from gateway.settings import Settings
@@ -42,6 +46,7 @@ def new_http_session(guard: AddressPolicy) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
         connector=connector,
         json_serialize=json_dumps,
+        middlewares=(send_request_id, send_trace_context),
         # The caller's asyncio.timeout bounds each exchange; aiohttp's 5-minute default
         # would only add a second, inconsistent limit (and end listening streams).
         timeout=aiohttp.ClientTimeout(total=None),
@@ -52,10 +57,8 @@ class HttpStatusError(MessageRefused):
     """The upstream answered an HTTP error status."""
 
     def __init__(self, message: str, status: int, summary: str = "") -> None:
-        super().__init__(message)
+        super().__init__(message, summary or message)
         self.status = status
-        self.summary = summary or message
-        """The message without anything the upstream's body said."""
 
 
 class Answer(Protocol):
@@ -65,37 +68,41 @@ class Answer(Protocol):
     def status(self) -> int: ...
     @property
     def reason(self) -> str | None: ...
-    async def read(self) -> bytes: ...
+    @property
+    def content(self) -> Readable: ...
 
 
 async def http_error(upstream: str, resp: Answer, what: str) -> HttpStatusError:
     detail = ""
     try:
-        body = orjson.loads(await resp.read())
+        # Only the start is read: a JSON-RPC error message is short, and an error page may
+        # be endless.
+        too_long = TooLarge("an error body", "the error body bound", ERROR_BODY_BYTES)
+        body = orjson.loads(await read_bounded(resp.content, ERROR_BODY_BYTES, too_long))
         if isinstance(body, dict) and isinstance(body.get("error"), dict):
             detail = f": {one_line(str(body['error'].get('message', '')))}"
-    except (orjson.JSONDecodeError, aiohttp.ClientError, fasthttp.HttpClientError):
+    except (orjson.JSONDecodeError, aiohttp.ClientError, http1.HttpClientError, TooLarge):
         pass
-    summary = (
-        f"upstream {upstream!r} answered HTTP {resp.status} {resp.reason or ''}".rstrip()
-        + f" to {what}"
-    )
+    # The standard phrase, not the upstream's: its reason phrase is its own words.
+    summary = f"upstream {upstream!r} answered HTTP {resp.status} {phrase(resp.status)}"
+    summary = summary.rstrip() + f" to {what}"
     return HttpStatusError(summary + detail, resp.status, summary)
 
 
 def client_error(
-    upstream: str, url: object, method: str, exc: aiohttp.ClientError | fasthttp.HttpClientError
+    upstream: str, url: object, method: str, exc: aiohttp.ClientError | http1.HttpClientError
 ) -> BackendError:
     where = f"upstream {upstream!r}"
-    if isinstance(exc, fasthttp.CannotConnect):
+    if isinstance(exc, http1.CannotConnect):
         message = f"{where} could not be reached at {url}: {exc}"
-    elif isinstance(exc, fasthttp.Disconnected):
+    elif isinstance(exc, http1.Disconnected):
         message = f"{where} closed the connection before answering {method}"
-    elif isinstance(exc, fasthttp.TruncatedBody):
+    elif isinstance(exc, http1.TruncatedBody):
         message = f"{where} sent a truncated reply to {method}"
-    elif isinstance(exc, fasthttp.BadResponse):
+    elif isinstance(exc, http1.BadResponse):
+        # The parser's words or ours, never the upstream's bytes.
         message = f"{where} sent an invalid HTTP response to {method}: {one_line(str(exc))}"
-    elif isinstance(exc, fasthttp.InvalidUrl):
+    elif isinstance(exc, http1.InvalidUrl):
         message = f"{where} has an invalid URL {str(url)!r}"
     elif isinstance(exc, aiohttp.ClientConnectorError):
         reason = os.strerror(exc.errno) if exc.errno else one_line(str(exc))
@@ -110,7 +117,8 @@ def client_error(
     elif isinstance(exc, aiohttp.InvalidURL):
         message = f"{where} has an invalid URL {str(url)!r}"
     else:
-        message = f"{where} failed during {method}: {type(exc).__name__}: {one_line(str(exc))}"
+        summary = f"{where} failed during {method}: {type(exc).__name__}"
+        return BackendError(f"{summary}: {one_line(str(exc))}", summary)
     return BackendError(message)
 
 
@@ -131,16 +139,21 @@ H = TypeVar("H", bound=HttpLink)
 class HttpClient(McpClient[H]):
     """An `McpClient` over HTTP, for the transports to build on."""
 
+    # Every worker's backend of an upstream listens from the start: the upstream's
+    # `list_changed` must reach the gateway before any client has called it.
+    listens_at_once = True
+
     def __init__(self, upstream: UpstreamConfig, settings: Settings) -> None:
         super().__init__(upstream, settings)
         self._http: aiohttp.ClientSession | None = None
         self._pool: HttpPool | None = None
         self._guard = AddressPolicy.of(settings)
+        self.bounds = Bounds.of(settings)
 
     async def start(self) -> None:
         await super().start()
         self._http = new_http_session(self._guard)
-        self._pool = HttpPool(guard=self._guard)
+        self._pool = HttpPool(guard=self._guard, bounds=self.bounds)
 
     async def close(self) -> None:
         await super().close()
@@ -151,14 +164,23 @@ class HttpClient(McpClient[H]):
         if pool is not None:
             await pool.close()
 
+    def open_connections(self) -> int:
+        """Connections held open in the fast pool (in use or idle), for the metrics."""
+        return len(self._pool.connections) if self._pool is not None else 0
+
     def _client(self) -> aiohttp.ClientSession:
         if self._http is None:
             raise BackendError(f"upstream {self.name!r}: not started or already closed")
         return self._http
 
     def _failure(self, exc: Exception, what: str) -> BackendError | None:
-        if isinstance(exc, aiohttp.ClientError | fasthttp.HttpClientError):
+        if isinstance(exc, aiohttp.ClientError | http1.HttpClientError):
             return client_error(self.name, self.url, what, exc)
+        if isinstance(exc, TooLarge):
+            during = f" during {what}" if what else ""
+            return BackendError(
+                f"upstream {self.name!r} sent {exc}{during}; the connection was closed"
+            )
         return None
 
     @asynccontextmanager
@@ -190,7 +212,8 @@ class HttpClient(McpClient[H]):
             raise await http_error(self.name, resp, "GET (event stream)")
         if resp.content_type != "text/event-stream":
             raise BackendError(
-                f"upstream {self.name!r} answered GET (event stream) with {resp.content_type}"
+                f"upstream {self.name!r} answered GET (event stream) with "
+                f"{media_type(resp.content_type)}, not an event stream"
             )
 
     async def _receive_event(self, link: H, event: SseEvent) -> None:

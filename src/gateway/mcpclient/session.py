@@ -5,7 +5,8 @@ provides only how a link opens (`_open`), how a message goes out on it (`_post`,
 what comes back to `_receive`), and how the link's server-to-client stream is held open
 (`_listen_on`). The rest lives here, once:
 
-- the initialize handshake, on first use, and once again when the upstream has forgotten
+- the initialize handshake, on first use (or, with `listens_at_once`, as soon as a
+  listener is set), and once again when the upstream has forgotten
   the session (`SessionExpired`), however many requests saw it forget;
 - requests matched to their replies by id, with progress tokens of our own where one
   stream carries every request's notifications;
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 import structlog
 
 from gateway.contracts import JSON, AskClient, BackendError, Notify, UpstreamConfig
-from gateway.mcpclient.asking import Answering
+from gateway.mcpclient.asking import Answering, sole_call
 from gateway.mcpclient.link import (
     Backoff,
     Call,
@@ -44,6 +45,7 @@ from gateway.mcpclient.wire import (
     client_capabilities,
     is_response,
     notification,
+    one_line,
     params_of,
     progress_token,
     request,
@@ -85,6 +87,10 @@ class McpSession(Answering[L]):
     """True where one stream carries every request's replies and notifications: progress is
     then asked for under tokens of our own, and server requests are answered from a task
     of their own, so that the stream goes on being read meanwhile."""
+    listens_at_once: ClassVar[bool] = False
+    """True where `set_listener` opens the session and its listening stream at once (in
+    the background, retried with backoff), rather than when a request first opens it: an
+    upstream's own notifications must be heard even before anyone calls it."""
     adoptable: ClassVar[bool] = False
     """True where a session is named by an id any client may send (Streamable HTTP's
     `Mcp-Session-Id`), so that other clients, in other processes too, can carry it on."""
@@ -106,6 +112,7 @@ class McpSession(Answering[L]):
         self._running = False
         self._listening: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._answering: set[asyncio.Task[None]] = set()
 
     # --- what a transport provides ---
 
@@ -162,11 +169,14 @@ class McpSession(Answering[L]):
     def set_listener(self, listener: Notify | None, ask: AskClient | None = None) -> None:
         """Where the upstream's own notifications go, and what answers its requests that
         relate to no request of ours. While a listener is set, the link's stream is held
-        open, from when a request first opens the link (not from this call)."""
+        open: with `listens_at_once` from this call on (a running backend), otherwise from
+        when a request first opens the link."""
         self._listener, self._ask = listener, ask
         if listener is None:
             self._stop_listening()
-        elif self._link is not None and (self._listening is None or self._listening.done()):
+            return
+        opened = self._link is not None or (self.listens_at_once and self._running)
+        if opened and (self._listening is None or self._listening.done()):
             self._listening = self._spawn(self._listen())
 
     # --- round trips ---
@@ -296,8 +306,10 @@ class McpSession(Answering[L]):
         result = await self._round_trip(link, Call("initialize", params))
         version = result.get("protocolVersion")
         if version not in SUPPORTED_PROTOCOL_VERSIONS:
+            chose = f"upstream {self.name!r} chose unsupported protocol version"
             raise BackendError(
-                f"upstream {self.name!r} chose unsupported protocol version {version!r}"
+                f"{chose} {one_line(repr(version), 80)}",
+                f"upstream {self.name!r} chose an unsupported protocol version",
             )
         capabilities = result.get("capabilities")
         state = SessionState(
@@ -330,6 +342,13 @@ class McpSession(Answering[L]):
             await self._on_server_request(link, message, call)
         elif call is not None and method in REQUEST_NOTIFICATIONS:
             await self._notify_caller(call, method, params_of(message))
+        elif method == "notifications/message" and self.shared_stream:
+            # A log message about a request, on a stream that cannot say which.
+            owner = sole_call(link, asking=False)
+            if owner is not None:
+                await self._notify_caller(owner, method, params_of(message))
+            else:
+                await self._deliver(method, params_of(message))
         elif method == "notifications/progress":
             # Progress belongs to a request; on a shared stream, our own token names it.
             params = params_of(message)

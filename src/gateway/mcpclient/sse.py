@@ -8,13 +8,17 @@ which neither a POST's reply stream nor our resumption with backoff can use, and
 no release for years; assel has the right sans-I/O shape but shares one UTF-8 decoder
 between all its parsers and splits its whole buffer again for every chunk, which is
 quadratic on the multi-megabyte replies a tool can send. This one takes aiohttp's chunks
-as bytes, scans each byte once, and hands orjson the data as bytes.
+as bytes, scans each byte once, and hands orjson the data as bytes. It is bounded: a line
+longer than `MAX_SSE_LINE_BYTES`, ended or not, and an event whose data passes
+`MAX_UPSTREAM_RESPONSE_BYTES`, raise `TooLarge` without more being kept.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+
+from gateway.mcpclient.bounded import UNBOUNDED, Bounds
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +37,9 @@ class SseParser:
     with no data is not dispatched. Data stays bytes because orjson reads bytes. The last
     event id and the server's `retry` (milliseconds) are kept for a reconnect."""
 
-    def __init__(self) -> None:
+    def __init__(self, bounds: Bounds = UNBOUNDED) -> None:
+        self._bounds = bounds
+        self._data_size = 0
         self._buf = bytearray()
         self._scanned = 0
         self._data: list[bytes] = []
@@ -64,7 +70,10 @@ class SseParser:
         # Resume the search where the last chunk left off, so a long line arriving in many
         # chunks is scanned once rather than once per chunk.
         pos = self._scanned
+        longest = self._bounds.sse_line_bytes
         while (match := _EOL.search(buf, pos)) is not None:
+            if match.start() - start > longest:
+                raise self._bounds.line_too_long()
             event = self._line(bytes(buf[start : match.start()]))
             if event is not None:
                 events.append(event)
@@ -73,6 +82,8 @@ class SseParser:
         # waiting for a byte that may never come.
         self._skip_lf = buf.endswith(b"\r")
         del buf[:start]
+        if len(buf) > longest:
+            raise self._bounds.line_too_long()
         self._scanned = len(buf)
         return events
 
@@ -85,6 +96,9 @@ class SseParser:
         if value.startswith(b" "):
             value = value[1:]
         if name == b"data":
+            self._data_size += len(value) + 1
+            if self._data_size > self._bounds.response_bytes:
+                raise self._bounds.event_too_large()
             self._data.append(value)
         elif name == b"event":
             self._event = value.decode("utf-8", "replace")
@@ -97,6 +111,7 @@ class SseParser:
     def _dispatch(self) -> SseEvent | None:
         data, event = self._data, self._event
         self._data, self._event = [], ""
+        self._data_size = 0
         if not data:
             return None
         return SseEvent(event or "message", b"\n".join(data))

@@ -3,12 +3,15 @@ error reply into `UpstreamError` and anything unusable into `BackendError`."""
 
 from __future__ import annotations
 
+import re
+from http import HTTPStatus
 from typing import Any
 
 import orjson
 
 from gateway import __version__
 from gateway.contracts import JSON, BackendError, UpstreamError
+from gateway.tracing import with_trace_meta
 
 SUPPORTED_PROTOCOL_VERSIONS = frozenset({"2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"})
 CLIENT_INFO: JSON = {"name": "aio-mcp-gateway", "version": __version__}
@@ -20,7 +23,9 @@ def one_line(text: str, limit: int = 200) -> str:
 
 
 def request(request_id: int, method: str, params: JSON | None) -> JSON:
+    """A request's envelope; inside a client span, `params._meta` carries its trace context."""
     message: JSON = {"jsonrpc": "2.0", "id": request_id, "method": method}
+    params = with_trace_meta(params)
     if params is not None:
         message["params"] = params
     return message
@@ -67,12 +72,37 @@ def related_request(params: JSON) -> tuple[Any, JSON]:
     return meta[RELATED_REQUEST_KEY], params
 
 
-def decode_json(upstream: str, raw: bytes, method: str) -> Any:
+_MEDIA_TYPE = re.compile(r"[a-z0-9!#$&^_.+-]{1,64}/[a-z0-9!#$&^_.+-]{1,64}")
+
+
+def media_type(value: str) -> str:
+    """A response's media type as an error may show it: a well-formed one as it is, anything
+    else (the upstream's own text, of any length) not at all."""
+    if not value:
+        return "no content type"
+    return value if _MEDIA_TYPE.fullmatch(value) else "an invalid content type"
+
+
+def phrase(status: int) -> str:
+    """The standard reason phrase of an HTTP status, or ''."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+def decode_json(upstream: str, raw: bytes, method: str, content_type: str = "") -> Any:
+    """The JSON in a reply; `BackendError` naming its `content_type` when that is not JSON's
+    and the body is not JSON either. The body itself is never quoted."""
     if not raw.strip():
         raise BackendError(f"upstream {upstream!r} sent an empty reply to {method}")
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
+        if content_type and content_type != "application/json":
+            raise BackendError(
+                f"upstream {upstream!r} answered {method} with {media_type(content_type)}, not JSON"
+            ) from None
         raise BackendError(
             f"upstream {upstream!r} sent invalid JSON in reply to {method}"
         ) from None
@@ -99,9 +129,8 @@ def rpc_result(upstream: str, reply: JSON, method: str) -> JSON:
     if error is not None:
         code = error.get("code") if isinstance(error, dict) else None
         if not isinstance(code, int) or isinstance(code, bool):
-            raise BackendError(
-                f"upstream {upstream!r} sent a malformed error for {method}: {one_line(str(error))}"
-            )
+            summary = f"upstream {upstream!r} sent a malformed error for {method}"
+            raise BackendError(f"{summary}: {one_line(str(error))}", summary)
         raise UpstreamError(upstream, code, str(error.get("message", "")), error.get("data"))
     result = reply.get("result")
     if not isinstance(result, dict):

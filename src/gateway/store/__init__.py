@@ -30,6 +30,11 @@ class NotFound(StoreError):
     """The named record does not exist."""
 
 
+class Unstorable(StoreError):
+    """A value the database cannot hold, such as text with a NUL character in PostgreSQL;
+    the caller sent it, so it is a bad request, not an outage."""
+
+
 SHARED_SESSION = "shared"
 PER_CLIENT_SESSION = "per-client"
 SESSION_MODES = (SHARED_SESSION, PER_CLIENT_SESSION)
@@ -51,6 +56,12 @@ class UpstreamRecord:
     session: str = SHARED_SESSION
     """`shared`: each worker's one upstream session serves every client; `per-client`: each
     client session gets an upstream session of its own (`gateway.upstream_sessions`)."""
+    options: Mapping[str, Any] = field(default_factory=dict)
+    """The transport's own registration fields (`BackendSpec.fields`), as its backend
+    checked them; not secret."""
+    notes: Mapping[str, Any] = field(default_factory=dict)
+    """What discovery reported beyond the tools (e.g. operations an OpenAPI backend skipped,
+    with the reason): shown with the upstream."""
 
 
 # What an upstream offers is stored as the definition its backend discovered, under the
@@ -121,6 +132,34 @@ class ServerRecord:
     prompts: tuple[str, ...] = ()
     created_at: float = 0.0
     updated_at: float = 0.0
+    tags: tuple[str, ...] = ()
+    """Also every tool curated with one of these tags (`ToolOverride.tags`)."""
+    tool_mode: str = "list"
+    """`list`: tools/list shows the server's tools; `search`: it shows only the search tools
+    (`search_tools`, `describe_tool`, `call_tool`) through which agents reach them."""
+    interceptors: tuple[str, ...] | None = None
+    """The interceptors its calls run (`INTERCEPTORS` names them for the rest of the
+    gateway); None: the same as the rest of the gateway."""
+
+
+TOOL_MODES = ("list", "search")
+
+
+@dataclass(frozen=True, slots=True)
+class ToolOverride:
+    """How the operator curates one tool, kept by its gateway name apart from the tool's own
+    row, so that upstream refreshes (and even its upstream's removal and return) keep it.
+    None leaves the upstream's value."""
+
+    name: str
+    alias: str | None = None
+    """The name agents see and call it by."""
+    title: str | None = None
+    description: str | None = None
+    annotations: Mapping[str, Any] | None = None
+    """Hints laid over the upstream's annotations, key by key."""
+    tags: tuple[str, ...] = ()
+    updated_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +182,7 @@ class CatalogueData:
     templates: list[ResourceTemplateRecord] = field(default_factory=list)
     prompts: list[PromptRecord] = field(default_factory=list)
     servers: list[ServerRecord] = field(default_factory=list)
+    overrides: list[ToolOverride] = field(default_factory=list)
 
 
 class Connection(Protocol):
@@ -186,6 +226,11 @@ class Store(Protocol):
     async def secret_from_file(self, name: str, path: Path) -> str:
         """The secret in the key file `path`, created once if missing; moves a secret the
         store still keeps under `name` there first."""
+        ...
+
+    def derived_key(self, purpose: str) -> bytes:
+        """A key for `purpose` derived from the encryption key, the same in every instance
+        that shares it; nothing is stored."""
         ...
 
     async def catalogue_version(self) -> int:
@@ -238,6 +283,16 @@ class Store(Protocol):
 
     async def update_tool(self, name: str, changes: Mapping[str, Any]) -> ToolRecord:
         """Change `enabled`, `cache_ttl` or `rate_limit` of a tool; raise `NotFound`."""
+        ...
+
+    async def list_tool_overrides(self) -> list[ToolOverride]: ...
+
+    async def get_tool_override(self, name: str) -> ToolOverride | None: ...
+
+    async def curate_tool(self, name: str, changes: Mapping[str, Any]) -> ToolOverride:
+        """Change fields of a tool's `ToolOverride` (None clears one); a curation left with
+        nothing set is deleted. Raise `NotFound` for an unknown tool, `Conflict` (naming
+        both tools) for an alias that is another tool's name or alias."""
         ...
 
     async def list_resources(self) -> list[ResourceRecord]: ...

@@ -20,8 +20,9 @@ import structlog
 
 from gateway.keyfile import ENCRYPTION_KEY_FILE, default_secrets_dir, read_or_create_key
 from gateway.store import Conflict, Connection, StoreError
-from gateway.store.crypto import HeaderCipher
+from gateway.store.crypto import HeaderCipher, purpose_key
 from gateway.store.migrations import migrate
+from gateway.store.upgrade import upgrade
 
 Raw = TypeVar("Raw")
 """A driver's own connection type."""
@@ -80,6 +81,7 @@ class SQLBase(ABC):
         self._encryption_secret = encryption_secret
         self._key_file = (secrets_dir or default_secrets_dir(database_url)) / ENCRYPTION_KEY_FILE
         self._cipher: HeaderCipher | None = None
+        self._secret = ""
 
     # --- what a dialect provides -----------------------------------------------------------
 
@@ -122,6 +124,9 @@ class SQLBase(ABC):
                 ENCRYPTION_KEY_SECRET, self._key_file
             )
             self._cipher = HeaderCipher(secret)
+            self._secret = secret
+            async with self.transaction() as conn:
+                await upgrade(conn, self._cipher)
         except BaseException:
             await self._close()
             raise
@@ -133,6 +138,13 @@ class SQLBase(ABC):
     async def ping(self) -> None:
         async with self.connection() as conn:
             await conn.fetchone("SELECT 1")
+
+    def derived_key(self, purpose: str) -> bytes:
+        """A key of its own for `purpose`, from the encryption key (HKDF): every instance that
+        can read the store's headers derives the same, and none is stored."""
+        if not self._secret:
+            raise StoreError(f"{self.label} is not started")
+        return purpose_key(self._secret, purpose)
 
     @property
     def cipher(self) -> HeaderCipher:

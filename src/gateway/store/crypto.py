@@ -17,6 +17,7 @@ from collections.abc import Mapping
 import orjson
 from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
 from gateway.store import StoreError
@@ -30,6 +31,15 @@ def derive_key(secret: str) -> bytes:
     """The urlsafe-base64 Fernet key for `secret`; cached because PBKDF2 is slow by design."""
     kdf = PBKDF2HMAC(algorithm=hashes.SHA256(), length=32, salt=SALT, iterations=ITERATIONS)
     return base64.urlsafe_b64encode(kdf.derive(secret.encode("utf-8")))
+
+
+def purpose_key(secret: str, purpose: str) -> bytes:
+    """32 bytes for `purpose` from `secret` by HKDF-SHA256, `purpose` as its info: keys for
+    different purposes tell nothing of each other, nor of `secret` or the Fernet key."""
+    info = f"aio-mcp-gateway/{purpose}/v1".encode()
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(
+        secret.encode("utf-8")
+    )
 
 
 class HeaderCipher:

@@ -203,6 +203,131 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX revoked_tokens_expires_at ON revoked_tokens (expires_at)",
         ),
     ),
+    Migration(
+        7,
+        "an upstream's transport-specific options and its discovery notes",
+        (
+            # '' reads back as an empty mapping (see `gateway.store.rows`).
+            "ALTER TABLE upstreams ADD COLUMN options TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE upstreams ADD COLUMN notes TEXT NOT NULL DEFAULT ''",
+        ),
+    ),
+    Migration(
+        8,
+        "tool curation (aliases, titles, descriptions, annotations, tags) and how virtual "
+        "servers choose and show tools",
+        (
+            # Keyed by gateway name, not a foreign key: curation outlives upstream refreshes
+            # and an upstream's removal and return.
+            """
+            CREATE TABLE tool_overrides (
+                name TEXT PRIMARY KEY,
+                alias TEXT UNIQUE,
+                title TEXT,
+                description TEXT,
+                annotations TEXT,
+                tags TEXT NOT NULL DEFAULT '[]',
+                updated_at DOUBLE PRECISION NOT NULL
+            )
+            """,
+            "ALTER TABLE servers ADD COLUMN tags TEXT NOT NULL DEFAULT '[]'",
+            "ALTER TABLE servers ADD COLUMN tool_mode TEXT NOT NULL DEFAULT 'list'",
+        ),
+    ),
+    Migration(
+        9,
+        "the interceptors a virtual server's calls run",
+        # NULL: the gateway's INTERCEPTORS; a JSON list: exactly those.
+        ("ALTER TABLE servers ADD COLUMN interceptors TEXT",),
+    ),
+    Migration(
+        10,
+        "what a configuration file manages, and the lease one applier holds",
+        (
+            """
+            CREATE TABLE config_managed (
+                kind TEXT NOT NULL,
+                name TEXT NOT NULL,
+                PRIMARY KEY (kind, name)
+            )
+            """,
+            """
+            CREATE TABLE config_lease (
+                id INTEGER PRIMARY KEY,
+                holder TEXT NOT NULL DEFAULT '',
+                expires_at DOUBLE PRECISION NOT NULL DEFAULT 0
+            )
+            """,
+            "INSERT INTO config_lease (id, holder, expires_at) VALUES (1, '', 0)",
+        ),
+    ),
+    Migration(
+        11,
+        "roles made through the admin API, and the tokens the gateway minted",
+        (
+            """
+            CREATE TABLE roles (
+                name TEXT PRIMARY KEY,
+                definition TEXT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL
+            )
+            """,
+            """
+            CREATE TABLE managed_tokens (
+                id TEXT PRIMARY KEY,
+                name TEXT NOT NULL,
+                subject TEXT NOT NULL,
+                scopes TEXT NOT NULL DEFAULT '[]',
+                servers TEXT NOT NULL DEFAULT '[]',
+                created_at DOUBLE PRECISION NOT NULL,
+                expires_at DOUBLE PRECISION NOT NULL,
+                revoked_at DOUBLE PRECISION
+            )
+            """,
+        ),
+    ),
+    Migration(
+        12,
+        "which start of which instance applied which configuration file",
+        (
+            """
+            CREATE TABLE config_applied (
+                marker TEXT PRIMARY KEY,
+                applied_at DOUBLE PRECISION NOT NULL
+            )
+            """,
+        ),
+    ),
+    Migration(
+        13,
+        "the icons and _meta an upstream lists with its tools, resources, templates and prompts",
+        (
+            # JSON text, as the other definition columns: a list of `Icon` objects, and
+            # NULL for no `_meta`.
+            "ALTER TABLE tools ADD COLUMN icons TEXT NOT NULL DEFAULT '[]'",
+            "ALTER TABLE tools ADD COLUMN meta TEXT",
+            "ALTER TABLE resources ADD COLUMN icons TEXT NOT NULL DEFAULT '[]'",
+            "ALTER TABLE resources ADD COLUMN meta TEXT",
+            "ALTER TABLE resource_templates ADD COLUMN icons TEXT NOT NULL DEFAULT '[]'",
+            "ALTER TABLE resource_templates ADD COLUMN meta TEXT",
+            "ALTER TABLE prompts ADD COLUMN icons TEXT NOT NULL DEFAULT '[]'",
+            "ALTER TABLE prompts ADD COLUMN meta TEXT",
+        ),
+    ),
+    Migration(
+        14,
+        "the fields an upstream lists with its tools, resources, templates and prompts that "
+        "the gateway does not model",
+        (
+            # JSON text, as `meta`: one object of the entry's other top-level fields, and
+            # NULL for none.
+            "ALTER TABLE tools ADD COLUMN extra TEXT",
+            "ALTER TABLE resources ADD COLUMN extra TEXT",
+            "ALTER TABLE resource_templates ADD COLUMN extra TEXT",
+            "ALTER TABLE prompts ADD COLUMN extra TEXT",
+        ),
+    ),
 )
 
 

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import functools
 import os
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ import psycopg2.errors
 import psycopg2.extensions
 import structlog
 
-from gateway.store import Connection, StoreError
+from gateway.store import Connection, StoreError, Unstorable
 from gateway.store.base import SQLStore
 from gateway.store.connections import DriverConnection, DuplicateKey, one_line
 
@@ -71,21 +71,36 @@ def describe_url(database_url: str) -> str:
     return f"{host}:{port}{parts.path}"
 
 
+NUL_IN_TEXT = "text with a NUL character (\\u0000) cannot be stored in PostgreSQL"
+
+
 class PostgresConnection(DriverConnection[aiopg.Connection]):
     """One aiopg connection seen through the `Connection` protocol."""
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        with self._store.translate_errors():
+        with self._store.translate_errors(), _storable():
             async with self._raw.cursor() as cursor:
                 await cursor.execute(*_statement(sql, params))
                 return int(cursor.rowcount)
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._store.translate_errors():
+        with self._store.translate_errors(), _storable():
             async with self._raw.cursor() as cursor:
                 await cursor.execute(*_statement(sql, params))
                 rows = await cursor.fetchall()
         return [_row(row) for row in rows]
+
+
+@contextlib.contextmanager
+def _storable() -> Iterator[None]:
+    """psycopg2 refuses a parameter holding NUL with a ValueError before sending anything;
+    that is the caller's input, which no PostgreSQL text column can hold."""
+    try:
+        yield
+    except ValueError as exc:
+        if "NUL" not in str(exc):
+            raise
+        raise Unstorable(NUL_IN_TEXT) from None
 
 
 class PostgresStore(SQLStore):

@@ -17,7 +17,15 @@ from gateway.store import (
 )
 from gateway.store.connections import SQLBase
 from gateway.store.owned import Kind
-from gateway.store.tables import PROMPTS, RESOURCES, SERVERS, TEMPLATES, TOOLS, UPSTREAMS
+from gateway.store.tables import (
+    OVERRIDES,
+    PROMPTS,
+    RESOURCES,
+    SERVERS,
+    TEMPLATES,
+    TOOLS,
+    UPSTREAMS,
+)
 
 
 class CatalogueReads(SQLBase):
@@ -41,6 +49,7 @@ class CatalogueReads(SQLBase):
                 templates=await TEMPLATES.rows.fetch(conn),
                 prompts=await PROMPTS.rows.fetch(conn),
                 servers=await SERVERS.fetch(conn),
+                overrides=await OVERRIDES.fetch(conn),
             )
 
     async def list_upstreams(self) -> list[UpstreamRecord]:

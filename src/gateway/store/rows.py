@@ -2,11 +2,12 @@
 
 Each field is the column of the same name, converted by its annotation: `bool`, `int` and
 `float` are read back as such (SQLite answers 0 or 1 for a BOOLEAN), `str` passes through,
-and a dict, a mapping or a tuple is stored as JSON text; `X | None` keeps NULL. A field
-whose type is itself a dataclass (a record's definition) spreads its fields over columns of
-the same row. `column()` metadata says the rest: a column named unlike its field, a value
-encrypted with the store's cipher, and an embedded definition's columns named unlike its
-fields. A new record field thus needs its column in the schema, and no mapping code.
+and a dict, a mapping or a tuple is stored as JSON text (a mapping's '' reads as empty);
+`X | None` keeps NULL. A field whose type is itself a dataclass (a record's definition)
+spreads its fields over columns of the same row. `column()` metadata says the rest: a
+column named unlike its field, a value encrypted with the store's cipher, and an embedded
+definition's columns named unlike its fields. A new record field thus needs its column in
+the schema, and no mapping code.
 """
 
 from __future__ import annotations
@@ -68,6 +69,11 @@ def _to_json(value: Any) -> str:
     return orjson.dumps(value).decode("utf-8")
 
 
+def _to_mapping(text: str) -> Any:
+    # A mapping column added to a table with rows defaults to '', which is no JSON.
+    return orjson.loads(text) if text else {}
+
+
 def _to_tuple(text: str) -> tuple[Any, ...]:
     return tuple(orjson.loads(text))
 
@@ -104,7 +110,7 @@ def _codec(hint: Any, where: str) -> tuple[Convert, Convert]:
     elif origin is tuple:
         return _to_json, _to_tuple
     elif isinstance(origin, type) and issubclass(origin, Mapping):
-        return _to_json, orjson.loads
+        return _to_json, _to_mapping
     raise TypeError(f"{where}: no column type for {hint!r}")
 
 

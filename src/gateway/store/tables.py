@@ -11,6 +11,7 @@ from gateway.store import (
     ResourceRecord,
     ResourceTemplateRecord,
     ServerRecord,
+    ToolOverride,
     ToolRecord,
     UpstreamRecord,
 )
@@ -19,6 +20,7 @@ from gateway.store.rows import Rows
 
 UPSTREAMS = Rows(UpstreamRecord, "upstreams", key="name")
 SERVERS = Rows(ServerRecord, "servers", key="id")
+OVERRIDES = Rows(ToolOverride, "tool_overrides", key="name")
 
 TOOLS = Kind(
     noun="tool",

@@ -1,0 +1,1 @@
+"""REST services with OpenAPI documents, for the OpenAPI backend's tests."""
