@@ -74,7 +74,11 @@ async def _token_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _token_revoke_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--jti", required=True, help="the jti claim of the token to revoke")
+    parser.add_argument(
+        "--jti",
+        required=True,
+        help="the jti claim of the token to revoke (write --jti=VALUE for one that starts with -)",
+    )
 
 
 async def _token_revoke(args: argparse.Namespace, settings: Settings) -> int:

@@ -63,7 +63,8 @@ def create_token(
         "sub": subject,
         "iat": int(now),
         "exp": expires,
-        "jti": secrets.token_urlsafe(16),
+        # Hex, so a jti never starts with "-" and reads as an option on a command line.
+        "jti": secrets.token_hex(16),
     }
     if scopes:
         payload["scope"] = " ".join(dict.fromkeys(scopes))

@@ -71,6 +71,13 @@ def test_every_minted_token_has_its_own_jti() -> None:
     assert first["jti"] != second["jti"]
 
 
+def test_minted_jti_never_reads_as_a_command_line_option() -> None:
+    # A jti starting with "-" made `token revoke --jti <jti>` an argparse error.
+    for _ in range(200):
+        jti = claims(create_token(TEST_SECRET, "alice"))["jti"]
+        assert len(jti) == 32 and all(c in "0123456789abcdef" for c in jti)
+
+
 def test_create_token_refuses_a_lifetime_over_the_bound() -> None:
     with pytest.raises(ValueError, match="exceeds MAX_TOKEN_LIFETIME"):
         create_token(TEST_SECRET, "alice", expires_minutes=DEFAULT_MAX_LIFETIME / 60 + 1)
@@ -184,6 +191,25 @@ async def test_token_revoke_command_reaches_a_running_gateway(
     assert revoked.returncode == 0, revoked.stderr
     assert revoked.stdout.strip() == f"revoked {claims(token)['jti']}"
     # The memory cache carries no message between processes: the worker's poll finds it.
+    deadline = time.monotonic() + 10
+    while await tools_list_status(client, token) == 200:
+        assert time.monotonic() < deadline, "the revocation never reached the gateway"
+        await asyncio.sleep(0.1)
+    assert await refusal(client, token) == "token has been revoked"
+
+
+async def test_token_revoke_command_takes_a_jti_starting_with_a_dash_in_its_equals_form(
+    client: Client, base_settings: Settings
+) -> None:
+    # Earlier releases minted URL-safe base64 jtis, some starting with "-".
+    jti = "-older-release-jti"
+    token = signed(
+        {"sub": "erin", "iat": int(time.time()), "exp": int(time.time()) + 600, "jti": jti}
+    )
+    assert await tools_list_status(client, token) == 200
+    revoked = await asyncio.to_thread(command, base_settings, "revoke", f"--jti={jti}")
+    assert revoked.returncode == 0, revoked.stderr
+    assert revoked.stdout.strip() == f"revoked {jti}"
     deadline = time.monotonic() + 10
     while await tools_list_status(client, token) == 200:
         assert time.monotonic() < deadline, "the revocation never reached the gateway"
