@@ -5,7 +5,11 @@ pool and one MCP session, initialised on first use, or as soon as a listener is 
 gateway's own backends have one, so they listen from the start), and re-initialised
 once when the upstream forgets it (HTTP 404); `close()` ends it with DELETE, and fails
 the requests still reading their replies with `BackendError`. Every message is a POST,
-and a request's reply is a JSON body or an SSE stream. That stream belongs to its request,
+and a request's reply is a JSON body or an SSE stream. The session speaks 2025-11-25, so the
+upstream may end a reply's stream before the answer once it has given the stream an event
+id: the backend then GETs the rest with `Last-Event-ID`, after the upstream's `retry`, for
+as long as the request may take, and fails the request when the stream ends with no id to
+resume from or resuming brings nothing three times in a row. That stream belongs to its request,
 so the progress and log notifications in it go to that request's `on_notification` as
 they come; params go out as given, so the upstream sends progress when the caller put a
 `_meta.progressToken` in them. Other notifications there, like those on the listening
@@ -46,8 +50,9 @@ from gateway.mcpclient import (
     SseParser,
 )
 from gateway.mcpclient.fasthttp import Response
-from gateway.mcpclient.http import HttpStatusError
-from gateway.mcpclient.wire import decode_json, json_messages
+from gateway.mcpclient.http import HttpStatusError, http_error
+from gateway.mcpclient.http1 import RequestHead
+from gateway.mcpclient.wire import decode_json, json_messages, media_type
 from gateway.plugin import (
     JSON,
     BackendError,
@@ -63,6 +68,29 @@ VERSION_HEADER = "MCP-Protocol-Version"
 # How long to wait for a reply's event stream to end once the answer is in; see
 # `_finish_stream`.
 STREAM_END_GRACE = 0.05
+# Resuming a reply's event stream: the wait when the server gives no `retry`, the least
+# wait whatever it gives, and how many resumptions in a row may bring nothing at all (not
+# even a new event id) before the request fails.
+RESUME_DELAY = 1.0
+RESUME_DELAY_FLOOR = 0.05
+QUIET_RESUMPTIONS = 3
+
+
+def resume_delay(retry: int | None) -> float:
+    """How long to wait before resuming a reply's stream: the server's `retry` (in
+    milliseconds), with a floor so that a server asking for none cannot make a busy loop."""
+    if retry is None:
+        return RESUME_DELAY
+    return max(retry / 1000, RESUME_DELAY_FLOOR)
+
+
+def stream_headers(link: _SessionLink, last_event_id: str) -> dict[str, str]:
+    """The session's headers for a GET of an event stream, resuming after `last_event_id`."""
+    headers = {name: value for name, value in link.headers.items() if name != "Content-Type"}
+    headers["Accept"] = "text/event-stream"
+    if last_event_id:
+        headers["Last-Event-ID"] = last_event_id
+    return headers
 
 
 class _SessionLink(HttpLink):
@@ -103,10 +131,7 @@ class _SessionLink(HttpLink):
 class McpHttpBackend(HttpClient[_SessionLink]):
     """A `FullBackend` for one upstream MCP server speaking Streamable HTTP."""
 
-    # 2025-06-18 rather than 2025-11-25: a 2025-11-25 server may close a reply's SSE stream
-    # early and expect the client to resume it with GET + Last-Event-ID, which this backend
-    # does only for its own listening stream, not for replies.
-    protocol_version = "2025-06-18"
+    protocol_version = "2025-11-25"
     adoptable = True
 
     def __init__(self, upstream: UpstreamConfig, settings: Settings) -> None:
@@ -199,6 +224,46 @@ class McpHttpBackend(HttpClient[_SessionLink]):
 
     async def _read_stream(self, resp: Response, link: _SessionLink, call: Call) -> None:
         parser = SseParser(self.bounds)
+        await self._read_events(resp, parser, link, call)
+        quiet = 0
+        while not call.reply.done():
+            # A 2025-11-25 server may end a reply's stream before the answer once it has
+            # given the stream an event id; the rest comes on a GET resuming from it, after
+            # the server's `retry`.
+            if not parser.last_event_id:
+                raise BackendError(
+                    f"upstream {self.name!r} ended its event stream without answering {call.method}"
+                )
+            if quiet >= QUIET_RESUMPTIONS:
+                raise BackendError(
+                    f"upstream {self.name!r} ended its event stream without answering "
+                    f"{call.method}, and {quiet} resumptions of it brought nothing"
+                )
+            await asyncio.sleep(resume_delay(parser.retry))
+            seen = parser.last_event_id
+            resumed = await self._resume(link, seen, call.method)
+            link.replies[resumed] = call.method
+            try:
+                # The SDK's servers keep a resumed stream open past the answer, so it is not
+                # read to its end (its connection closes instead of going back to the pool).
+                received = await self._read_events(resumed, parser, link, call, finish=False)
+            finally:
+                del link.replies[resumed]
+                resumed.release()
+            quiet = 0 if received or parser.last_event_id != seen else quiet + 1
+
+    async def _read_events(
+        self,
+        resp: Response,
+        parser: SseParser,
+        link: _SessionLink,
+        call: Call,
+        *,
+        finish: bool = True,
+    ) -> int:
+        """Read `resp`'s events for `call` until its answer or the stream's end; how many
+        messages it carried."""
+        received = 0
         async for chunk in resp.content.iter_any():
             for event in parser.feed(chunk):
                 # Other event types carry no JSON-RPC; an event with empty data only primes
@@ -206,15 +271,36 @@ class McpHttpBackend(HttpClient[_SessionLink]):
                 if event.event != "message" or not event.data.strip():
                     continue
                 for message in json_messages(decode_json(self.name, event.data, call.method)):
+                    received += 1
                     await self._receive(link, message, call)
-                    if call.answered:
+                    if call.answered and finish:
                         await self._finish_stream(resp)
                     if call.reply.done():
-                        return
-        if not call.reply.done():
-            raise BackendError(
-                f"upstream {self.name!r} ended its event stream without answering {call.method}"
-            )
+                        return received
+        return received
+
+    async def _resume(self, link: _SessionLink, last_event_id: str, method: str) -> Response:
+        """GET the rest of a reply's event stream, from `last_event_id` on."""
+        if self._pool is None:
+            raise BackendError(f"upstream {self.name!r}: not started or already closed")
+        if link.lost is not None:
+            raise BackendError(f"upstream {self.name!r} {link.lost} before answering {method}")
+        head = RequestHead("GET", link.url, stream_headers(link, last_event_id))
+        resp = await self._pool.request(head, None)
+        try:
+            if resp.status >= 300:
+                # Not `MessageRefused`: the request went out, and may still be running.
+                refused = await http_error(self.name, resp, f"GET (resuming {method})")
+                raise BackendError(str(refused), refused.summary)
+            if resp.content_type != "text/event-stream":
+                raise BackendError(
+                    f"upstream {self.name!r} answered GET (resuming {method}) with "
+                    f"{media_type(resp.content_type)}, not an event stream"
+                )
+        except BaseException:
+            resp.release()
+            raise
+        return resp
 
     async def _finish_stream(self, resp: Response) -> None:
         # A stream read to its end lets the connection go back to the pool; servers end it
@@ -232,10 +318,7 @@ class McpHttpBackend(HttpClient[_SessionLink]):
     # --- GET: the session's listening stream ---
 
     async def _listen_on(self, link: _SessionLink, backoff: Backoff) -> ListenOutcome:
-        headers = {name: value for name, value in link.headers.items() if name != "Content-Type"}
-        headers["Accept"] = "text/event-stream"
-        if link.last_event_id:
-            headers["Last-Event-ID"] = link.last_event_id
+        headers = stream_headers(link, link.last_event_id)
         async with asyncio.timeout(self.discovery_timeout):
             resp = await self._client().get(self.url, headers=headers, allow_redirects=False)
         try:

@@ -176,10 +176,13 @@ async def listening(backend: FullBackend, upstream: Upstream, ask: AskClient | N
 async def test_initialize_declares_sampling_elicitation_and_roots(own: Upstream) -> None:
     async with backend_for(own) as backend:
         await backend.request("ping", {}, 5)
+    # Streamable HTTP speaks 2025-11-25, with both elicitation modes; legacy SSE 2024-11-05,
+    # where `{}` is all there was.
+    modes = {"form": {}, "url": {}} if own.transport == "streamable-http" else {}
     assert (await own.running.stats())["client_capabilities"] == {
         "roots": {"listChanged": True},
         "sampling": {},
-        "elicitation": {},
+        "elicitation": modes,
     }
 
 

@@ -15,10 +15,10 @@ protocol, so the SDK's `auto` mode ends up there too when it talks to it directl
 What differs by design is asserted as such, each where it shows (README, "What does not
 pass through"): the gateway answers `initialize` as itself and lists in its own order; it
 relays no tasks, so a tool only a task can run is not listed and the rest have no
-`execution`; over Streamable HTTP it speaks 2025-06-18 upstream, so no URL elicitation,
-and discovers in a session of its own, so a resource the server makes in the shared session
-cannot be read; and what the server asks or logs outside any call (its roots request and
-log messages on its GET stream, its log of a subscription) reaches no client.
+`execution`; over Streamable HTTP it discovers in a session of its own, so a resource the
+server makes in the shared session cannot be read; and what the server asks or logs outside
+any call (its roots request and log messages on its GET stream, its log of a subscription)
+reaches no client.
 
 The server (no host setting: it listens on every interface, on a free port) gets an
 environment of `PATH` and its port only, so its `get-env` tool shows nothing of ours.
@@ -80,10 +80,6 @@ ROUTES = ("streamable-http", "stdio")
 PREFIXES = {"streamable-http": "every", "stdio": "everyio"}
 TOOL_TIMEOUT = 10.0
 URL_ELICITATION = "trigger-url-elicitation"
-SPEAKS_2025_11_25 = ("stdio",)
-"""The routes on which the gateway speaks 2025-11-25, and so URL elicitation, upstream.
-Over Streamable HTTP it speaks 2025-06-18, because a 2025-11-25 server may end a reply's
-stream early for the client to resume it, which the gateway does not do for replies."""
 RESOURCE_NOT_FOUND = -32002
 QUIET = 0.5
 """How long to listen for something that must not arrive."""
@@ -333,16 +329,12 @@ async def every_page(list_page: Callable[..., Any], key: str) -> list[Any]:
     pytest.fail(f"{key}: more than 100 pages")
 
 
-def as_the_gateway_lists(tools: dict[str, JSON], route: str) -> dict[str, JSON]:
+def as_the_gateway_lists(tools: dict[str, JSON]) -> dict[str, JSON]:
     """The server's own listing as the gateway relays it: without the tools only a task can
-    run, and without `execution` (the gateway's calls are never tasks). Over HTTP, also
-    without the tool the server offers only to clients that take URL elicitations: the
-    gateway speaks 2025-06-18 to such upstreams, which has no URL elicitation."""
+    run, and without `execution` (the gateway's calls are never tasks)."""
     relayed = {}
     for name, tool in tools.items():
         if tool.get("execution", {}).get("taskSupport") == "required":
-            continue
-        if name == URL_ELICITATION and route not in SPEAKS_2025_11_25:
             continue
         relayed[name] = {key: value for key, value in tool.items() if key != "execution"}
     return relayed
@@ -352,7 +344,7 @@ async def test_the_tools_are_listed_alike(pair: Pair) -> None:
     direct, through = await on_both(pair, tool_listing)
     assert {"echo", "get-sum", "trigger-sampling-request", URL_ELICITATION} <= set(direct)
     assert direct["simulate-research-query"]["execution"] == {"taskSupport": "required"}
-    assert through == as_the_gateway_lists(direct, pair.route)
+    assert through == as_the_gateway_lists(direct)
 
 
 async def test_resources_and_templates_are_listed_alike(pair: Pair) -> None:
@@ -505,11 +497,6 @@ async def test_a_url_elicitation_by_request_and_by_error_arrives_alike(pair: Pai
             retried = steady(await client.call_tool(tool, arguments))
         return asked, refused, retried
 
-    if pair.route not in SPEAKS_2025_11_25:
-        async with pair.gateway.connect(**ANSWERING) as client:
-            with pytest.raises(MCPError, match="Unknown tool"):
-                await client.call_tool(pair.gateway.name(URL_ELICITATION), {"url": url})
-        return
     direct, through = await on_both(pair, elicit)
     assert "User completed the URL elicitation flow" in str(direct[0])
     assert direct[1] == (-32042, 1)

@@ -13,6 +13,11 @@ defaults), `roots` (`roots/list` sent as related to the call, so on Streamable H
 the call's reply stream) and `roots_standalone` (`ctx.session.list_roots()`, which the SDK
 sends related to no request: on the session's GET stream).
 
+With `--resumable` its Streamable HTTP sessions keep their events (an in-memory event store,
+and a `retry` of 100 ms), and the tool `interrupted_count` ends its reply's stream after the
+first step and goes on counting, as a 2025-11-25 server may (SEP-1699): a client must
+resume the stream with GET and `Last-Event-ID` to see the rest and the result.
+
 Run as `python -m tests.upstreams.sdk_server --port N` from the repository root, or as
 `python tests/upstreams/sdk_server.py --port N`.
 """
@@ -20,15 +25,24 @@ Run as `python -m tests.upstreams.sdk_server --port N` from the repository root,
 from __future__ import annotations
 
 import argparse
+import asyncio
+import itertools
 import socket
 import warnings
 from typing import Any, Literal
 
 import uvicorn
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.streamable_http import EventCallback, EventMessage, EventStore
 from mcp.shared.exceptions import MCPDeprecationWarning
 from mcp.shared.message import ServerMessageMetadata
-from mcp.types import ListRootsRequest, ListRootsResult, SamplingMessage, TextContent
+from mcp.types import (
+    JSONRPCMessage,
+    ListRootsRequest,
+    ListRootsResult,
+    SamplingMessage,
+    TextContent,
+)
 from pydantic import BaseModel, Field
 
 # Sampling and roots are deprecated in the newest protocol, not in the versions spoken here.
@@ -124,6 +138,48 @@ async def roots_standalone(ctx: Context) -> dict[str, Any]:
 ASKING_TOOLS = (sample, elicit, roots, roots_standalone)
 
 
+# --- resumable reply streams (--resumable) ---
+
+
+class MemoryEventStore(EventStore):
+    """Every event of every stream, in order, for replaying after a client's last one."""
+
+    def __init__(self) -> None:
+        self._ids = itertools.count(1)
+        self._events: list[tuple[str, str, JSONRPCMessage | None]] = []
+
+    async def store_event(self, stream_id: str, message: JSONRPCMessage | None) -> str:
+        event_id = str(next(self._ids))
+        self._events.append((event_id, stream_id, message))
+        return event_id
+
+    async def replay_events_after(
+        self, last_event_id: str, send_callback: EventCallback
+    ) -> str | None:
+        position = next(
+            (n for n, (event_id, _, _) in enumerate(self._events) if event_id == last_event_id),
+            None,
+        )
+        if position is None:
+            return None
+        stream_id = self._events[position][1]
+        for event_id, stream, message in self._events[position + 1 :]:
+            if stream == stream_id and message is not None:
+                await send_callback(EventMessage(message, event_id))
+        return stream_id
+
+
+async def interrupted_count(steps: int, ctx: Context) -> str:
+    """Count to `steps` with progress, ending the reply's stream after the first step."""
+    for step in range(1, steps + 1):
+        await ctx.report_progress(step, steps, f"step {step}")
+        if step == 1:
+            await ctx.close_sse_stream()
+        # Some steps fall while the client is away, some after it has resumed.
+        await asyncio.sleep(0.05)
+    return f"counted to {steps} across a resumed stream"
+
+
 class _Server(uvicorn.Server):
     """uvicorn, announcing itself once its socket listens."""
 
@@ -133,12 +189,19 @@ class _Server(uvicorn.Server):
             print(f"listening on http://127.0.0.1:{self.config.port}", flush=True)
 
 
-def serve(port: int, json_response: bool, legacy_sse: bool, asking_tools: bool) -> None:
+def serve(
+    port: int, json_response: bool, legacy_sse: bool, asking_tools: bool, resumable: bool
+) -> None:
     if asking_tools:
         for tool in ASKING_TOOLS:
             server.add_tool(tool)
     if legacy_sse:
         app = server.sse_app()
+    elif resumable:
+        server.add_tool(interrupted_count)
+        app = server.streamable_http_app(
+            stateless_http=False, event_store=MemoryEventStore(), retry_interval=100
+        )
     else:
         # Stateful on purpose (stateless_http=False): the client must carry the session id.
         app = server.streamable_http_app(json_response=json_response, stateless_http=False)
@@ -161,8 +224,13 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="add tools that ask the client (sampling, elicitation, roots) while they run",
     )
+    parser.add_argument(
+        "--resumable",
+        action="store_true",
+        help="keep events for resumption, and add a tool that ends its reply's stream early",
+    )
     args = parser.parse_args(argv)
-    serve(args.port, args.json, args.legacy_sse, args.asking_tools)
+    serve(args.port, args.json, args.legacy_sse, args.asking_tools, args.resumable)
 
 
 if __name__ == "__main__":

@@ -331,19 +331,27 @@ class HttpPool:
         """Every open connection, idle or in use."""
         self._closed = False
 
-    async def request(self, head: RequestHead, body: bytes) -> Response:
-        """Send `head` with `body`; the response once its head has arrived."""
+    async def request(self, head: RequestHead, body: bytes | None) -> Response:
+        """Send `head` with `body` (None: a request without content, such as a GET); the
+        response once its head has arrived."""
         if self._closed:
             raise HttpClientError("the HTTP client is closed")
         pool = self._pools.get(head.origin) or self._pool(head.origin)
         # Per client request: its id and trace context (the head is shared by all).
-        data = b"%b%b%bContent-Length: %d\r\n\r\n%b" % (
-            head.encoded,
-            request_ids.header_line(),
-            tracing.outbound_header_lines(),
-            len(body),
-            body,
-        )
+        if body is None:
+            data = b"%b%b%b\r\n" % (
+                head.encoded,
+                request_ids.header_line(),
+                tracing.outbound_header_lines(),
+            )
+        else:
+            data = b"%b%b%bContent-Length: %d\r\n\r\n%b" % (
+                head.encoded,
+                request_ids.header_line(),
+                tracing.outbound_header_lines(),
+                len(body),
+                body,
+            )
         await pool.slots.acquire()
         try:
             connection = pool.take()
