@@ -37,7 +37,8 @@ CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 SHOWN_ENTRIES = 10
 """How many of a listing's trimmed entries a warning names."""
 
-Definition = TypeVar("Definition", ToolDef, ResourceDef, ResourceTemplateDef, PromptDef)
+D = TypeVar("D", ToolDef, ResourceDef, ResourceTemplateDef, PromptDef)
+"""Any one kind of listing entry (`contracts.Definition` is their union)."""
 
 
 def _json_bytes(value: object) -> int:
@@ -84,10 +85,10 @@ def _identity(definition: ToolDef | ResourceDef | ResourceTemplateDef | PromptDe
     return definition.name
 
 
-def bounded(upstream: str, kind: str, definitions: list[Definition]) -> list[Definition]:
+def bounded(upstream: str, kind: str, definitions: list[D]) -> list[D]:
     """`definitions` with their icons, `_meta` and extra fields within bounds; a warning
     names the `kind` entries of `upstream` that lost some."""
-    kept: list[Definition] = []
+    kept: list[D] = []
     trimmed: list[str] = []
     dropped_icons = dropped_meta = dropped_extra = 0
     for definition in definitions:
