@@ -12,6 +12,10 @@ A request the upstream sends its client names the request of ours it is about, i
 `params._meta.relatedRequestId`: it goes to that request's `on_request`, and otherwise to
 the listener's `ask`; the answer is POSTed to the endpoint.
 
+The protocol version is negotiated as over Streamable HTTP (2025-11-25 offered, any older
+one the upstream answers with taken), so such an upstream can elicit as it could from a
+client of its own; the transport itself is 2024-11-05's.
+
 The MCP session lives as long as the stream. When the stream drops, the requests waiting on
 it fail with `BackendError`; the next request opens a new stream and initialises again, as
 does a background task with backoff while a listener is set.
@@ -64,7 +68,10 @@ class _StreamLink(HttpLink):
 class McpSseBackend(HttpClient[_StreamLink]):
     """A `FullBackend` for one upstream MCP server on the HTTP+SSE transport."""
 
-    protocol_version = "2024-11-05"
+    # The transport is the 2024-11-05 one, but the protocol spoken over it is negotiated as
+    # on any other: the newest is offered, as the SDKs' own clients do, and a server that
+    # knows only 2024-11-05 answers with that.
+    protocol_version = "2025-11-25"
     shared_stream = True
 
     def __init__(self, upstream: UpstreamConfig, settings: Settings) -> None:

@@ -368,7 +368,9 @@ async def test_relative_endpoint_is_resolved_against_the_stream_url() -> None:
         "notifications/initialized",
         "ping",
     ]
-    assert posted[0]["params"]["protocolVersion"] == "2024-11-05"
+    # The newest version is offered; this stub's answer, 2024-11-05, is taken (the ping
+    # went out in that session).
+    assert posted[0]["params"]["protocolVersion"] == "2025-11-25"
 
 
 async def test_endpoint_on_another_origin_is_refused() -> None:

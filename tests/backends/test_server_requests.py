@@ -101,6 +101,13 @@ def sdk() -> Iterator[Upstream]:
     stop_upstream(running)
 
 
+@pytest.fixture(scope="module")
+def sdk_sse() -> Iterator[Upstream]:
+    running = start_sdk("--asking-tools", "--legacy-sse")
+    yield Upstream(running, "sse", own=False)
+    stop_upstream(running)
+
+
 @pytest.fixture(params=["own_http", "own_sse"])
 def own(request: pytest.FixtureRequest) -> Upstream:
     """Our server, on each transport."""
@@ -108,9 +115,18 @@ def own(request: pytest.FixtureRequest) -> Upstream:
     return upstream
 
 
-@pytest.fixture(params=["own_http", "own_sse", "sdk"])
+@pytest.fixture(params=["own_http", "own_sse", "sdk", "sdk_sse"])
 def upstream(request: pytest.FixtureRequest) -> Upstream:
-    """Our server on each transport, and the SDK's on Streamable HTTP."""
+    """Our server and the SDK's, each on both transports."""
+    chosen: Upstream = request.getfixturevalue(request.param)
+    return chosen
+
+
+@pytest.fixture(params=["own_http", "own_sse", "sdk"])
+def relating(request: pytest.FixtureRequest) -> Upstream:
+    """The upstreams that say which call each of their requests is about: on Streamable
+    HTTP by the call's own reply stream, and on legacy SSE by `relatedRequestId` (ours).
+    The SDK's server on legacy SSE says nothing: see the `sdk_sse` tests below."""
     chosen: Upstream = request.getfixturevalue(request.param)
     return chosen
 
@@ -176,13 +192,11 @@ async def listening(backend: FullBackend, upstream: Upstream, ask: AskClient | N
 async def test_initialize_declares_sampling_elicitation_and_roots(own: Upstream) -> None:
     async with backend_for(own) as backend:
         await backend.request("ping", {}, 5)
-    # Streamable HTTP speaks 2025-11-25, with both elicitation modes; legacy SSE 2024-11-05,
-    # where `{}` is all there was.
-    modes = {"form": {}, "url": {}} if own.transport == "streamable-http" else {}
+    # 2025-11-25 on both transports, with both elicitation modes.
     assert (await own.running.stats())["client_capabilities"] == {
         "roots": {"listChanged": True},
         "sampling": {},
-        "elicitation": modes,
+        "elicitation": {"form": {}, "url": {}},
     }
 
 
@@ -257,8 +271,9 @@ async def test_any_other_failure_of_on_request_reaches_the_upstream_as_32603(
 
 
 async def test_a_call_without_on_request_makes_the_upstream_get_32601_at_once(
-    upstream: Upstream,
+    relating: Upstream,
 ) -> None:
+    upstream = relating
     async with backend_for(upstream) as backend:
         # Far within the timeout: nobody waits for a client that cannot be asked.
         async with asyncio.timeout(20):
@@ -276,9 +291,10 @@ async def test_a_call_without_on_request_makes_the_upstream_get_32601_at_once(
     }
 
 
-async def test_concurrent_calls_each_get_their_own_answers(upstream: Upstream) -> None:
+async def test_concurrent_calls_each_get_their_own_answers(relating: Upstream) -> None:
     """Every call's request is pending at once (a barrier holds each answer until all have
     been asked), so neither a stream's reader nor a mix-up of answers can go unnoticed."""
+    upstream = relating
     count = 8
     barrier = asyncio.Barrier(count)
     asked: dict[int, list[str]] = {i: [] for i in range(count)}
@@ -341,6 +357,53 @@ async def test_closing_the_backend_cancels_pending_answers_and_fails_the_call(
     with pytest.raises(BackendError, match="was closed before answering tools/call"):
         async with asyncio.timeout(15):
             await pending
+
+
+async def test_an_unnamed_sse_request_goes_to_the_one_call_that_can_be_asked(
+    sdk_sse: Upstream,
+) -> None:
+    """The SDK's server on legacy SSE puts no `relatedRequestId` in what it asks: with one
+    call in progress, the request can only be about that one, so that call's client is
+    asked, while other calls are under way that cannot be asked."""
+    client = Client()
+    async with backend_for(sdk_sse) as backend:
+        others = [asyncio.create_task(backend.call_tool("greet", {"name": "x"}, 10))]
+        result = await call(backend, "elicit", {"message": "Which colour?"}, client)
+        await asyncio.gather(*others)
+    assert client.methods() == ["elicitation/create"]
+    assert result["structuredContent"] == ELICITED
+
+
+async def test_an_unnamed_sse_request_is_refused_while_two_calls_could_be_asked(
+    sdk_sse: Upstream,
+) -> None:
+    """With two calls in progress whose clients could be asked, a request naming neither
+    could be about either: it is refused at once rather than put to a client it may not be
+    about (the SDK makes the refusal the tool's error). Once that call has ended, the other
+    call's own request, asked later, goes to its client."""
+    later, now = Client(), Client()
+    async with backend_for(sdk_sse, tool_timeout=30) as backend:
+        waiting = asyncio.create_task(
+            call(backend, "sample_later", {"prompt": "later", "delay": 2}, later, timeout=20)
+        )
+
+        async def in_progress() -> bool:
+            # The session's own record of the requests awaiting their replies.
+            link = backend._link
+            return waiting.done() or (link is not None and bool(link.pending))
+
+        await eventually(in_progress, what="the first call is in progress")
+        refused = await client_error(
+            sdk_sse, call(backend, "sample", {"prompt": "now"}, now, timeout=10)
+        )
+        result = await waiting
+    assert refused == {
+        "code": -32601,
+        "message": "no client can be asked for sampling/createMessage outside a request",
+    }
+    assert now.asked == []
+    assert later.methods() == ["sampling/createMessage"]
+    assert result["isError"] is False
 
 
 # --- requests about no call -----------------------------------------------------------------

@@ -8,10 +8,11 @@ By default it serves Streamable HTTP at /mcp with stateful sessions and SSE repl
 With `--asking-tools` it also serves tools that ask the client while they run, through the
 SDK's own session methods, and return what it answered as structured content (a client's
 JSON-RPC error makes the tool fail, so the result is an error): `sample`
-(`ctx.session.create_message`), `elicit` (`ctx.elicit`, a form with an enum field and
-defaults), `roots` (`roots/list` sent as related to the call, so on Streamable HTTP it rides
-the call's reply stream) and `roots_standalone` (`ctx.session.list_roots()`, which the SDK
-sends related to no request: on the session's GET stream).
+(`ctx.session.create_message`; `sample_later` after a delay), `elicit` (`ctx.elicit`, a
+form with an enum field and defaults), `roots` (`roots/list` sent as related to the call,
+so on Streamable HTTP it rides the call's reply stream) and `roots_standalone`
+(`ctx.session.list_roots()`, which the SDK sends related to no request: on the session's
+GET stream).
 
 With `--resumable` its Streamable HTTP sessions keep their events (an in-memory event store,
 and a `retry` of 100 ms), and the tool `interrupted_count` ends its reply's stream after the
@@ -106,6 +107,12 @@ async def sample(prompt: str, ctx: Context) -> dict[str, Any]:
     return result.model_dump(by_alias=True, mode="json", exclude_none=True)
 
 
+async def sample_later(prompt: str, delay: float, ctx: Context) -> dict[str, Any]:
+    """`sample`, after `delay` seconds."""
+    await asyncio.sleep(delay)
+    return await sample(prompt, ctx)
+
+
 class Choice(BaseModel):
     colour: Literal["red", "green", "blue"] = Field(default="green", title="Colour")
     count: int = Field(default=3, ge=1, title="How many")
@@ -135,7 +142,7 @@ async def roots_standalone(ctx: Context) -> dict[str, Any]:
     return result.model_dump(by_alias=True, mode="json", exclude_none=True)
 
 
-ASKING_TOOLS = (sample, elicit, roots, roots_standalone)
+ASKING_TOOLS = (sample, sample_later, elicit, roots, roots_standalone)
 
 
 # --- resumable reply streams (--resumable) ---
