@@ -428,6 +428,10 @@ class BackendSpec:
     `ValueError` with a message for the admin."""
     needs_url: bool = True
     """False when an upstream of this transport may be registered without a `url`."""
+    sessionless: bool = False
+    """True when the upstream holds no session for the gateway (each call stands alone, as
+    with a REST API): a token-exchange upstream then needs no per-client sessions, since
+    every call carries its own caller's token anyway."""
     secrets_field: str | None = None
     """A field (in `fields`) whose object of string values are credentials, such as a
     process's environment: kept encrypted at rest in place of headers (the backend reads

@@ -1,8 +1,9 @@
 """OAuth 2.0 client credentials (RFC 6749 section 4.4) for upstreams: the registration's
 `oauth` field, and the access token each backend keeps. With `"grant": "token_exchange"`,
 calls made on a user's behalf carry a token exchanged for the user's own instead
-(RFC 8693, `gateway.token_exchange`); such an upstream needs per-client sessions, and the
-gateway's own traffic to it (discovery, the shared session) keeps the client's token.
+(RFC 8693, `gateway.token_exchange`); such an upstream needs per-client sessions unless it
+holds none (a REST API), and the gateway's own traffic to it (discovery, the shared
+session) keeps the client's token.
 
 The field names the token endpoint, the client id, the scopes and, optionally, the
 `audience` or `resource` (RFC 8707) the token is for; its `client_secret` is kept encrypted
@@ -110,10 +111,11 @@ def exchanges(options: Mapping[str, Any]) -> bool:
     return isinstance(oauth, Mapping) and oauth.get("grant") == TOKEN_EXCHANGE
 
 
-def check_session(options: Mapping[str, Any], session: str) -> None:
+def check_session(options: Mapping[str, Any], session: str, sessionless: bool = False) -> None:
     """`ValueError` for a token-exchange upstream without per-client sessions: one shared
-    upstream session would carry every user's calls."""
-    if exchanges(options) and session != PER_CLIENT_SESSION:
+    upstream session would carry every user's calls. An upstream that holds no sessions
+    (`sessionless`, such as a REST API) needs none: each call carries its caller's token."""
+    if exchanges(options) and not sessionless and session != PER_CLIENT_SESSION:
         raise ValueError(
             "'oauth.grant' 'token_exchange' needs \"session\": \"per-client\": the upstream "
             "sees each user as themselves, so users cannot share one upstream session"

@@ -155,7 +155,7 @@ def upstream_record(
             "to one connection held by one worker, so use 'shared' with it"
         )
     try:
-        upstream_oauth.check_session(record.options, record.session)
+        upstream_oauth.check_session(record.options, record.session, spec.sessionless)
     except ValueError as exc:
         raise InvalidUpstream(str(exc)) from None
     if (spec.needs_url or record.url) and not record.url.startswith(("http://", "https://")):

@@ -12,6 +12,11 @@ Each worker's backend loads the document once, on first use (fetching it again w
 given by URL), and calls the API over one keep-alive aiohttp session whose connector checks
 every address (`gateway.netguard`), never following redirects, within the call's timeout
 and reading at most `MAX_UPSTREAM_RESPONSE_BYTES` of a response.
+
+With `"oauth"` its requests carry an access token (`gateway.upstream_oauth`). With the
+token-exchange grant, each tool call carries the token exchanged for its caller's own,
+while the gateway's own requests (the document, the health check) carry the client's: an
+API holds no session, so it needs no per-client sessions for that.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from gateway.plugin import (
     hookimpl,
     integer,
 )
+from gateway.token_exchange import OnBehalf
 from gateway_plugins.openapi.calls import (
     CallRefused,
     Request,
@@ -119,6 +125,10 @@ class OpenApiBackend:
             self.name, upstream.options, upstream.headers, self.guard
         )
         """The API's OAuth access token, when its registration has `oauth`."""
+        self.on_behalf: OnBehalf | None = None
+        """With the token-exchange grant, the token of the caller of a tool call."""
+        if self.oauth is not None and self.oauth.on_behalf is not None:
+            self.on_behalf = OnBehalf(self.name, self.oauth.grant, self.oauth.on_behalf)
         self.bounds = Bounds.of(settings)
         self.max_spec_bytes = settings.plugin_value(MAX_SPEC_BYTES)
         self.max_tools = settings.plugin_value(MAX_TOOLS)
@@ -236,6 +246,12 @@ class OpenApiBackend:
             notes["skipped_total"] = len(api.skipped)
         return notes
 
+    async def _call_headers(self, refused: str | None) -> dict[str, str]:
+        """The headers of a tool call: with token exchange, its caller's token."""
+        if self.on_behalf is None:
+            return await self._headers(refused)
+        return {**self.headers, "Authorization": await self.on_behalf.header(refused)}
+
     async def _send(self, request: Request) -> aiohttp.ClientResponse:
         """The API's response to `request`; with OAuth, sent once more with a fresh token
         when the API answers 401 (a token revoked or expired early)."""
@@ -243,7 +259,7 @@ class OpenApiBackend:
         while True:
             headers = {
                 "Accept": "application/json, */*;q=0.8",
-                **await self._headers(refused),
+                **await self._call_headers(refused),
                 **request.headers,
             }
             resp = await self._client().request(
@@ -319,6 +335,7 @@ def gateway_register_backends(register: Registrar[BackendSpec]) -> None:
             description="A REST API described by an OpenAPI 3.0 or 3.1 document; "
             "each operation is a tool.",
             fields=frozenset({"spec", "base_url", upstream_oauth.FIELD}),
+            sessionless=True,
             check_options=check_options,
             needs_url=False,
         )

@@ -3,7 +3,8 @@
 upstream that verifies every bearer token it gets: each user reaches the upstream as
 themselves (their `sub`, the gateway named in `act`), never with their own token; the
 exchanged token is reused; a refused exchange and a caller without a token are clear
-errors; and the registration needs per-client sessions."""
+errors; and the registration needs per-client sessions. A REST API (openapi) that verifies
+every token likewise sees each user as themselves, with no sessions at all."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from aiohttp import web
 from gateway.netguard import AddressPolicy
 from gateway.upstream_oauth import Grant, TokenSource
 from tests.auth.conftest import OAuthGateway, base_url
-from tests.backends.conftest import serving_mcp
+from tests.backends.conftest import served, serving_mcp
 from tests.conftest import Client, bearer, rpc
 from tests.support.oidc import CLIENTS, AuthorizationServer
 from tests.transports.conftest import call, open_session
@@ -116,19 +117,25 @@ async def delegated(authorization_server: AuthorizationServer) -> AsyncIterator[
         yield upstream
 
 
+def exchanging(server: AuthorizationServer, resource: str) -> JSON:
+    """The `oauth` field of an upstream that exchanges its callers' tokens at `server` for
+    tokens for `resource`."""
+    return {
+        "grant": "token_exchange",
+        "token_url": f"{server.issuer}/token",
+        "client_id": CLIENT.client_id,
+        "client_secret": CLIENT.client_secret,
+        "scopes": ["mcp"],
+        "resource": resource,
+    }
+
+
 def registration(upstream: Delegated, **changes: Any) -> JSON:
     body: JSON = {
         "name": "delegated",
         "url": upstream.url,
         "session": "per-client",
-        "oauth": {
-            "grant": "token_exchange",
-            "token_url": f"{upstream.server.issuer}/token",
-            "client_id": CLIENT.client_id,
-            "client_secret": CLIENT.client_secret,
-            "scopes": ["mcp"],
-            "resource": upstream.url,
-        },
+        "oauth": exchanging(upstream.server, upstream.url),
     }
     return {**body, **changes}
 
@@ -302,3 +309,132 @@ async def test_a_token_exchange_registration_needing_more_is_422_naming_it(
     response = await client.post("/upstreams", json=body)
     assert response.status == 422, await response.text()
     assert reason in (await response.json())["error"]["message"]
+
+
+# --- a REST API (openapi), which holds no session ------------------------------------------
+
+WHOAMI_SPEC: JSON = {
+    "openapi": "3.0.3",
+    "info": {"title": "Delegated API", "version": "1"},
+    "paths": {
+        "/whoami": {
+            "get": {
+                "operationId": "whoami",
+                "summary": "The caller the API sees.",
+                "responses": {"200": {"description": "the verified claims"}},
+            }
+        }
+    },
+}
+
+
+@dataclass
+class DelegatedApi:
+    """A REST API that verifies the bearer token of every request and answers
+    `GET /whoami` with the claims it verified."""
+
+    server: AuthorizationServer
+    url: str = ""
+    seen: list[JSON] = field(default_factory=list)
+    headers: list[str] = field(default_factory=list)
+    revoked: set[str] = field(default_factory=set)
+
+    async def whoami(self, request: web.Request) -> web.Response:
+        header = request.headers.get("Authorization", "")
+        self.headers.append(header)
+        try:
+            claims: JSON = jwt.decode(
+                header.removeprefix("Bearer "),
+                self.server.keys["RS256"].public_pem(),
+                algorithms=["RS256"],
+                audience=self.url,
+                issuer=self.server.issuer,
+            )
+        except jwt.PyJWTError as exc:
+            return web.json_response({"error": str(exc)}, status=401)
+        if claims["jti"] in self.revoked:
+            return web.json_response({"error": "token revoked"}, status=401)
+        self.seen.append(claims)
+        return web.json_response({k: claims.get(k) for k in ("sub", "act", "client_id", "jti")})
+
+    def registration(self) -> JSON:
+        return {
+            "name": "api",
+            "transport": "openapi",
+            "spec": WHOAMI_SPEC,
+            "base_url": self.url,
+            "oauth": exchanging(self.server, self.url),
+        }
+
+
+@pytest.fixture
+async def delegated_api(authorization_server: AuthorizationServer) -> AsyncIterator[DelegatedApi]:
+    api = DelegatedApi(authorization_server)
+    app = web.Application()
+    app.router.add_get("/whoami", api.whoami)
+    async with served(app) as url:
+        api.url = url
+        yield api
+
+
+@pytest.fixture
+async def api_setup(
+    oauth_gateway: OAuthGateway,
+    authorization_server: AuthorizationServer,
+    delegated_api: DelegatedApi,
+) -> Setup:
+    """A gateway (AUTH_TYPE=oauth) with the token-exchange REST API registered: no
+    `session` given, and none needed."""
+    client = await oauth_gateway()
+    admin = await authorization_server.client_credentials(base_url(client), ["mcp", "admin"])
+    body = delegated_api.registration()
+    created = await client.post("/upstreams", json=body, headers=bearer(admin))
+    assert created.status == 201, await created.text()
+    return Setup(client, authorization_server)
+
+
+async def api_whoami(client: Client, headers: dict[str, str]) -> JSON:
+    answer = await rpc(client, "tools/call", {"name": "api__whoami"}, headers=headers)
+    result = answer["result"]
+    assert not result.get("isError"), result
+    found: JSON = result["structuredContent"]
+    return found
+
+
+async def test_two_users_calling_a_rest_api_tool_each_reach_the_api_as_themselves(
+    api_setup: Setup, delegated_api: DelegatedApi
+) -> None:
+    alice, bob = api_setup.token_of("alice"), api_setup.token_of("bob")
+    seen_alice, seen_bob = await asyncio.gather(
+        api_whoami(api_setup.client, bearer(alice)), api_whoami(api_setup.client, bearer(bob))
+    )
+    assert seen_alice["sub"] == "alice" and seen_bob["sub"] == "bob"
+    for seen in (seen_alice, seen_bob):
+        assert seen["act"] == {"sub": CLIENT.client_id}
+    assert not {f"Bearer {alice}", f"Bearer {bob}"} & set(delegated_api.headers)
+    # Each user's token was exchanged once and is reused.
+    again = await api_whoami(api_setup.client, bearer(alice))
+    assert again["jti"] == seen_alice["jti"]
+
+
+async def test_an_exchanged_token_the_rest_api_refuses_is_exchanged_afresh_once(
+    api_setup: Setup, delegated_api: DelegatedApi
+) -> None:
+    grace = bearer(api_setup.token_of("grace"))
+    first = await api_whoami(api_setup.client, grace)
+    delegated_api.revoked.add(first["jti"])
+    second = await api_whoami(api_setup.client, grace)
+    assert second["sub"] == "grace" and second["jti"] != first["jti"]
+
+
+async def test_a_rest_api_caller_without_a_token_gets_an_error_naming_the_callers_identity(
+    oauth_gateway: OAuthGateway, delegated_api: DelegatedApi
+) -> None:
+    client = await oauth_gateway(auth_required=False)
+    created = await client.post("/upstreams", json=delegated_api.registration())
+    assert created.status == 201, await created.text()
+    answer = await rpc(client, "tools/call", {"name": "api__whoami"})
+    result = answer["result"]
+    assert result["isError"] is True
+    assert "needs the caller's identity" in result["content"][0]["text"]
+    assert delegated_api.seen == []
