@@ -339,7 +339,10 @@ class DelegatedApi:
     headers: list[str] = field(default_factory=list)
     revoked: set[str] = field(default_factory=set)
 
-    async def whoami(self, request: web.Request) -> web.Response:
+    documents: list[JSON] = field(default_factory=list)
+    """The verified claims of each fetch of the document."""
+
+    def verified(self, request: web.Request) -> JSON | web.Response:
         header = request.headers.get("Authorization", "")
         self.headers.append(header)
         try:
@@ -354,8 +357,21 @@ class DelegatedApi:
             return web.json_response({"error": str(exc)}, status=401)
         if claims["jti"] in self.revoked:
             return web.json_response({"error": "token revoked"}, status=401)
+        return claims
+
+    async def whoami(self, request: web.Request) -> web.Response:
+        claims = self.verified(request)
+        if isinstance(claims, web.Response):
+            return claims
         self.seen.append(claims)
         return web.json_response({k: claims.get(k) for k in ("sub", "act", "client_id", "jti")})
+
+    async def document(self, request: web.Request) -> web.Response:
+        claims = self.verified(request)
+        if isinstance(claims, web.Response):
+            return claims
+        self.documents.append(claims)
+        return web.json_response(WHOAMI_SPEC)
 
     def registration(self) -> JSON:
         return {
@@ -372,6 +388,7 @@ async def delegated_api(authorization_server: AuthorizationServer) -> AsyncItera
     api = DelegatedApi(authorization_server)
     app = web.Application()
     app.router.add_get("/whoami", api.whoami)
+    app.router.add_get("/openapi.json", api.document)
     async with served(app) as url:
         api.url = url
         yield api
@@ -415,6 +432,23 @@ async def test_two_users_calling_a_rest_api_tool_each_reach_the_api_as_themselve
     # Each user's token was exchanged once and is reused.
     again = await api_whoami(api_setup.client, bearer(alice))
     assert again["jti"] == seen_alice["jti"]
+
+
+async def test_the_rest_apis_document_is_fetched_as_the_gateway_and_calls_as_the_caller(
+    oauth_gateway: OAuthGateway,
+    authorization_server: AuthorizationServer,
+    delegated_api: DelegatedApi,
+) -> None:
+    client = await oauth_gateway()
+    admin = await authorization_server.client_credentials(base_url(client), ["mcp", "admin"])
+    body = {**delegated_api.registration(), "url": f"{delegated_api.url}/openapi.json"}
+    del body["spec"]
+    created = await client.post("/upstreams", json=body, headers=bearer(admin))
+    assert created.status == 201, await created.text()
+    [fetched] = delegated_api.documents  # the gateway's own traffic: its client's token
+    assert fetched["sub"] == CLIENT.client_id and "act" not in fetched
+    setup = Setup(client, authorization_server)
+    assert (await api_whoami(client, bearer(setup.token_of("heidi"))))["sub"] == "heidi"
 
 
 async def test_an_exchanged_token_the_rest_api_refuses_is_exchanged_afresh_once(
