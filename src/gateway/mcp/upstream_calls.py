@@ -215,11 +215,14 @@ class UpstreamCalls:
                 full = self.registry.full_backends.get(upstream)
                 if upstream in self.registry.per_client:
                     backend = full = self.full_backend(upstream, ctx)
+                params: JSON = {"name": tool.record.definition.name, "arguments": arguments}
                 if full is None or (ctx.emit is None and on_request is None):
                     # Nothing to relay: the plain call (backends cancel upstream themselves
                     # when the caller goes away).
-                    return await backend.call_tool(tool.record.definition.name, arguments, timeout)
-                params: JSON = {"name": tool.record.definition.name, "arguments": arguments}
+                    passed = passed_meta(meta)
+                    if full is None or passed is None:
+                        return await backend.call_tool(params["name"], arguments, timeout)
+                    return await full.request("tools/call", {**params, "_meta": passed}, timeout)
                 return await self.forward(
                     full, "tools/call", params, ctx, meta, timeout, on_request
                 )
@@ -262,13 +265,14 @@ class UpstreamCalls:
         client to `on_request` (by default, the client's stream)."""
         client_token = (meta or {}).get("progressToken")
         relay = None
+        passed = passed_meta(meta)
+        if passed is not None:
+            params = {**params, "_meta": passed}
         if ctx.emit is not None:
             emit = ctx.emit
             if client_token is not None:
-                params = {
-                    **params,
-                    "_meta": {"progressToken": f"gw-{process_tag()}-{next(_tokens)}"},
-                }
+                token = f"gw-{process_tag()}-{next(_tokens)}"
+                params = {**params, "_meta": {**(passed or {}), "progressToken": token}}
 
             async def relay(note_method: str, note: JSON) -> None:
                 if note_method == "notifications/progress":
@@ -329,6 +333,29 @@ class UpstreamCalls:
         finally:
             if span is not None:
                 span.end(outcome, failure)
+
+
+def passed_meta(meta: JSON | None) -> JSON | None:
+    """What of a client request's `_meta` goes on to the upstream, as it would reach the
+    upstream directly: every key but `progressToken` (the gateway sends a token of its own
+    when it relays progress) and the protocol's own keys, which belong to the hop between
+    the client and the gateway (a prefix with a label `modelcontextprotocol` or `mcp`, such
+    as the 2026-07-28 envelope's `io.modelcontextprotocol/...`; the spec reserves these
+    for MCP). None when nothing is left."""
+    if not meta:
+        return None
+    passed = {key: value for key, value in meta.items() if _end_to_end(key)}
+    return passed or None
+
+
+_RESERVED_LABELS = frozenset({"modelcontextprotocol", "mcp"})
+
+
+def _end_to_end(key: str) -> bool:
+    if key == "progressToken":
+        return False
+    prefix, slash, _ = key.partition("/")
+    return not (slash and _RESERVED_LABELS.intersection(prefix.lower().split(".")))
 
 
 def url_elicitation_required(exc: UpstreamError, ctx: Context) -> bool:
