@@ -215,14 +215,16 @@ class UpstreamCalls:
                 full = self.registry.full_backends.get(upstream)
                 if upstream in self.registry.per_client:
                     backend = full = self.full_backend(upstream, ctx)
-                params: JSON = {"name": tool.record.definition.name, "arguments": arguments}
+                name = tool.record.definition.name
                 if full is None or (ctx.emit is None and on_request is None):
                     # Nothing to relay: the plain call (backends cancel upstream themselves
                     # when the caller goes away).
                     passed = passed_meta(meta)
                     if full is None or passed is None:
-                        return await backend.call_tool(params["name"], arguments, timeout)
-                    return await full.request("tools/call", {**params, "_meta": passed}, timeout)
+                        return await backend.call_tool(name, arguments, timeout)
+                    plain: JSON = {"name": name, "arguments": arguments, "_meta": passed}
+                    return await full.request("tools/call", plain, timeout)
+                params: JSON = {"name": name, "arguments": arguments}
                 return await self.forward(
                     full, "tools/call", params, ctx, meta, timeout, on_request
                 )
