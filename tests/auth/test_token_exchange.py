@@ -44,24 +44,20 @@ def authorization_server(
 
 
 @dataclass
-class Delegated:
-    """An MCP upstream (JSON replies) that verifies the bearer token of every request and
-    answers `whoami` with the claims it verified."""
+class Verifying:
+    """An upstream that verifies the bearer token of every request it gets."""
 
     server: AuthorizationServer
     url: str = ""
     seen: list[JSON] = field(default_factory=list)
-    """The verified claims of each request, with its JSON-RPC method, in order."""
+    """The verified claims of each request, in order."""
     headers: list[str] = field(default_factory=list)
     """Every Authorization header received."""
     revoked: set[str] = field(default_factory=set)
     """The jtis of tokens it refuses with 401."""
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        if request.method == "GET":
-            return web.Response(status=405)
-        if request.method == "DELETE":
-            return web.Response(status=200)
+    def verified(self, request: web.Request) -> JSON | web.Response:
+        """The claims of the request's token, issued for this upstream; else a 401."""
         header = request.headers.get("Authorization", "")
         self.headers.append(header)
         try:
@@ -76,6 +72,22 @@ class Delegated:
             return web.json_response({"error": str(exc)}, status=401)
         if claims["jti"] in self.revoked:
             return web.json_response({"error": "token revoked"}, status=401)
+        return claims
+
+
+@dataclass
+class Delegated(Verifying):
+    """An MCP upstream (JSON replies) that answers `whoami` with the claims it verified;
+    `seen` holds them with each request's JSON-RPC method."""
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if request.method == "GET":
+            return web.Response(status=405)
+        if request.method == "DELETE":
+            return web.Response(status=200)
+        claims = self.verified(request)
+        if isinstance(claims, web.Response):
+            return claims
         message = await request.json()
         self.seen.append({**claims, "method": message.get("method")})
         if "id" not in message:
@@ -329,35 +341,12 @@ WHOAMI_SPEC: JSON = {
 
 
 @dataclass
-class DelegatedApi:
-    """A REST API that verifies the bearer token of every request and answers
-    `GET /whoami` with the claims it verified."""
-
-    server: AuthorizationServer
-    url: str = ""
-    seen: list[JSON] = field(default_factory=list)
-    headers: list[str] = field(default_factory=list)
-    revoked: set[str] = field(default_factory=set)
+class DelegatedApi(Verifying):
+    """A REST API that answers `GET /whoami` with the claims it verified, and serves its
+    own document to verified callers."""
 
     documents: list[JSON] = field(default_factory=list)
     """The verified claims of each fetch of the document."""
-
-    def verified(self, request: web.Request) -> JSON | web.Response:
-        header = request.headers.get("Authorization", "")
-        self.headers.append(header)
-        try:
-            claims: JSON = jwt.decode(
-                header.removeprefix("Bearer "),
-                self.server.keys["RS256"].public_pem(),
-                algorithms=["RS256"],
-                audience=self.url,
-                issuer=self.server.issuer,
-            )
-        except jwt.PyJWTError as exc:
-            return web.json_response({"error": str(exc)}, status=401)
-        if claims["jti"] in self.revoked:
-            return web.json_response({"error": "token revoked"}, status=401)
-        return claims
 
     async def whoami(self, request: web.Request) -> web.Response:
         claims = self.verified(request)
