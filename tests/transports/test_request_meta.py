@@ -3,7 +3,9 @@
 `completion/complete`, on every transport and era, except `progressToken` (the gateway's
 own token replaces it where progress is relayed) and the protocol's own keys, which belong
 to the hop between the client and the gateway (`io.modelcontextprotocol/...`, and any
-prefix with a label `modelcontextprotocol` or `mcp`)."""
+prefix with a label `modelcontextprotocol` or `mcp`). Past interceptors, which see a
+call's arguments only, nothing of it goes on but the progress token: a guardrail must not
+be slipped by through `_meta`."""
 
 from __future__ import annotations
 
@@ -73,6 +75,16 @@ async def recording() -> AsyncIterator[tuple[Recording, str]]:
         yield upstream, url
 
 
+async def registered(
+    client: Client, admin_headers: dict[str, str], user_headers: dict[str, str], url: str
+) -> Client:
+    body = {"name": "rec", "url": url, "transport": "streamable-http"}
+    created = await client.post("/upstreams", json=body, headers=admin_headers)
+    assert created.status == 201, await created.text()
+    client.session.headers.update(user_headers)
+    return client
+
+
 @pytest.fixture
 async def gw(
     gateway: GatewayFactory,
@@ -80,12 +92,19 @@ async def gw(
     user_headers: dict[str, str],
     recording: tuple[Recording, str],
 ) -> Client:
-    client = await gateway()
-    body = {"name": "rec", "url": recording[1], "transport": "streamable-http"}
-    created = await client.post("/upstreams", json=body, headers=admin_headers)
-    assert created.status == 201, await created.text()
-    client.session.headers.update(user_headers)
-    return client
+    return await registered(await gateway(), admin_headers, user_headers, recording[1])
+
+
+@pytest.fixture
+async def guarded(
+    gateway: GatewayFactory,
+    admin_headers: dict[str, str],
+    user_headers: dict[str, str],
+    recording: tuple[Recording, str],
+) -> Client:
+    """The same, with the `pii` interceptor on every call."""
+    client = await gateway(interceptors=("pii",))
+    return await registered(client, admin_headers, user_headers, recording[1])
 
 
 REQUESTS: list[tuple[str, JSON]] = [
@@ -111,6 +130,17 @@ async def test_a_clients_meta_reaches_the_upstream_without_the_hops_own_keys(
     assert "result" in answer, answer
     [sent] = upstream.of(method)
     assert sent["_meta"] == VENDOR
+
+
+@pytest.mark.parametrize(("method", "params"), REQUESTS[:3], ids=[m for m, _ in REQUESTS[:3]])
+async def test_past_interceptors_no_more_than_the_progress_token_goes_on(
+    guarded: Client, recording: tuple[Recording, str], method: str, params: JSON
+) -> None:
+    upstream, _ = recording
+    answer = await rpc(guarded, method, {**params, "_meta": {**VENDOR, "email": "a@b.example"}})
+    assert "result" in answer, answer
+    [sent] = upstream.of(method)
+    assert "_meta" not in sent
 
 
 async def test_a_request_without_meta_reaches_the_upstream_without_meta(

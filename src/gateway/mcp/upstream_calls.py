@@ -112,6 +112,7 @@ class UpstreamCalls:
         chain = self.interceptors.chain(ctx.view.server)
         if not chain:
             return await self._checked_call(tool, arguments, ctx, meta)
+        meta = _progress_only(meta)
 
         async def proceed(final: JSON) -> JSON:
             return await self._checked_call(tool, final, ctx, meta)
@@ -124,6 +125,7 @@ class UpstreamCalls:
 
     async def read_resource(self, uri: str, owner: str, ctx: Context, params: JSON) -> JSON:
         backend = self.full_backend(owner, ctx)
+        params = self._past_interceptors(params, ctx)
 
         async def proceed(final: JSON) -> JSON:
             return await self.passthrough(
@@ -136,6 +138,7 @@ class UpstreamCalls:
         self, prompt: PromptRecord, arguments: JSON, ctx: Context, params: JSON
     ) -> JSON:
         backend = self.full_backend(prompt.upstream, ctx)
+        params = self._past_interceptors(params, ctx)
 
         async def proceed(final: JSON) -> JSON:
             forwarded = {"name": prompt.definition.name, "arguments": final}
@@ -145,6 +148,14 @@ class UpstreamCalls:
 
         call = self._seen(ctx, "prompt", prompt.name, arguments, prompt.upstream)
         return await self._intercepted(call, ctx, proceed)
+
+    def _past_interceptors(self, params: JSON, ctx: Context) -> JSON:
+        """`params` as they go upstream: when interceptors see the call, which see its
+        arguments only, no more of the client's `_meta` than its progress token."""
+        if "_meta" not in params or not self.interceptors.chain(ctx.view.server):
+            return params
+        meta = params["_meta"]
+        return {**params, "_meta": _progress_only(meta if isinstance(meta, dict) else None)}
 
     async def _intercepted(self, call: Call, ctx: Context, proceed: Proceed) -> JSON:
         """A resource read or prompt through the chain; refusals are JSON-RPC errors."""
@@ -348,6 +359,15 @@ def passed_meta(meta: JSON | None) -> JSON | None:
         return None
     passed = {key: value for key, value in meta.items() if _end_to_end(key)}
     return passed or None
+
+
+def _progress_only(meta: JSON | None) -> JSON | None:
+    """A client's `_meta` cut to its progress token: what goes on past interceptors, which
+    see a call's arguments only, so that nothing else of the client's can slip by a
+    guardrail."""
+    if not meta or "progressToken" not in meta:
+        return None
+    return {"progressToken": meta["progressToken"]}
 
 
 _RESERVED_LABELS = frozenset({"modelcontextprotocol", "mcp"})
