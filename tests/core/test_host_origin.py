@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from gateway.keys import CACHE
+from gateway_plugins.cache_redis import RedisCacheError
 from tests.conftest import Client, GatewayFactory, bearer, error_message, make_token
 from tests.plugins import faulty
 from tests.support.gunicorn_process import StartGunicorn, gunicorn_env
@@ -159,13 +160,20 @@ async def test_an_unknown_well_known_path_is_404_json_without_a_token(
 
 
 async def test_ready_names_what_fails_only_to_a_caller_with_a_token(
-    gateway: GatewayFactory, redis_base_url: str
+    gateway: GatewayFactory, redis_base_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     client = await gateway(
         plugins=[faulty], cache_type="redis", plugin_values={"REDIS_URL": redis_base_url}
     )
-    # The cache's connections closed under a running gateway: /ready reports the cache.
-    await client.app[CACHE].close()
+    # The cache's health check fails, as when Redis has gone: /ready reports the cache.
+    # (Closing the cache under the running gateway instead left its background work to
+    # reconnect, and a connection nobody closed.)
+    cache = client.app[CACHE]
+
+    async def unreachable() -> None:
+        raise RedisCacheError("Redis at 127.0.0.1:6379 cannot be reached")
+
+    monkeypatch.setattr(cache, "health", unreachable)
     anonymous = await client.get("/ready")
     assert anonymous.status == 503
     assert await anonymous.json() == {"status": "unavailable"}
