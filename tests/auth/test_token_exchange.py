@@ -61,13 +61,7 @@ class Verifying:
         header = request.headers.get("Authorization", "")
         self.headers.append(header)
         try:
-            claims: JSON = jwt.decode(
-                header.removeprefix("Bearer "),
-                self.server.keys["RS256"].public_pem(),
-                algorithms=["RS256"],
-                audience=self.url,
-                issuer=self.server.issuer,
-            )
+            claims = self.server.verified(header.removeprefix("Bearer "), self.url)
         except jwt.PyJWTError as exc:
             return web.json_response({"error": str(exc)}, status=401)
         if claims["jti"] in self.revoked:

@@ -63,11 +63,7 @@ class Guarded:
         header = request.headers.get("Authorization", "")
         if not header.startswith("Bearer "):
             raise ValueError("no bearer token")
-        token = header.removeprefix("Bearer ")
-        key = self.server.keys["RS256"].public_pem()
-        claims: JSON = jwt.decode(
-            token, key, algorithms=["RS256"], audience=self.url, issuer=self.server.issuer
-        )
+        claims = self.server.verified(header.removeprefix("Bearer "), self.url)
         if claims["jti"] in self.revoked:
             raise ValueError("token revoked")
         return claims

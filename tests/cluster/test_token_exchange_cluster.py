@@ -79,13 +79,7 @@ class SessionRecording(Delegated):
     def subject(self, request: web.Request) -> str | None:
         token = request.headers.get("Authorization", "").removeprefix("Bearer ")
         try:
-            claims = jwt.decode(
-                token,
-                self.server.keys["RS256"].public_pem(),
-                algorithms=["RS256"],
-                audience=self.url,
-                issuer=self.server.issuer,
-            )
+            claims = self.server.verified(token, self.url)
         except jwt.PyJWTError:
             return None
         return str(claims["sub"])

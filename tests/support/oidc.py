@@ -192,6 +192,18 @@ class AuthorizationServer:
             claims, key.private, algorithm=alg, headers={"kid": key.kid, "typ": "at+jwt", **header}
         )
 
+    def verified(self, token: str, audience: str) -> dict[str, Any]:
+        """The claims of `token` if this server signed it (RS256) for `audience`, as an
+        upstream checks the tokens it gets; `jwt.PyJWTError` otherwise."""
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            self.keys["RS256"].public_pem(),
+            algorithms=["RS256"],
+            audience=audience,
+            issuer=self.issuer,
+        )
+        return claims
+
     def claims(
         self, audience: str, scopes: Sequence[str] = ("mcp",), **extra: Any
     ) -> dict[str, Any]:
